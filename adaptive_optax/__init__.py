@@ -1,0 +1,57 @@
+"""adaptive_optax: adaptive loss weights for JAX that never destabilise training.
+
+A weighting is a pure ``(init, update)`` pair over an immutable :class:`AdaptiveState`::
+
+    weighting = ao.stable_weights({"mel": 2.5, "stop": 1.0}, adapt=("mel",))
+    state = weighting.init()
+    weights, state = weighting.update(losses, state, grad_norms=grad_norm)
+    total = ao.weighted_sum(losses, weights)
+"""
+
+from adaptive_optax._src.base import AdaptiveState as AdaptiveState
+from adaptive_optax._src.base import Counters as Counters
+from adaptive_optax._src.base import LossWeighting as LossWeighting
+from adaptive_optax._src.base import Rule as Rule
+from adaptive_optax._src.base import RunningStats as RunningStats
+from adaptive_optax._src.base import Signals as Signals
+from adaptive_optax._src.control import checked as checked
+from adaptive_optax._src.control import disable as disable
+from adaptive_optax._src.control import enable as enable
+from adaptive_optax._src.control import find_state as find_state
+from adaptive_optax._src.control import metrics as metrics
+from adaptive_optax._src.control import rollback as rollback
+from adaptive_optax._src.control import weighted_sum as weighted_sum
+from adaptive_optax._src.gradients import GRADIENT_STATISTICS as GRADIENT_STATISTICS
+from adaptive_optax._src.gradients import gradient_statistics as gradient_statistics
+from adaptive_optax._src.guards import guarded as guarded
+from adaptive_optax._src.rules import loss_ratio_rule as loss_ratio_rule
+from adaptive_optax._src.rules import tanh_rule as tanh_rule
+from adaptive_optax._src.weightings import legacy_weights as legacy_weights
+from adaptive_optax._src.weightings import stable_weights as stable_weights
+from adaptive_optax._src.weightings import unguarded_weights as unguarded_weights
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "GRADIENT_STATISTICS",
+    "AdaptiveState",
+    "Counters",
+    "LossWeighting",
+    "Rule",
+    "RunningStats",
+    "Signals",
+    "checked",
+    "disable",
+    "enable",
+    "find_state",
+    "gradient_statistics",
+    "guarded",
+    "legacy_weights",
+    "loss_ratio_rule",
+    "metrics",
+    "rollback",
+    "stable_weights",
+    "tanh_rule",
+    "unguarded_weights",
+    "weighted_sum",
+)

@@ -1,0 +1,221 @@
+"""Pure functions on a weighting's state: control, observation, the weighted loss.
+
+``disable``, ``enable``, ``rollback`` and ``metrics`` accept an :class:`AdaptiveState` or any
+pytree holding one, such as an optax optimiser state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from adaptive_optax._src.base import AdaptiveState, LossWeighting, PyTree
+from adaptive_optax._src.statistics import count_where, relative_variance, window_mean
+from adaptive_optax._src.terms import term_names
+
+
+def _is_state(node: Any) -> bool:
+    return isinstance(node, AdaptiveState)
+
+
+def _map_states(fn: Callable[[AdaptiveState], AdaptiveState], tree: PyTree) -> PyTree:
+    """Applies ``fn`` to every :class:`AdaptiveState` inside ``tree``."""
+    found = [node for node in jax.tree.leaves(tree, is_leaf=_is_state) if _is_state(node)]
+    if not found:
+        raise ValueError(f"no AdaptiveState found in {type(tree).__name__}")
+    return jax.tree.map(lambda n: fn(n) if _is_state(n) else n, tree, is_leaf=_is_state)
+
+
+def _as_weights(state: AdaptiveState, vector: jax.Array) -> PyTree:
+    leaves = jax.tree.leaves(state.weights)
+    values = [vector[i].astype(leaf.dtype) for i, leaf in enumerate(leaves)]
+    return jax.tree.unflatten(jax.tree.structure(state.weights), values)
+
+
+def find_state(tree: PyTree) -> AdaptiveState:
+    """The :class:`AdaptiveState` inside ``tree`` (an optax state, a train state, ...).
+
+    Raises:
+      ValueError: if ``tree`` holds none, or more than one.
+    """
+    found = [node for node in jax.tree.leaves(tree, is_leaf=_is_state) if _is_state(node)]
+    if len(found) != 1:
+        raise ValueError(f"expected one AdaptiveState in {type(tree).__name__}, found {len(found)}")
+    return found[0]
+
+
+def disable(tree: PyTree) -> PyTree:
+    """Switches adaptation off: weights return to the base weights at once and stay there.
+
+    Statistics keep updating, so :func:`enable` resumes from warm statistics.
+
+    Args:
+      tree: an :class:`AdaptiveState` or a pytree holding one.
+
+    Returns:
+      The same pytree with every weighting state disabled.
+
+    Examples:
+      >>> import adaptive_optax as ao
+      >>> state = ao.disable(ao.stable_weights({"mel": 2.5}).init())
+      >>> bool(state.enabled)
+      False
+    """
+
+    def off(state: AdaptiveState) -> AdaptiveState:
+        return state._replace(
+            enabled=jnp.zeros([], bool),
+            weights=_as_weights(state, state.base_weights),
+            previous_weights=state.base_weights,
+        )
+
+    return _map_states(off, tree)
+
+
+def enable(tree: PyTree) -> PyTree:
+    """Switches adaptation back on, starting from the base weights.
+
+    Args:
+      tree: an :class:`AdaptiveState` or a pytree holding one.
+
+    Returns:
+      The same pytree with every weighting state enabled.
+    """
+    return _map_states(lambda state: state._replace(enabled=jnp.ones([], bool)), tree)
+
+
+def rollback(tree: PyTree) -> PyTree:
+    """Undoes the last adjustment: weights return to the previous ones, a cooling period starts.
+
+    A second rollback without an adjustment in between changes nothing.
+
+    Args:
+      tree: an :class:`AdaptiveState` or a pytree holding one.
+
+    Returns:
+      The same pytree with every weighting state rolled back.
+    """
+
+    def back(state: AdaptiveState) -> AdaptiveState:
+        current = jnp.stack(jax.tree.leaves(state.weights)).astype(state.previous_weights.dtype)
+        undone = current != state.previous_weights
+        return state._replace(
+            weights=_as_weights(state, state.previous_weights),
+            last_change=jnp.where(undone, state.step, state.last_change),
+            stable_steps=jnp.where(undone, 0, state.stable_steps),
+            counters=state.counters._replace(
+                rollbacks=count_where(state.counters.rollbacks, undone)
+            ),
+        )
+
+    return _map_states(back, tree)
+
+
+def weighted_sum(losses: PyTree, weights: PyTree) -> jax.Array:
+    """``sum(weight * loss)`` over the terms, in the losses' dtype.
+
+    Args:
+      losses: a pytree of scalar losses.
+      weights: weights of the same structure.
+
+    Returns:
+      The total loss, a scalar.
+
+    Examples:
+      >>> import adaptive_optax as ao
+      >>> float(ao.weighted_sum({"a": 1.0, "b": 2.0}, {"a": 0.5, "b": 2.0}))
+      4.5
+    """
+    products = jax.tree.map(
+        lambda loss, weight: jnp.asarray(loss) * jnp.asarray(weight, jnp.result_type(loss)),
+        losses,
+        weights,
+    )
+    return sum(jax.tree.leaves(products))
+
+
+def metrics(tree: PyTree) -> dict[str, jax.Array]:
+    """A flat dict of scalar arrays describing the weighting, for any logger.
+
+    Per term ``<name>`` (its key path, ``"mel"`` or ``"heads/stop"``): ``weight``,
+    ``previous_weight``, ``base_weight``, ``loss_ema`` (bias-corrected), ``loss_rel_variance``,
+    ``grad_norm_avg``, ``steps_since_change``, ``stable_steps``, ``adjustments``, ``rejected``,
+    ``nonfinite``, ``rollbacks``, ``healed``, as keys ``"<metric>/<name>"``; plus ``step`` and
+    ``enabled``. Jittable.
+
+    Args:
+      tree: an :class:`AdaptiveState` or a pytree holding exactly one.
+
+    Returns:
+      A dict of scalar arrays.
+
+    Examples:
+      >>> import adaptive_optax as ao
+      >>> m = ao.metrics(ao.stable_weights({"mel": 2.5}).init())
+      >>> float(m["weight/mel"]), int(m["step"])
+      (2.5, 0)
+    """
+    state = find_state(tree)
+    stats = state.stats
+    per_term = {
+        "weight": jnp.stack(jax.tree.leaves(state.weights)),
+        "previous_weight": state.previous_weights,
+        "base_weight": state.base_weights,
+        "loss_ema": stats.loss_mean,
+        "loss_rel_variance": relative_variance(stats.loss_window, stats.loss_count),
+        "grad_norm_avg": window_mean(stats.grad_window, stats.grad_count),
+        "steps_since_change": state.step - state.last_change,
+        "stable_steps": state.stable_steps,
+        **state.counters._asdict(),
+    }
+    out = {"step": state.step, "enabled": state.enabled}
+    for i, name in enumerate(term_names(state.weights)):
+        for key, vector in per_term.items():
+            out[f"{key}/{name}"] = vector[i]
+    return out
+
+
+def _assert_all_finite(state: AdaptiveState, when: str) -> None:
+    paths = jax.tree_util.tree_flatten_with_path(state)[0]
+    for path, leaf in paths:
+        field = jax.tree_util.keystr(path, simple=True, separator=".")
+        chex.assert_tree_all_finite(leaf, custom_message=f"AdaptiveState.{field} {when}")
+
+
+def checked(weighting: LossWeighting) -> LossWeighting:
+    """Opt-in checked mode: ``update`` raises if any field of the state is not finite.
+
+    Built on ``chex.chexify``: the returned ``update`` is jitted and checks the state it is
+    given and the state it returns; an error names the field (``AdaptiveState.stats.loss_mean``).
+    Call it from Python (it jits itself); it costs a host synchronisation per call, so use it
+    to debug, not in production.
+
+    Args:
+      weighting: any :class:`adaptive_optax.LossWeighting`.
+
+    Returns:
+      A :class:`adaptive_optax.LossWeighting` with a checking ``update``.
+
+    Examples:
+      >>> import adaptive_optax as ao
+      >>> weighting = ao.checked(ao.stable_weights({"mel": 2.5}))
+      >>> weights, state = weighting.update({"mel": 1.0}, weighting.init())
+    """
+
+    def update(losses, state, *, grad_norms=None, **extra_args):
+        _assert_all_finite(state, "is not finite on input")
+        weights, new_state = weighting.update(losses, state, grad_norms=grad_norms)
+        _assert_all_finite(new_state, "is not finite after update")
+        return weights, new_state
+
+    checked_update = chex.chexify(jax.jit(update), async_check=False)
+
+    def checked_update_fn(losses, state, *, grad_norms=None, **extra_args):
+        del extra_args
+        return checked_update(losses, state, grad_norms=grad_norms)
+
+    return LossWeighting(weighting.init, checked_update_fn)

@@ -1,0 +1,101 @@
+"""The seed's rules: the loss-ratio decision tree and the older tanh rule it replaced."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from adaptive_optax._src import config
+from adaptive_optax._src.base import Rule, Signals
+
+
+def loss_ratio_rule(
+    *,
+    step_size: float = 0.05,
+    high_ratio: float = 1.1,
+    low_ratio: float = 0.9,
+    grad_growth: float = 1.5,
+) -> Rule:
+    """The stable controller's decision tree: move a weight one step up, down, or hold.
+
+    With ``d`` the relative deviation of the loss from its running mean and gradients "growing"
+    when the gradient norm exceeds ``grad_growth`` times the mean of the recent norms:
+
+    - ``d > high_ratio - 1`` and gradients not growing: ``w * (1 + step_size)``;
+    - else ``d < low_ratio - 1`` or gradients growing: ``w * (1 - step_size)``;
+    - else hold.
+
+    Args:
+      step_size: relative size of one move, in ``(0, 1)``.
+      high_ratio: loss / mean above which the loss is "high" (> ``low_ratio``).
+      low_ratio: loss / mean below which the loss is "low".
+      grad_growth: factor over the recent mean gradient norm that counts as growing (> 0).
+
+    Returns:
+      A stateless :class:`adaptive_optax.Rule`.
+
+    Examples:
+      >>> import adaptive_optax as ao
+      >>> weighting = ao.guarded(ao.loss_ratio_rule(step_size=0.1), {"a": 1.0, "b": 1.0})
+    """
+    config.check_number("step_size", step_size, low=0, high=1, low_open=True, high_open=True)
+    for name, value in (("high_ratio", high_ratio), ("low_ratio", low_ratio)):
+        config.check_number(name, value, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True)
+    config.check_number("grad_growth", grad_growth, low=0, low_open=True)
+    ratios = config.concrete((low_ratio, high_ratio))
+    if ratios is not None and not ratios[0] < ratios[1]:
+        raise ValueError(
+            f"low_ratio must be below high_ratio, got low_ratio={low_ratio}, "
+            f"high_ratio={high_ratio}"
+        )
+
+    def propose(signals: Signals, weights, base_weights, rule_state):
+        del base_weights
+        growing = jnp.zeros_like(signals.finite)
+        if signals.grad_norms is not None:
+            growing = signals.has_grad_history & (
+                signals.grad_norms > grad_growth * signals.grad_mean
+            )
+        high = signals.deviation > high_ratio - 1
+        low = signals.deviation < low_ratio - 1
+        up = high & ~growing
+        down = ~up & (low | growing)
+        factor = jnp.where(up, 1 + step_size, jnp.where(down, 1 - step_size, 1.0))
+        return weights * factor.astype(weights.dtype), rule_state
+
+    return Rule(init=lambda base_weights: (), propose=propose, needs=("norm",))
+
+
+def tanh_rule() -> Rule:
+    """The older rule of the seed, kept as a faithful baseline.
+
+    Stateless apart from a running loss whose decay ramps up with the step
+    (``decay = min(step / 1000, 0.99)``, running loss starting at 0)::
+
+        running = decay * running + (1 - decay) * loss
+        ratio = loss / (running + 1e-8)
+        weight = base * clip(0.5 + 0.5 * tanh(ratio - 1), 0.8, 1.2)
+
+    Since ``0.5 + 0.5 * tanh(x)`` is below 1 for every ``x``, the weight mostly sits at
+    ``0.8 * base``. Non-finite losses are skipped (the seed fed them in as 0).
+
+    Returns:
+      A :class:`adaptive_optax.Rule` whose state is the running loss per term.
+
+    Examples:
+      >>> import adaptive_optax as ao
+      >>> weighting = ao.guarded(ao.tanh_rule(), {"mel": 2.5}, max_change=None)
+    """
+
+    def init(base_weights):
+        return jnp.zeros(base_weights.shape, jnp.promote_types(base_weights.dtype, jnp.float32))
+
+    def propose(signals: Signals, weights, base_weights, running):
+        del weights
+        decay = jnp.minimum(signals.step / 1000.0, 0.99).astype(running.dtype)
+        updated = decay * running + (1 - decay) * signals.losses
+        running = jnp.where(signals.finite, updated, running)
+        ratio = signals.losses / (running + 1e-8)
+        factor = jnp.clip(0.5 + 0.5 * jnp.tanh(ratio - 1.0), 0.8, 1.2)
+        return base_weights * factor.astype(base_weights.dtype), running
+
+    return Rule(init=init, propose=propose)
