@@ -8,6 +8,20 @@ A weighting is a pure ``(init, update)`` pair over an immutable :class:`Adaptive
     total = ao.weighted_sum(losses, weights)
 """
 
+from adaptive_optax._src.balancers.annealing import lr_annealing_rule as lr_annealing_rule
+from adaptive_optax._src.balancers.annealing import lr_annealing_weights as lr_annealing_weights
+from adaptive_optax._src.balancers.dwa import dwa_rule as dwa_rule
+from adaptive_optax._src.balancers.dwa import dwa_weights as dwa_weights
+from adaptive_optax._src.balancers.encodec import encodec_rule as encodec_rule
+from adaptive_optax._src.balancers.encodec import encodec_weights as encodec_weights
+from adaptive_optax._src.balancers.gradnorm import gradnorm_rule as gradnorm_rule
+from adaptive_optax._src.balancers.gradnorm import gradnorm_weights as gradnorm_weights
+from adaptive_optax._src.balancers.relobralo import relobralo_rule as relobralo_rule
+from adaptive_optax._src.balancers.relobralo import relobralo_weights as relobralo_weights
+from adaptive_optax._src.balancers.softadapt import softadapt_rule as softadapt_rule
+from adaptive_optax._src.balancers.softadapt import softadapt_weights as softadapt_weights
+from adaptive_optax._src.balancers.uncertainty import uncertainty_rule as uncertainty_rule
+from adaptive_optax._src.balancers.uncertainty import uncertainty_weights as uncertainty_weights
 from adaptive_optax._src.base import AdaptiveState as AdaptiveState
 from adaptive_optax._src.base import Counters as Counters
 from adaptive_optax._src.base import LossWeighting as LossWeighting
@@ -42,16 +56,30 @@ __all__ = (
     "Signals",
     "checked",
     "disable",
+    "dwa_rule",
+    "dwa_weights",
     "enable",
+    "encodec_rule",
+    "encodec_weights",
     "find_state",
     "gradient_statistics",
+    "gradnorm_rule",
+    "gradnorm_weights",
     "guarded",
     "legacy_weights",
     "loss_ratio_rule",
+    "lr_annealing_rule",
+    "lr_annealing_weights",
     "metrics",
+    "relobralo_rule",
+    "relobralo_weights",
     "rollback",
+    "softadapt_rule",
+    "softadapt_weights",
     "stable_weights",
     "tanh_rule",
+    "uncertainty_rule",
+    "uncertainty_weights",
     "unguarded_weights",
     "weighted_sum",
 )

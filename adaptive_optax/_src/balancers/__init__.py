@@ -1,0 +1,1 @@
+"""The classic loss-balancing methods, each a :class:`adaptive_optax.Rule` and a bare factory."""

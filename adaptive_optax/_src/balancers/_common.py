@@ -1,0 +1,76 @@
+"""What the balancing rules share: bare guard settings, safe arithmetic, the weighted softmax."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
+from adaptive_optax._src.guards import guarded
+
+BARE = dict(
+    bounds=None,
+    max_change=None,
+    warmup_steps=0,
+    cooling_period=0,
+    min_stable_steps=0,
+    auto_rollback=False,
+)
+"""Guard settings of a bare balancer: only non-finite inputs are skipped; weights in [0, inf)."""
+
+
+def bare(rule: Rule, base_weights: PyTree, guards: dict[str, Any]) -> LossWeighting:
+    """``rule`` under the :data:`BARE` settings, overridden by the user's ``guards``."""
+    return guarded(rule, base_weights, **(BARE | guards))
+
+
+def float_dtype(x: jax.Array):
+    """The dtype a rule computes in: at least float32."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+    """``numerator / denominator`` with ``|denominator|`` floored at the dtype's tiny."""
+    tiny = jnp.finfo(denominator.dtype).tiny
+    return numerator / jnp.where(jnp.abs(denominator) >= tiny, denominator, tiny)
+
+
+def finite_or(x: jax.Array, fallback: float | jax.Array) -> jax.Array:
+    """``x`` where finite, else ``fallback``."""
+    return jnp.where(jnp.isfinite(x), x, fallback)
+
+
+def scaled_softmax(logits: jax.Array, numerator_weights: jax.Array | None = None) -> jax.Array:
+    """``n * f_i exp(x_i) / sum_j f_j exp(x_j)``: weights summing to the number of terms.
+
+    Finite for any input: infinities are clipped to the dtype's range and NaN counts as 0; the
+    maximum is subtracted before ``exp``. With ``numerator_weights`` (clipped at 0) summing to
+    zero, the weights are uniform.
+    """
+    big = jnp.finfo(logits.dtype).max
+    logits = jnp.nan_to_num(logits, nan=0.0, posinf=big, neginf=-big)
+    exps = jnp.exp(logits - jnp.max(logits))
+    if numerator_weights is not None:
+        weights = jnp.clip(finite_or(numerator_weights, 0.0), 0.0, big)
+        exps = exps * (weights / jnp.maximum(jnp.max(weights), jnp.finfo(logits.dtype).tiny))
+    total = jnp.sum(exps)
+    n = logits.shape[0]
+    return jnp.where(total > 0, n * exps / jnp.where(total > 0, total, 1.0), 1.0)
+
+
+def require(signals: Signals, name: str, rule: str) -> jax.Array:
+    """The gradient statistic ``name`` of this step, or a ``ValueError`` saying how to pass it."""
+    if name == "norm":
+        value = signals.grad_norms
+        how = "grad_norms="
+    else:
+        value = signals.grad_stats.get(name)
+        how = f"grad_stats={{{name!r}: ...}}"
+    if value is None:
+        raise ValueError(
+            f"{rule} needs the gradient statistic {name!r}: pass {how} to update, or use "
+            "adaptive_optax.weight_gradients, which computes it from per-term gradients"
+        )
+    return value

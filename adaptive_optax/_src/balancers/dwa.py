@@ -1,0 +1,116 @@
+"""Dynamic Weight Average (Liu, Johns & Davison, 2019)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax.numpy as jnp
+
+from adaptive_optax._src import config
+from adaptive_optax._src.balancers._common import (
+    bare,
+    finite_or,
+    float_dtype,
+    safe_divide,
+    scaled_softmax,
+)
+from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
+from adaptive_optax._src.statistics import count_where
+
+
+class DWAState(NamedTuple):
+    """State of :func:`dwa_rule`.
+
+    Attributes:
+      previous_losses: ``(n_terms,)`` each term's last finite loss.
+      ratios: ``(n_terms,)`` the last loss ratios ``L_k(t) / L_k(t - 1)`` (1 until known).
+      count: ``(n_terms,)`` int32, finite losses seen.
+    """
+
+    previous_losses: chex.Array
+    ratios: chex.Array
+    count: chex.Array
+
+
+def dwa_rule(*, temperature: float = 2.0) -> Rule:
+    """Weights from the rate at which each loss falls, through a softmax of temperature ``T``.
+
+    Eq. 7 of the paper, with ``K`` terms::
+
+        r_k(t - 1) = L_k(t - 1) / L_k(t - 2)
+        lambda_k(t) = K * exp(r_k(t - 1) / T) / sum_i exp(r_i(t - 1) / T)
+
+    and ``r_k = 1`` until two losses are known. The update at step ``t`` sees ``L(t)`` and
+    returns the weights of step ``t + 1``, so its ratio is ``L(t) / L(t - 1)``. The paper
+    averages losses over an epoch; call ``update`` once per epoch with epoch-mean losses to
+    reproduce it exactly, or once per step. The proposed weight is ``base_k * lambda_k``.
+    Losses are assumed positive (the ratio's denominator is floored at the dtype's tiny); a
+    term with a non-finite loss keeps its last ratio.
+
+    Args:
+      temperature: ``T`` (> 0); large values give equal weights.
+
+    Returns:
+      A :class:`adaptive_optax.Rule` with state :class:`DWAState`.
+
+    Examples:
+      >>> import adaptive_optax as ao
+      >>> weighting = ao.guarded(ao.dwa_rule(temperature=2.0), {"seg": 1.0, "depth": 1.0})
+
+    References:
+      Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019
+      (arXiv:1803.10704), eq. 7.
+    """
+    config.check_number("temperature", temperature, low=0, low_open=True)
+
+    def init(base_weights: chex.Array) -> DWAState:
+        dtype = float_dtype(base_weights)
+        n = base_weights.shape[0]
+        return DWAState(jnp.zeros((n,), dtype), jnp.ones((n,), dtype), jnp.zeros((n,), jnp.int32))
+
+    def propose(signals: Signals, weights, base_weights, state: DWAState):
+        del weights
+        losses = signals.losses.astype(state.ratios.dtype)
+        ratio = finite_or(safe_divide(losses, state.previous_losses), state.ratios)
+        known = signals.finite & (state.count > 0)
+        ratios = jnp.where(known, ratio, state.ratios)
+        new_state = DWAState(
+            previous_losses=jnp.where(signals.finite, losses, state.previous_losses),
+            ratios=ratios,
+            count=count_where(state.count, signals.finite),
+        )
+        lambdas = scaled_softmax(ratios / temperature)
+        return base_weights.astype(lambdas.dtype) * lambdas, new_state
+
+    return Rule(init=init, propose=propose)
+
+
+def dwa_weights(base_weights: PyTree, *, temperature: float = 2.0, **guards: Any) -> LossWeighting:
+    """Dynamic Weight Average (Liu et al. 2019) as a weighting.
+
+    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
+    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
+    passed through ``guards``. See :func:`adaptive_optax.dwa_rule` for the formula.
+
+    Args:
+      base_weights: a pytree of positive floats, one per loss term (prior factors).
+      temperature: ``T``.
+      **guards: keyword settings of :func:`adaptive_optax.guarded`.
+
+    Returns:
+      A :class:`adaptive_optax.LossWeighting`.
+
+    Examples:
+      >>> import adaptive_optax as ao
+      >>> weighting = ao.dwa_weights({"a": 1.0, "b": 1.0})
+      >>> state = weighting.init()
+      >>> _, state = weighting.update({"a": 1.0, "b": 1.0}, state)
+      >>> weights, state = weighting.update({"a": 0.5, "b": 1.0}, state)
+      >>> round(float(weights["a"]), 4)  # 2 e^0.25 / (e^0.25 + e^0.5)
+      0.8756
+
+    References:
+      Liu, Johns & Davison, CVPR 2019, eq. 7.
+    """
+    return bare(dwa_rule(temperature=temperature), base_weights, guards)

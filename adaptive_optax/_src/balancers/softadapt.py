@@ -1,0 +1,144 @@
+"""SoftAdapt (Heydari, Thompson & Mehmood, 2019): original, loss-weighted and normalised."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax.numpy as jnp
+
+from adaptive_optax._src import config
+from adaptive_optax._src.balancers._common import bare, float_dtype, safe_divide, scaled_softmax
+from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
+from adaptive_optax._src.statistics import count_where
+
+VARIANTS = ("original", "loss_weighted", "normalized")
+
+
+class SoftAdaptState(NamedTuple):
+    """State of :func:`softadapt_rule`.
+
+    Attributes:
+      previous_losses: ``(n_terms,)`` each term's last finite loss.
+      slopes: ``(n_terms,)`` the last rates of change ``s_i`` (0 until known).
+      averages: ``(n_terms,)`` the mean of the losses the last slope was taken over.
+      count: ``(n_terms,)`` int32, finite losses seen.
+    """
+
+    previous_losses: chex.Array
+    slopes: chex.Array
+    averages: chex.Array
+    count: chex.Array
+
+
+def softadapt_rule(variant: str = "original", *, beta: float = 0.1, eps: float = 1e-8) -> Rule:
+    """Weights from a softmax of each loss's rate of change.
+
+    With ``s_i = L_i(t) - L_i(t - 1)`` the rate of change of term ``i`` (section 3.1, a first
+    order finite difference; 0 until two losses are known), the variants of section 3.1 are::
+
+        original       alpha_i = exp(beta s_i) / sum_j exp(beta s_j)
+        loss_weighted  alpha_i = f_i exp(beta s_i) / sum_j f_j exp(beta s_j)
+        normalized     alpha_i = exp(beta ns_i) / sum_j exp(beta ns_j),  ns_i = s_i / sum_j |s_j|
+
+    where ``f_i`` is the mean of the losses the slope is taken over (``(L_i(t) + L_i(t-1))/2``).
+    ``beta > 0`` favours the term that decreases slowest. The paper's ``alpha`` sum to 1; the
+    proposed weight is ``n * alpha_i * base_i``, so that equal slopes give the base weights
+    (a constant factor ``n`` on the total loss). Where the paper and the authors' code differ
+    we follow the paper: the code's normalised variant divides by the signed sum
+    ``sum_j s_j`` (which changes sign and vanishes when slopes cancel), and its slopes use
+    higher-order finite differences over several past losses. A term with a non-finite loss
+    keeps its last slope and mean.
+
+    Args:
+      variant: ``"original"``, ``"loss_weighted"`` or ``"normalized"``.
+      beta: the focus ``beta`` (any real; 0 gives equal weights).
+      eps: floor of ``sum_j |s_j|`` in the normalised variant (> 0).
+
+    Returns:
+      A :class:`adaptive_optax.Rule` with state :class:`SoftAdaptState`.
+
+    Raises:
+      ValueError: for an unknown variant.
+
+    Examples:
+      >>> import adaptive_optax as ao
+      >>> weighting = ao.guarded(ao.softadapt_rule("normalized", beta=0.1), {"a": 1.0, "b": 1.0})
+
+    References:
+      Heydari, Thompson & Mehmood, "SoftAdapt: Techniques for Adaptive Loss Weighting of Neural
+      Networks with Multi-Part Loss Functions", 2019 (arXiv:1912.12355), section 3.1.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    config.check_number("beta", beta, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True)
+    config.check_number("eps", eps, low=0, low_open=True)
+
+    def init(base_weights: chex.Array) -> SoftAdaptState:
+        dtype = float_dtype(base_weights)
+        zeros = jnp.zeros(base_weights.shape, dtype)
+        return SoftAdaptState(zeros, zeros, zeros, jnp.zeros(base_weights.shape, jnp.int32))
+
+    def propose(signals: Signals, weights, base_weights, state: SoftAdaptState):
+        del weights
+        finite = signals.finite
+        losses = signals.losses.astype(state.slopes.dtype)
+        known = finite & (state.count > 0)
+        slope = losses - state.previous_losses
+        average = 0.5 * losses + 0.5 * state.previous_losses
+        slopes = jnp.where(known & jnp.isfinite(slope), slope, state.slopes)
+        averages = jnp.where(finite & ~known, losses, state.averages)
+        averages = jnp.where(known & jnp.isfinite(average), average, averages)
+        new_state = SoftAdaptState(
+            previous_losses=jnp.where(finite, losses, state.previous_losses),
+            slopes=slopes,
+            averages=averages,
+            count=count_where(state.count, finite),
+        )
+        if variant == "normalized":
+            total = jnp.sum(jnp.abs(slopes))
+            slopes = safe_divide(slopes, jnp.maximum(total, eps))
+        numerator = averages if variant == "loss_weighted" else None
+        lambdas = scaled_softmax(beta * slopes, numerator)
+        return base_weights.astype(lambdas.dtype) * lambdas, new_state
+
+    return Rule(init=init, propose=propose)
+
+
+def softadapt_weights(
+    base_weights: PyTree,
+    *,
+    variant: str = "original",
+    beta: float = 0.1,
+    eps: float = 1e-8,
+    **guards: Any,
+) -> LossWeighting:
+    """SoftAdapt (Heydari et al. 2019) as a weighting, in any of its three variants.
+
+    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
+    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
+    passed through ``guards``. See :func:`adaptive_optax.softadapt_rule` for the formulas.
+
+    Args:
+      base_weights: a pytree of positive floats, one per loss term (prior factors).
+      variant: ``"original"``, ``"loss_weighted"`` or ``"normalized"``.
+      beta: the focus ``beta``.
+      eps: floor of the slopes' L1 norm in the normalised variant.
+      **guards: keyword settings of :func:`adaptive_optax.guarded`.
+
+    Returns:
+      A :class:`adaptive_optax.LossWeighting`.
+
+    Examples:
+      >>> import adaptive_optax as ao
+      >>> weighting = ao.softadapt_weights({"a": 1.0, "b": 1.0}, beta=1.0)
+      >>> state = weighting.init()
+      >>> _, state = weighting.update({"a": 1.0, "b": 1.0}, state)
+      >>> weights, state = weighting.update({"a": 2.0, "b": 1.0}, state)
+      >>> round(float(weights["a"]), 4)  # 2 e / (e + 1)
+      1.4621
+
+    References:
+      Heydari, Thompson & Mehmood, 2019 (arXiv:1912.12355), section 3.1.
+    """
+    return bare(softadapt_rule(variant, beta=beta, eps=eps), base_weights, guards)
