@@ -28,6 +28,7 @@ from adaptive_optax._src.base import LossWeighting as LossWeighting
 from adaptive_optax._src.base import Rule as Rule
 from adaptive_optax._src.base import RunningStats as RunningStats
 from adaptive_optax._src.base import Signals as Signals
+from adaptive_optax._src.checkpoint import restore as restore
 from adaptive_optax._src.control import checked as checked
 from adaptive_optax._src.control import disable as disable
 from adaptive_optax._src.control import enable as enable
@@ -38,6 +39,9 @@ from adaptive_optax._src.control import weighted_sum as weighted_sum
 from adaptive_optax._src.gradients import GRADIENT_STATISTICS as GRADIENT_STATISTICS
 from adaptive_optax._src.gradients import gradient_statistics as gradient_statistics
 from adaptive_optax._src.guards import guarded as guarded
+from adaptive_optax._src.integration import WeightGradientsState as WeightGradientsState
+from adaptive_optax._src.integration import apply_gradients as apply_gradients
+from adaptive_optax._src.integration import weight_gradients as weight_gradients
 from adaptive_optax._src.rules import loss_ratio_rule as loss_ratio_rule
 from adaptive_optax._src.rules import tanh_rule as tanh_rule
 from adaptive_optax._src.weightings import legacy_weights as legacy_weights
@@ -54,6 +58,8 @@ __all__ = (
     "Rule",
     "RunningStats",
     "Signals",
+    "WeightGradientsState",
+    "apply_gradients",
     "checked",
     "disable",
     "dwa_rule",
@@ -73,6 +79,7 @@ __all__ = (
     "metrics",
     "relobralo_rule",
     "relobralo_weights",
+    "restore",
     "rollback",
     "softadapt_rule",
     "softadapt_weights",
@@ -81,5 +88,6 @@ __all__ = (
     "uncertainty_rule",
     "uncertainty_weights",
     "unguarded_weights",
+    "weight_gradients",
     "weighted_sum",
 )

@@ -1,0 +1,213 @@
+"""Adaptive loss weights inside an optax chain, and in training states that cannot pass them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adaptive_optax._src.base import AdaptiveState, LossWeighting, PyTree
+from adaptive_optax._src.gradients import gradient_statistics
+from adaptive_optax._src.terms import term_names
+
+
+class WeightGradientsState(NamedTuple):
+    """State of :func:`weight_gradients`.
+
+    Attributes:
+      weighting_state: the weighting's :class:`adaptive_optax.AdaptiveState`; inside any optax
+        state, ``optax.tree.get(opt_state, "weighting_state")`` or
+        ``adaptive_optax.find_state(opt_state)`` returns it.
+    """
+
+    weighting_state: AdaptiveState
+
+
+def weight_gradients(
+    weighting: LossWeighting,
+    *,
+    gradient_filter: Callable[[PyTree], PyTree] | None = None,
+    skip_nonfinite: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """Weights per-term gradients with adaptive loss weights, as the first link of an optax chain.
+
+    ``update`` takes per-term gradients: a pytree keyed like the base weights whose values are
+    parameter-shaped gradient pytrees (what ``jax.jacrev`` of a dict-valued loss function
+    gives), and the keyword ``losses`` (one scalar per term). It returns
+    ``sum(weight[t] * grads[t])`` over the terms ``t`` with this step's weights (those in the
+    state before the update), then advances the weighting with ``losses`` and the gradient
+    statistics its rule needs (``weighting.needs``: ``"norm"``, ``"max_abs"``, ...), computed
+    per term; nothing else is computed. Other extra arguments are ignored, as in optax.
+
+    Under data parallelism, average the per-term gradients over devices before this transform
+    (as for any optimiser), or build the weighting with ``axis_name``.
+
+    Args:
+      weighting: a :class:`adaptive_optax.LossWeighting`, e.g. from
+        :func:`adaptive_optax.stable_weights`.
+      gradient_filter: maps one term's gradient pytree to the part the gradient statistics are
+        computed on, e.g. ``lambda g: g["shared"]`` for the last shared layer (as GradNorm
+        prescribes, and cheaper). The weighted sum always uses the full gradients. Default:
+        the whole gradient pytree.
+      skip_nonfinite: when True, a step whose weighted gradient is not finite leaves the
+        weighting state untouched, as ``optax.apply_if_finite`` leaves its inner state; put
+        ``optax.apply_if_finite`` after this transform so that such a step changes nothing at
+        all. When False (default) the weighting sees the step: it counts the non-finite term,
+        keeps that term's statistics and weight, and with ``auto_rollback`` undoes a recent
+        adjustment.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is a
+      :class:`WeightGradientsState`.
+
+    Raises:
+      ValueError: from ``update``, when ``losses`` is missing or its structure or that of the
+        per-term gradients differs from the base weights.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import adaptive_optax as ao
+      >>> weighting = ao.stable_weights({"fit": 1.0, "smooth": 0.1})
+      >>> tx = optax.chain(ao.weight_gradients(weighting), optax.adam(1e-2))
+      >>> params = jnp.zeros(3)
+      >>> def losses_fn(params):
+      ...     return {"fit": jnp.sum((params - 1.0) ** 2), "smooth": jnp.sum(jnp.diff(params) ** 2)}
+      >>> opt_state = tx.init(params)
+      >>> losses, grads = losses_fn(params), jax.jacrev(losses_fn)(params)
+      >>> updates, opt_state = tx.update(grads, opt_state, params, losses=losses)
+      >>> params = optax.apply_updates(params, updates)
+      >>> int(ao.metrics(opt_state)["step"])
+      1
+    """
+    if gradient_filter is not None and not callable(gradient_filter):
+        raise ValueError(f"gradient_filter must be callable or None, got {gradient_filter!r}")
+    needs = tuple(weighting.needs)
+
+    def init_fn(params: PyTree) -> WeightGradientsState:
+        del params
+        return WeightGradientsState(weighting_state=weighting.init())
+
+    def update_fn(
+        updates: PyTree,
+        state: WeightGradientsState,
+        params: PyTree | None = None,
+        *,
+        losses: PyTree | None = None,
+        **extra_args: Any,
+    ) -> tuple[PyTree, WeightGradientsState]:
+        del params, extra_args
+        if losses is None:
+            raise ValueError(
+                "weight_gradients needs this step's losses: call "
+                "tx.update(per_term_grads, opt_state, params, losses=losses)"
+            )
+        inner = state.weighting_state
+        treedef = jax.tree.structure(inner.weights)
+        term_grads = _split_terms(updates, inner.weights)
+        weights = treedef.flatten_up_to(inner.weights)
+        combined = jax.tree.map(
+            lambda *grads: sum(
+                jnp.asarray(w, g.dtype) * g for w, g in zip(weights, grads, strict=True)
+            ),
+            *term_grads,
+        )
+        statistics = {}
+        if needs:
+            filtered = [g if gradient_filter is None else gradient_filter(g) for g in term_grads]
+            statistics = gradient_statistics(jax.tree.unflatten(treedef, filtered), needs, treedef)
+        grad_norms = statistics.pop("norm", None)
+        _, new_inner = weighting.update(
+            losses, inner, grad_norms=grad_norms, grad_stats=statistics or None
+        )
+        if skip_nonfinite:
+            finite = jnp.all(
+                jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(combined)])
+            )
+            new_inner = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_inner, inner)
+        return combined, WeightGradientsState(weighting_state=new_inner)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _key(entry: Any) -> Any:
+    """The dict key, index or attribute name of one key-path entry."""
+    for field in ("key", "idx", "name"):
+        if hasattr(entry, field):
+            return getattr(entry, field)
+    raise TypeError(f"unsupported key path entry {entry!r}")
+
+
+def _split_terms(updates: PyTree, weights: PyTree) -> list[PyTree]:
+    """One gradient pytree per term, in the leaf order of ``weights``.
+
+    Accepts any mapping type at the term level (a ``flax.nnx.State`` from ``nnx.Optimizer``).
+
+    Raises:
+      ValueError: if ``updates`` is not keyed like the base weights.
+    """
+    treedef = jax.tree.structure(weights)
+    try:
+        return treedef.flatten_up_to(updates)
+    except (ValueError, TypeError):
+        pass
+    names = term_names(weights)
+    message = (
+        f"updates must be per-term gradients keyed like the base weights, terms {names} "
+        f"(what jax.jacrev of a dict-valued loss function gives), got "
+        f"{jax.tree.structure(updates)}"
+    )
+    terms = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(weights)[0]:
+        node = updates
+        for entry in path:
+            try:
+                node = node[_key(entry)]
+            except (KeyError, IndexError, TypeError) as error:
+                raise ValueError(message) from error
+        terms.append(node)
+    if sum(len(jax.tree.leaves(t)) for t in terms) != len(jax.tree.leaves(updates)):
+        raise ValueError(message)
+    return terms
+
+
+def apply_gradients(train_state: Any, *, grads: PyTree, **extra_args: Any) -> Any:
+    """``train_state.apply_gradients(grads=grads)`` that forwards extra args to ``tx.update``.
+
+    Flax linen's ``TrainState.apply_gradients`` sends its keyword arguments to ``.replace``,
+    not to ``tx.update``, so ``losses=`` cannot reach :func:`weight_gradients` through it.
+    This function does the same update with the extra arguments passed on. The weighting state
+    lives in ``train_state.opt_state``; ``adaptive_optax.metrics(train_state)`` reads it.
+
+    Args:
+      train_state: a ``flax.training.train_state.TrainState``, or any object with ``step``,
+        ``params``, ``tx``, ``opt_state`` and ``replace``.
+      grads: the gradients ``tx`` expects (per-term gradients for :func:`weight_gradients`).
+      **extra_args: passed to ``tx.update``, e.g. ``losses=losses``.
+
+    Returns:
+      The train state with ``step`` incremented, ``params`` and ``opt_state`` updated.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from flax.training import train_state
+      >>> import adaptive_optax as ao
+      >>> tx = optax.chain(ao.weight_gradients(ao.stable_weights({"a": 1.0, "b": 2.0})),
+      ...                  optax.sgd(0.1))
+      >>> state = train_state.TrainState.create(apply_fn=None, params=jnp.ones(2), tx=tx)
+      >>> losses_fn = lambda p: {"a": jnp.sum(p**2), "b": jnp.sum((p - 1) ** 2)}
+      >>> grads = jax.jacrev(losses_fn)(state.params)
+      >>> state = ao.apply_gradients(state, grads=grads, losses=losses_fn(state.params))
+      >>> int(state.step), int(ao.metrics(state)["step"])
+      (1, 1)
+    """
+    updates, opt_state = train_state.tx.update(
+        grads, train_state.opt_state, train_state.params, **extra_args
+    )
+    return train_state.replace(
+        step=train_state.step + 1,
+        params=optax.apply_updates(train_state.params, updates),
+        opt_state=opt_state,
+    )

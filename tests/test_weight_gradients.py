@@ -1,0 +1,280 @@
+"""ao.weight_gradients: an optax transform of per-term gradients, under jax.jit."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adaptive_optax as ao
+
+BASE = {"fit": 1.0, "smooth": 0.5}
+TARGET = jnp.array([1.0, -2.0, 3.0, 0.5])
+
+
+def losses_fn(params):
+    return {
+        "fit": jnp.sum((params["w"] - TARGET) ** 2) + params["b"] ** 2,
+        "smooth": jnp.sum(jnp.diff(params["w"]) ** 2),
+    }
+
+
+def init_params():
+    return {"w": jnp.zeros(4), "b": jnp.ones([])}
+
+
+def term_grads(params):
+    return jax.jacrev(losses_fn)(params)
+
+
+def growing(step):
+    """Losses that double every step and constant per-term gradients: the rule moves up."""
+    losses = {"fit": 2.0**step, "smooth": 2.0 ** (step / 2)}
+    grads = {"fit": {"w": jnp.ones(4), "b": jnp.ones([])}, "smooth": {"w": -jnp.ones(4), "b": 0.0}}
+    return losses, jax.tree.map(jnp.asarray, grads)
+
+
+def combine(weights, grads):
+    """``sum(weights[t] * grads[t])``, computed here independently of the library."""
+    return jax.tree.map(
+        lambda f, s: weights["fit"] * f + weights["smooth"] * s, grads["fit"], grads["smooth"]
+    )
+
+
+def spy(needs):
+    """A weighting whose state's rule_state holds what update received (for one call)."""
+    inner = ao.stable_weights(BASE)
+
+    def update(losses, state, *, grad_norms=None, grad_stats=None, **extra):
+        weights, state = inner.update(losses, state, grad_norms=grad_norms)
+        return weights, state._replace(rule_state=(grad_norms, grad_stats, extra))
+
+    return ao.LossWeighting(inner.init, update, needs)
+
+
+def test_output_is_the_weighted_sum_with_this_steps_weights():
+    weighting = ao.unguarded_weights(BASE)
+    tx = ao.weight_gradients(weighting)
+    state = tx.init(init_params())
+    update = jax.jit(tx.update)
+    for step in range(4):
+        losses, grads = growing(step)
+        before = state.weighting_state.weights
+        updates, state = update(grads, state, losses=losses)
+        chex.assert_trees_all_close(updates, combine(before, grads), rtol=1e-6)
+        assert int(state.weighting_state.step) == step + 1
+    # the weights did move, so the test distinguishes old weights from new ones
+    assert float(state.weighting_state.weights["fit"]) > BASE["fit"] * 1.5
+
+
+def test_state_equals_calling_the_weighting_by_hand():
+    weighting = ao.stable_weights(BASE, warmup_steps=3, cooling_period=2, min_stable_steps=1)
+    tx = ao.weight_gradients(weighting)
+
+    @jax.jit
+    def both(params, opt_state, weight_state):
+        losses, grads = losses_fn(params), term_grads(params)
+        updates, opt_state = tx.update(grads, opt_state, params, losses=losses)
+        norms = {name: optax.tree.norm(g) for name, g in grads.items()}
+        _, weight_state = weighting.update(losses, weight_state, grad_norms=norms)
+        return optax.apply_updates(params, jax.tree.map(lambda u: -0.05 * u, updates)), (
+            opt_state,
+            weight_state,
+        )
+
+    params, opt_state, weight_state = init_params(), tx.init(init_params()), weighting.init()
+    for _ in range(40):
+        params, (opt_state, weight_state) = both(params, opt_state, weight_state)
+    chex.assert_trees_all_equal(opt_state.weighting_state, weight_state)
+    assert int(weight_state.counters.adjustments.sum()) > 0
+
+
+@pytest.mark.parametrize(
+    "needs, norms, others",
+    [((), False, ()), (("norm",), True, ()), (("norm", "max_abs"), True, ("max_abs",))],
+)
+def test_computes_only_the_statistics_the_rule_needs(needs, norms, others):
+    tx = ao.weight_gradients(spy(needs))
+    params = init_params()
+    grads = term_grads(params)
+    _, state = jax.jit(tx.update)(grads, tx.init(params), losses=losses_fn(params), other=1.0)
+    grad_norms, grad_stats, extra = state.weighting_state.rule_state
+    assert (grad_norms is not None) == norms
+    assert tuple(grad_stats or ()) == others
+    assert extra == {}
+    if norms:
+        expected = {name: optax.tree.norm(g) for name, g in grads.items()}
+        chex.assert_trees_all_close(grad_norms, expected)
+    if others:
+        expected = {name: jnp.max(jnp.abs(g["w"])) for name, g in grads.items()}
+        chex.assert_trees_all_close(grad_stats["max_abs"], expected)
+
+
+def test_gradient_filter_restricts_statistics_not_the_sum():
+    tx = ao.weight_gradients(spy(("norm", "mean_abs")), gradient_filter=lambda g: g["w"])
+    params = init_params()
+    grads = term_grads(params)
+    updates, state = jax.jit(tx.update)(grads, tx.init(params), losses=losses_fn(params))
+    grad_norms, grad_stats, _ = state.weighting_state.rule_state
+    chex.assert_trees_all_close(
+        grad_norms, {name: jnp.linalg.norm(g["w"]) for name, g in grads.items()}
+    )
+    chex.assert_trees_all_close(
+        grad_stats["mean_abs"],
+        {name: jnp.mean(jnp.abs(g["w"])) for name, g in grads.items()},
+    )
+    # the bias gradient, outside the filter, is still in the weighted sum
+    assert float(updates["b"]) == pytest.approx(float(grads["fit"]["b"]) * BASE["fit"])
+
+
+def test_clear_errors():
+    tx = ao.weight_gradients(ao.stable_weights(BASE))
+    params = init_params()
+    state = tx.init(params)
+    grads, losses = term_grads(params), losses_fn(params)
+    with pytest.raises(ValueError, match="losses=losses"):
+        tx.update(grads, state, params)
+    with pytest.raises(ValueError, match="losses must have the structure"):
+        tx.update(grads, state, params, losses={"fit": 1.0})
+    with pytest.raises(ValueError, match="per-term gradients keyed like the base weights"):
+        tx.update(params, state, params, losses=losses)
+    with pytest.raises(ValueError, match="per-term gradients"):
+        tx.update({**grads, "extra": grads["fit"]}, state, params, losses=losses)
+    with pytest.raises(ValueError, match="gradient_filter"):
+        ao.weight_gradients(ao.stable_weights(BASE), gradient_filter="w")
+
+
+def test_chain_with_clipping_and_adam_trains_without_recompiling():
+    weighting = ao.stable_weights(BASE, warmup_steps=20, cooling_period=10, min_stable_steps=2)
+    tx = optax.chain(
+        ao.weight_gradients(weighting), optax.clip_by_global_norm(1.0), optax.adam(0.1)
+    )
+
+    @jax.jit
+    def step(params, opt_state):
+        losses, grads = losses_fn(params), term_grads(params)
+        total = ao.weighted_sum(losses, ao.find_state(opt_state).weights)
+        updates, opt_state = tx.update(grads, opt_state, params, losses=losses, unused=0)
+        return optax.apply_updates(params, updates), opt_state, total
+
+    params = init_params()
+    opt_state = tx.init(params)
+    totals = []
+    for _ in range(150):
+        params, opt_state, total = step(params, opt_state)
+        totals.append(float(total))
+    assert step._cache_size() == 1
+    assert totals[-1] < 0.5 * totals[0]
+    assert totals[-1] <= min(totals[:10])
+    found = optax.tree.get(opt_state, "weighting_state")
+    assert isinstance(found, ao.AdaptiveState)
+    assert found is ao.find_state(opt_state)
+    metrics = ao.metrics(opt_state)
+    assert int(metrics["step"]) == 150
+    assert float(metrics["weight/fit"]) == float(found.weights["fit"])
+    chex.assert_tree_all_finite(opt_state)
+
+
+@pytest.mark.parametrize("skip_nonfinite", [False, True])
+def test_apply_if_finite_skips_the_step(skip_nonfinite):
+    weighting = ao.stable_weights(BASE, warmup_steps=0, cooling_period=0, min_stable_steps=0)
+    tx = optax.chain(
+        ao.weight_gradients(weighting, skip_nonfinite=skip_nonfinite),
+        optax.apply_if_finite(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2)), 3),
+    )
+
+    @jax.jit
+    def step(params, opt_state, poison):
+        losses, grads = losses_fn(params), term_grads(params)
+        grads["smooth"] = jax.tree.map(lambda g: g * poison, grads["smooth"])
+        updates, opt_state = tx.update(grads, opt_state, params, losses=losses)
+        return optax.apply_updates(params, updates), opt_state
+
+    params = init_params()
+    opt_state = tx.init(params)
+    for _ in range(5):
+        params, opt_state = step(params, opt_state, 1.0)
+    new_params, new_state = step(params, opt_state, jnp.nan)
+    chex.assert_trees_all_equal(new_params, params)
+    chex.assert_trees_all_equal(new_state[1].inner_state, opt_state[1].inner_state)
+    assert int(new_state[1].total_notfinite) == 1
+    old, new = opt_state[0].weighting_state, new_state[0].weighting_state
+    if skip_nonfinite:
+        chex.assert_trees_all_equal(new, old)
+    else:
+        # the weighting saw the step: it counted the non-finite term and kept its weight and
+        # statistics (no adjustment to undo here)
+        assert int(new.step) == int(old.step) + 1
+        np.testing.assert_array_equal(new.counters.nonfinite, [0, 1])
+        assert float(new.weights["smooth"]) == float(old.weights["smooth"])
+        assert int(new.stats.loss_count[1]) == int(old.stats.loss_count[1])
+    params, opt_state = step(new_params, new_state, 1.0)
+    assert not np.array_equal(params["w"], new_params["w"])
+
+
+def test_multisteps_weighting_sees_every_micro_batch():
+    """Under MultiSteps after weight_gradients, the weighting steps once per micro-batch and
+    the emitted update is the mean of the micro-batches' gradients, each weighted with the
+    weights of its own micro-batch."""
+    k, lr = 3, 0.1
+    weighting = ao.unguarded_weights(BASE)
+    tx = optax.chain(ao.weight_gradients(weighting), optax.MultiSteps(optax.sgd(lr), k))
+    params = init_params()
+    opt_state = tx.init(params)
+    update = jax.jit(tx.update)
+    weighted = []
+    for step in range(2 * k):
+        losses, grads = growing(step)
+        weights = ao.find_state(opt_state).weights
+        weighted.append(combine(weights, grads))
+        updates, opt_state = update(grads, opt_state, params, losses=losses)
+        if step % k < k - 1:
+            chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, params))
+        else:
+            mean = jax.tree.map(lambda *g: sum(g) / k, *weighted[-k:])
+            chex.assert_trees_all_close(updates, jax.tree.map(lambda m: -lr * m, mean), rtol=1e-5)
+    assert int(ao.metrics(opt_state)["step"]) == 2 * k
+    assert int(ao.find_state(opt_state).counters.adjustments.sum()) > 0
+
+
+def test_inject_hyperparams_changes_max_change_without_recompiling():
+    def factory(max_change):
+        return ao.weight_gradients(ao.unguarded_weights(BASE, max_change=max_change))
+
+    tx = optax.inject_hyperparams(factory)(max_change=0.05)
+    opt_state = tx.init(init_params())
+    update = jax.jit(tx.update)
+    ratios = []
+    for step in range(6):
+        if step == 3:
+            opt_state.hyperparams["max_change"] = jnp.asarray(0.2, jnp.float32)
+        before = float(ao.find_state(opt_state).weights["fit"])
+        losses, grads = growing(step)
+        _, opt_state = update(grads, opt_state, losses=losses)
+        ratios.append(float(ao.find_state(opt_state).weights["fit"]) / before)
+    # step 0 has no history (hold), then +5 % per step, then +20 % after the change
+    np.testing.assert_allclose(ratios, [1.0, 1.05, 1.05, 1.2, 1.2, 1.2], rtol=1e-6)
+    assert update._cache_size() == 1
+
+
+def test_long_scan_and_dtypes_kept():
+    weighting = ao.stable_weights(BASE, warmup_steps=5, cooling_period=3, min_stable_steps=1)
+    tx = optax.chain(ao.weight_gradients(weighting), optax.adam(1e-2))
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), init_params())
+    opt_state = tx.init(params)
+
+    def body(carry, _):
+        params, opt_state = carry
+        losses, grads = losses_fn(params), term_grads(params)
+        updates, opt_state = tx.update(grads, opt_state, params, losses=losses)
+        chex.assert_trees_all_equal_dtypes(updates, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    (params, new_state), _ = jax.jit(lambda c: jax.lax.scan(body, c, length=300))(
+        (params, opt_state)
+    )
+    chex.assert_trees_all_equal_dtypes(new_state, opt_state)
+    chex.assert_trees_all_equal_shapes(new_state, opt_state)
+    chex.assert_tree_all_finite(new_state)
+    assert int(ao.metrics(new_state)["step"]) == 300
