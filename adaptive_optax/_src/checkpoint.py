@@ -79,14 +79,18 @@ def restore(target: PyTree, restored: PyTree) -> PyTree:
         )
     paths = jax.tree_util.tree_flatten_with_path(target)[0]
     for (path, want), got in zip(paths, jax.tree.leaves(restored), strict=True):
-        if np.shape(got) != np.shape(want) or np.result_type(got) != np.result_type(want):
+        if np.shape(got) != np.shape(want) or _dtype(got) != _dtype(want):
             raise ValueError(
                 f"the checkpoint does not match at {jax.tree_util.keystr(path)}: it holds "
-                f"{np.result_type(got)}{list(np.shape(got))}, the target "
-                f"{np.result_type(want)}{list(np.shape(want))} (did a setting such as "
+                f"{_dtype(got)}{list(np.shape(got))}, the target "
+                f"{_dtype(want)}{list(np.shape(want))} (did a setting such as "
                 "window or dtype change?)"
             )
     return restored
+
+
+def _dtype(leaf: Any) -> np.dtype:
+    return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.result_type(leaf)
 
 
 def _describe(terms: list[tuple[str, ...]]) -> str:
