@@ -278,3 +278,17 @@ def test_long_scan_and_dtypes_kept():
     chex.assert_trees_all_equal_shapes(new_state, opt_state)
     chex.assert_tree_all_finite(new_state)
     assert int(ao.metrics(new_state)["step"]) == 300
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [lambda tx: optax.apply_if_finite(tx, 3), lambda tx: optax.MultiSteps(tx, 2)],
+    ids=["apply_if_finite", "MultiSteps"],
+)
+def test_wrapping_the_whole_chain_fails_at_trace_time(wrap):
+    """These wrappers must go after weight_gradients: around it they mix per-term and
+    parameter-shaped trees, and fail loudly rather than silently."""
+    tx = wrap(optax.chain(ao.weight_gradients(ao.stable_weights(BASE)), optax.sgd(0.1)))
+    params = init_params()
+    with pytest.raises((TypeError, ValueError)):
+        jax.jit(tx.update)(term_grads(params), tx.init(params), params, losses=losses_fn(params))
