@@ -253,12 +253,12 @@ def _bounds(terms, base, adaptive, bounds, min_weight, max_weight, dtype):
         for name, lo, hi, b, adapts in zip(terms.names, *values, adaptive, strict=True):
             if not lo < hi:
                 raise ValueError(
-                    f"the bounds of {name!r} must satisfy low < high, got [{lo}, {hi}] "
+                    f"the bounds of {name!r} must satisfy low < high, got [{lo:.6g}, {hi:.6g}] "
                     f"(bounds={bounds}, min_weight={min_weight}, max_weight={max_weight})"
                 )
             if adapts and not lo <= b <= hi:
                 raise ValueError(
-                    f"base_weights[{name!r}]={b} lies outside its bounds [{lo}, {hi}] "
+                    f"base_weights[{name!r}]={b:.6g} lies outside its bounds [{lo:.6g}, {hi:.6g}] "
                     f"(bounds={bounds}, min_weight={min_weight}, max_weight={max_weight})"
                 )
     return low, high

@@ -57,7 +57,8 @@ def _filled(window: jax.Array, count: jax.Array) -> tuple[jax.Array, jax.Array]:
 def window_mean(window: jax.Array, count: jax.Array) -> jax.Array:
     """Mean over the filled part of each window (0 for an empty window)."""
     mask, filled = _filled(window, count)
-    return jnp.sum(jnp.where(mask, window, 0.0), axis=-1) / filled
+    # dividing before summing cannot overflow, even for values near the float maximum
+    return jnp.sum(jnp.where(mask, window, 0.0) / filled[:, None], axis=-1)
 
 
 def relative_variance(window: jax.Array, count: jax.Array) -> jax.Array:

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from adaptive_optax._src import config
 from adaptive_optax._src.base import LossWeighting, PyTree
 from adaptive_optax._src.guards import guarded
 from adaptive_optax._src.rules import loss_ratio_rule, tanh_rule
@@ -81,6 +82,7 @@ def stable_weights(
       >>> float(ao.weighted_sum(losses, weights))
       2.3
     """
+    config.check_number("max_change", max_change, low=0, high=1, low_open=True, high_open=True)
     rule = loss_ratio_rule(
         step_size=max_change,
         high_ratio=high_ratio,
@@ -171,6 +173,7 @@ def unguarded_weights(
       >>> import adaptive_optax as ao
       >>> weighting = ao.unguarded_weights({"mel": 2.5, "stop": 1.0}, adapt="mel")
     """
+    config.check_number("max_change", max_change, low=0, high=1, low_open=True, high_open=True)
     rule = loss_ratio_rule(
         step_size=max_change,
         high_ratio=high_ratio,

@@ -1,0 +1,111 @@
+"""Bad configuration fails at construction with a ValueError naming the setting and its value."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import TTS_BASE
+
+import adaptive_optax as ao
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(base_weights={"mel": 0.0}), r"base_weights\['mel'\].*got 0"),
+        (dict(base_weights={"mel": -1.0}), r"base_weights\['mel'\].*got -1"),
+        (dict(base_weights={"mel": float("nan")}), r"base_weights\['mel'\].*nan"),
+        (dict(base_weights={}), r"base_weights must hold at least one weight"),
+        (dict(max_change=0.0), r"max_change must be in \(0, 1\), got 0"),
+        (dict(max_change=1.0), r"max_change must be in \(0, 1\), got 1"),
+        (dict(max_change=float("nan")), r"max_change"),
+        (dict(warmup_steps=-1), r"warmup_steps must be in \[0, inf\], got -1"),
+        (dict(cooling_period=-5), r"cooling_period.*got -5"),
+        (dict(min_stable_steps=2.5), r"min_stable_steps must be a whole number, got 2.5"),
+        (dict(window=1), r"window must be an int >= 2.*got 1"),
+        (dict(window=2.0), r"window must be an int"),
+        (dict(ema_decay=1.0), r"ema_decay must be in \[0, 1\), got 1"),
+        (dict(ema_decay=-0.1), r"ema_decay.*got -0.1"),
+        (dict(variance_threshold=0.0), r"variance_threshold.*got 0"),
+        (dict(high_ratio=0.8, low_ratio=0.9), r"low_ratio must be below high_ratio"),
+        (dict(grad_growth=0.0), r"grad_growth.*got 0"),
+        (dict(adapt=("mel", "pitch")), r"adapt names unknown terms \['pitch'\]"),
+        (dict(adapt={"mel": True}), r"adapt must be term names or a pytree"),
+        (
+            dict(bounds=(2.0, 1.0)),
+            r"bounds of 'attention' must satisfy low < high, got \[0.2, 0.1\]",
+        ),
+        (dict(bounds=(1.5, 2.0)), r"base_weights\['attention'\]=0.1 lies outside its bounds"),
+        (dict(bounds=(0.5,)), r"bounds must be a pair"),
+        (
+            dict(adapt="mel", min_weight=3.0, max_weight=5.0),
+            r"base_weights\['mel'\]=2.5 lies outside",
+        ),
+        (dict(min_weight=1.0, max_weight=1.0), r"low < high"),
+        (dict(max_weight=-1.0), r"max_weight must be in \(0, inf\]"),
+        (dict(dtype=jnp.int32), r"dtype must be a floating dtype"),
+    ],
+)
+def test_bad_settings_fail_at_construction(settings, match):
+    settings = dict(settings)
+    base = settings.pop("base_weights", TTS_BASE)
+    with pytest.raises(ValueError, match=match):
+        ao.stable_weights(base, **settings)
+
+
+def test_bounds_of_non_adaptive_terms_are_not_checked():
+    # attention (0.1) is below min_weight=1.0 but does not adapt: fine
+    ao.stable_weights(TTS_BASE, adapt="mel", min_weight=1.0, max_weight=5.0)
+
+
+def test_per_term_absolute_bounds():
+    weighting = ao.stable_weights(
+        TTS_BASE,
+        min_weight={"mel": 1.0, "stop": 0.5, "attention": 0.01},
+        max_weight={"mel": 2.6, "stop": 2.0, "attention": 1.0},
+        warmup_steps=0,
+        cooling_period=0,
+        min_stable_steps=0,
+    )
+    state = weighting.init()
+    update = jax.jit(weighting.update)
+    for t in range(50):
+        losses = {n: jnp.float32(1.1**t) for n in TTS_BASE}
+        weights, state = update(losses, state)
+    assert float(weights["mel"]) == pytest.approx(2.6)
+
+
+def test_wrong_loss_structure_is_a_clear_error():
+    weighting = ao.stable_weights(TTS_BASE)
+    with pytest.raises(ValueError, match="losses must have the structure of the base weights"):
+        jax.jit(weighting.update)({"mel": 1.0, "stop": 1.0}, weighting.init())
+    with pytest.raises(ValueError, match=r"losses\['mel'\] must be a scalar, got shape \(3,\)"):
+        jax.jit(weighting.update)(
+            {"mel": np.ones(3), "stop": 1.0, "attention": 1.0}, weighting.init()
+        )
+    with pytest.raises(ValueError, match="grad_norms"):
+        weighting.update({n: 1.0 for n in TTS_BASE}, weighting.init(), grad_norms=np.ones(3))
+
+
+def test_unknown_gradient_statistic_is_a_clear_error():
+    weighting = ao.stable_weights(TTS_BASE)
+    with pytest.raises(ValueError, match=r"unknown gradient statistics \['curvature'\]"):
+        weighting.update({n: 1.0 for n in TTS_BASE}, weighting.init(), grad_stats={"curvature": 1})
+
+
+def test_numeric_settings_are_traceable():
+    """Settings may be traced, as under optax.inject_hyperparams; only `window` is static."""
+
+    @jax.jit
+    def step(max_change, warmup, losses, state):
+        weighting = ao.stable_weights(TTS_BASE, max_change=max_change, warmup_steps=warmup)
+        return weighting.update(losses, state)
+
+    state = ao.stable_weights(TTS_BASE).init()
+    weights, state = step(jnp.float32(0.1), jnp.int32(0), {n: 1.0 for n in TTS_BASE}, state)
+    assert int(state.step) == 1
+    # the hyperparameters live in the arrays: no recompilation for new values
+    weights, state = step(jnp.float32(0.2), jnp.int32(5), {n: 1.0 for n in TTS_BASE}, state)
+    assert step._cache_size() == 1
+    assert optax.tree.norm(weights) > 0

@@ -1,0 +1,74 @@
+"""The rules of the seed: the legacy tanh rule matches the original formula step for step;
+the unguarded controller moves 30 % per step; rules run under any guard."""
+
+import chex
+import numpy as np
+import pytest
+from helpers import TTS_BASE, change_steps, falling, rising, run, tts_losses
+
+import adaptive_optax as ao
+
+
+def original_tanh_rule(losses, base=2.5, low=1.0, high=5.0):
+    """The seed's older rule, transcribed from SEED_CODE_FACTS.md, in float64."""
+    running, weights = 0.0, []
+    for step, loss in enumerate(losses, start=1):
+        decay = min(step / 1000, 0.99)
+        running = decay * running + (1 - decay) * loss
+        ratio = loss / (running + 1e-8)
+        factor = np.clip(0.5 + 0.5 * np.tanh(ratio - 1), 0.8, 1.2)
+        weights.append(np.clip(base * factor, low, high))
+    return np.array(weights)
+
+
+@pytest.mark.parametrize("steps", [1500])
+def test_legacy_weights_match_the_original_formula(steps):
+    rng = np.random.default_rng(0)
+    mel = (np.exp(-np.arange(steps) / 400) + 0.3 * rng.random(steps)).astype(np.float32)
+    mel[::97] *= 8  # spikes push the ratio high, where the factor leaves 0.8
+    _, trace = run(ao.legacy_weights(TTS_BASE, adapt="mel"), tts_losses(mel))
+    expected = original_tanh_rule(mel.astype(np.float64))
+    np.testing.assert_allclose(trace["weights"]["mel"], expected, rtol=1e-5)
+    assert np.any(expected > 2.0 + 1e-3)  # the comparison covers more than the 0.8 floor
+
+
+def test_legacy_rule_skips_nonfinite_losses():
+    mel = falling(300)
+    mel[[50, 51, 200]] = np.nan
+    state, trace = run(ao.legacy_weights(TTS_BASE, adapt="mel"), tts_losses(mel))
+    chex.assert_tree_all_finite((state, trace))
+    assert int(ao.metrics(state)["nonfinite/mel"]) == 3
+
+
+def test_legacy_rule_under_guards():
+    weighting = ao.legacy_weights(TTS_BASE, adapt="mel", max_change=0.01, warmup_steps=20)
+    mel = falling(300)
+    mel[::37] *= 8
+    _, trace = run(weighting, tts_losses(mel))
+    w = np.concatenate([[2.5], trace["weights"]["mel"]])
+    assert np.all(w[:21] == 2.5)
+    assert np.all(np.abs(w[1:] / w[:-1] - 1) <= 0.01 + 1e-6)
+    assert w.min() < 2.5
+
+
+def test_unguarded_moves_thirty_percent_every_step_to_its_wide_bounds():
+    _, trace = run(ao.unguarded_weights(TTS_BASE, adapt="mel"), tts_losses(rising(100)))
+    w = np.concatenate([[2.5], trace["weights"]["mel"]])
+    moved = change_steps(trace["weights"]["mel"])
+    below_bound = moved[w[moved + 1] < 2500.0]  # the last move is clipped to the bound
+    np.testing.assert_allclose(w[below_bound + 1] / w[below_bound], 1.3, rtol=1e-5)
+    assert moved[0] < 30 and np.all(np.diff(moved[:10]) == 1)  # no warmup, no cooling
+    assert w.max() == pytest.approx(2500.0)  # 1e3 x base
+
+
+def test_a_rule_under_custom_guards():
+    rule = ao.loss_ratio_rule(step_size=0.2)
+    weighting = ao.guarded(
+        rule, {"a": 1.0}, bounds=None, max_change=0.05, warmup_steps=0, cooling_period=0
+    )
+    _, trace = run(weighting, {"a": rising(200)})
+    w = np.concatenate([[1.0], trace["weights"]["a"]])
+    ratio = w[1:] / w[:-1]
+    np.testing.assert_allclose(ratio[ratio != 1], 1.05, rtol=1e-6)  # the guard caps the rule
+    assert weighting.needs == ("norm",)
+    assert ao.legacy_weights({"a": 1.0}).needs == ()
