@@ -92,7 +92,7 @@ def test_state_equals_calling_the_weighting_by_hand():
 
 @pytest.mark.parametrize(
     "needs, norms, others",
-    [((), False, ()), (("norm",), True, ()), (("norm", "max_abs"), True, ("max_abs",))],
+    [((), False, ()), (("norm", "max_abs"), True, ("max_abs",))],
 )
 def test_computes_only_the_statistics_the_rule_needs(needs, norms, others):
     tx = ao.weight_gradients(spy(needs))
@@ -271,13 +271,13 @@ def test_long_scan_and_dtypes_kept():
         chex.assert_trees_all_equal_dtypes(updates, params)
         return (optax.apply_updates(params, updates), opt_state), None
 
-    (params, new_state), _ = jax.jit(lambda c: jax.lax.scan(body, c, length=300))(
+    (params, new_state), _ = jax.jit(lambda c: jax.lax.scan(body, c, length=100))(
         (params, opt_state)
     )
     chex.assert_trees_all_equal_dtypes(new_state, opt_state)
     chex.assert_trees_all_equal_shapes(new_state, opt_state)
     chex.assert_tree_all_finite(new_state)
-    assert int(ao.metrics(new_state)["step"]) == 300
+    assert int(ao.metrics(new_state)["step"]) == 100
 
 
 @pytest.mark.parametrize(
