@@ -120,7 +120,7 @@ def test_restore_refuses_other_shapes_and_dtypes():
     state = ao.stable_weights(BASE, window=10).init()
     target = ao.stable_weights(BASE, window=5).init()
     loaded = serialization.from_bytes(target, serialization.to_bytes(state))  # no error here
-    with pytest.raises(ValueError, match=r"stats.*window"):
+    with pytest.raises(ValueError, match=r"windows.*window"):
         ao.restore(target, loaded)
     half = ao.stable_weights(BASE, dtype=jnp.bfloat16).init()
     with pytest.raises(ValueError, match="bfloat16"):

@@ -135,8 +135,10 @@ def test_checked_mode_names_the_non_finite_field():
     state = weighting.init()
     losses = {n: 1.0 for n in TTS_BASE}
     _, state = weighting.update(losses, state)
-    bad = state._replace(
-        stats=state.stats._replace(loss_mean=state.stats.loss_mean.at[1].set(np.nan))
-    )
+    bad = state.replace_values(loss_mean=state.stats.loss_mean.at[1].set(np.nan))
     with pytest.raises(AssertionError, match=r"AdaptiveState\.stats\.loss_mean"):
         weighting.update(losses, bad)
+    # it keeps what the weighting needs and passes gradient statistics through
+    assert weighting.needs == ("norm",)
+    _, state = weighting.update(losses, state, grad_norms=2.0)
+    assert float(ao.metrics(state)["grad_norm_avg/mel"]) == 2.0

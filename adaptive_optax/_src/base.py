@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import chex
+import jax.numpy as jnp
 
 PyTree = Any
 
@@ -16,7 +17,7 @@ class Counters(NamedTuple):
     Attributes:
       adjustments: weight changes applied.
       rejected: proposed changes refused by validation (non-finite weight or weighted loss).
-      nonfinite: steps whose loss or gradient norm was NaN or +/-Inf.
+      nonfinite: steps whose loss or gradient statistic was NaN or +/-Inf.
       rollbacks: adjustments undone, automatically or by :func:`adaptive_optax.rollback`.
       healed: stored weights found non-finite (a corrupted state) and reset to the base.
     """
@@ -46,34 +47,139 @@ class RunningStats(NamedTuple):
     grad_count: chex.Array
 
 
+class TermValues(NamedTuple):
+    """The rows of :attr:`AdaptiveState.term_values`, one float per term each."""
+
+    previous_weights: chex.Array
+    base_weights: chex.Array
+    loss_mean: chex.Array
+
+
+class TermCounts(NamedTuple):
+    """The rows of :attr:`AdaptiveState.term_counts`, one int32 per term each."""
+
+    last_change: chex.Array
+    stable_steps: chex.Array
+    adjustments: chex.Array
+    rejected: chex.Array
+    nonfinite: chex.Array
+    rollbacks: chex.Array
+    healed: chex.Array
+    loss_count: chex.Array
+    grad_count: chex.Array
+
+
+def _stack(rows, dtype) -> chex.Array:
+    return jnp.stack([jnp.asarray(row).astype(dtype) for row in rows])
+
+
 class AdaptiveState(NamedTuple):
     """State of a loss weighting: arrays of fixed shape and dtype, safe to jit, scan and save.
 
-    Per-term vectors follow the leaf order of ``weights`` (``jax.tree.leaves(state.weights)``).
+    Per-term quantities are packed into three arrays, so that ``update`` writes a handful of
+    buffers rather than one per quantity (inside ``lax.scan`` that is several times faster, and
+    a jitted call from Python has fewer leaves to pass). Read them through the named views:
+    :attr:`previous_weights`, :attr:`base_weights`, :attr:`last_change`, :attr:`stable_steps`,
+    :attr:`counters` and :attr:`stats`. Per-term vectors follow the leaf order of ``weights``.
 
     Attributes:
       step: int32 scalar, number of ``update`` calls.
       enabled: bool scalar; when False the weights are the base weights.
       weights: the current weights, in the structure of the base weights.
-      previous_weights: ``(n_terms,)`` the weights before the last adjustment (rollback target).
-      base_weights: ``(n_terms,)`` the base weights the weighting was built with.
-      last_change: ``(n_terms,)`` int32, step of the last adjustment or rollback (0: none yet).
-      stable_steps: ``(n_terms,)`` int32, consecutive stable steps.
-      counters: per-term event counts, see :class:`Counters`.
-      stats: running statistics, see :class:`RunningStats`.
+      term_values: ``(3, n_terms)`` float, rows as in :class:`TermValues`.
+      term_counts: ``(9, n_terms)`` int32, rows as in :class:`TermCounts`.
+      windows: ``(2, n_terms, window)`` float, the ring buffers of the last finite losses and
+        gradient norms.
       rule_state: whatever state the rule keeps (an empty tuple for stateless rules).
     """
 
     step: chex.Array
     enabled: chex.Array
     weights: PyTree
-    previous_weights: chex.Array
-    base_weights: chex.Array
-    last_change: chex.Array
-    stable_steps: chex.Array
-    counters: Counters
-    stats: RunningStats
+    term_values: chex.Array
+    term_counts: chex.Array
+    windows: chex.Array
     rule_state: PyTree
+
+    @classmethod
+    def pack(
+        cls,
+        *,
+        step: chex.Array,
+        enabled: chex.Array,
+        weights: PyTree,
+        values: TermValues,
+        counts: TermCounts,
+        loss_window: chex.Array,
+        grad_window: chex.Array,
+        rule_state: PyTree,
+    ) -> AdaptiveState:
+        """Builds a state from named per-term rows; values are stored in the windows' dtype."""
+        return cls(
+            step=step,
+            enabled=enabled,
+            weights=weights,
+            term_values=_stack(values, loss_window.dtype),
+            term_counts=_stack(counts, jnp.int32),
+            windows=jnp.stack([loss_window, grad_window]),
+            rule_state=rule_state,
+        )
+
+    @property
+    def values(self) -> TermValues:
+        return TermValues(*self.term_values)
+
+    @property
+    def counts(self) -> TermCounts:
+        return TermCounts(*self.term_counts)
+
+    def replace_values(self, **rows: chex.Array) -> AdaptiveState:
+        """A copy with the named rows of :attr:`term_values` replaced."""
+        values = self.values._replace(**rows)
+        return self._replace(term_values=_stack(values, self.term_values.dtype))
+
+    def replace_counts(self, **rows: chex.Array) -> AdaptiveState:
+        """A copy with the named rows of :attr:`term_counts` replaced."""
+        counts = self.counts._replace(**rows)
+        return self._replace(term_counts=_stack(counts, self.term_counts.dtype))
+
+    @property
+    def previous_weights(self) -> chex.Array:
+        """``(n_terms,)`` the weights before the last adjustment (the rollback target)."""
+        return self.term_values[0]
+
+    @property
+    def base_weights(self) -> chex.Array:
+        """``(n_terms,)`` the base weights the weighting was built with."""
+        return self.term_values[1]
+
+    @property
+    def last_change(self) -> chex.Array:
+        """``(n_terms,)`` step of the last adjustment or rollback (0: none yet)."""
+        return self.term_counts[0]
+
+    @property
+    def stable_steps(self) -> chex.Array:
+        """``(n_terms,)`` consecutive stable steps."""
+        return self.term_counts[1]
+
+    @property
+    def counters(self) -> Counters:
+        """Per-term event counts, see :class:`Counters`."""
+        c = self.counts
+        return Counters(c.adjustments, c.rejected, c.nonfinite, c.rollbacks, c.healed)
+
+    @property
+    def stats(self) -> RunningStats:
+        """Running statistics, see :class:`RunningStats`."""
+        c = self.counts
+        return RunningStats(
+            loss_mean=self.term_values[2],
+            loss_count=c.loss_count,
+            loss_window=self.windows[0],
+            grad_window=self.windows[1],
+            grad_count=c.grad_count,
+        )
 
 
 class UpdateFn(Protocol):

@@ -67,11 +67,10 @@ def disable(tree: PyTree) -> PyTree:
     """
 
     def off(state: AdaptiveState) -> AdaptiveState:
-        return state._replace(
-            enabled=jnp.zeros([], bool),
-            weights=_as_weights(state, state.base_weights),
-            previous_weights=state.base_weights,
+        state = state._replace(
+            enabled=jnp.zeros([], bool), weights=_as_weights(state, state.base_weights)
         )
+        return state.replace_values(previous_weights=state.base_weights)
 
     return _map_states(off, tree)
 
@@ -103,13 +102,11 @@ def rollback(tree: PyTree) -> PyTree:
     def back(state: AdaptiveState) -> AdaptiveState:
         current = jnp.stack(jax.tree.leaves(state.weights)).astype(state.previous_weights.dtype)
         undone = current != state.previous_weights
-        return state._replace(
-            weights=_as_weights(state, state.previous_weights),
+        state = state._replace(weights=_as_weights(state, state.previous_weights))
+        return state.replace_counts(
             last_change=jnp.where(undone, state.step, state.last_change),
             stable_steps=jnp.where(undone, 0, state.stable_steps),
-            counters=state.counters._replace(
-                rollbacks=count_where(state.counters.rollbacks, undone)
-            ),
+            rollbacks=count_where(state.counters.rollbacks, undone),
         )
 
     return _map_states(back, tree)
@@ -179,11 +176,23 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
     return out
 
 
+def _float_fields(state: AdaptiveState) -> dict[str, Any]:
+    """The floating-point parts of a state, by the names users read them with."""
+    stats = state.stats
+    return {
+        "weights": state.weights,
+        "previous_weights": state.previous_weights,
+        "base_weights": state.base_weights,
+        "stats.loss_mean": stats.loss_mean,
+        "stats.loss_window": stats.loss_window,
+        "stats.grad_window": stats.grad_window,
+        "rule_state": state.rule_state,
+    }
+
+
 def _assert_all_finite(state: AdaptiveState, when: str) -> None:
-    paths = jax.tree_util.tree_flatten_with_path(state)[0]
-    for path, leaf in paths:
-        field = jax.tree_util.keystr(path, simple=True, separator=".")
-        chex.assert_tree_all_finite(leaf, custom_message=f"AdaptiveState.{field} {when}")
+    for field, value in _float_fields(state).items():
+        chex.assert_tree_all_finite(value, custom_message=f"AdaptiveState.{field} {when}")
 
 
 def checked(weighting: LossWeighting) -> LossWeighting:
@@ -206,16 +215,18 @@ def checked(weighting: LossWeighting) -> LossWeighting:
       >>> weights, state = weighting.update({"mel": 1.0}, weighting.init())
     """
 
-    def update(losses, state, *, grad_norms=None, **extra_args):
+    def update(losses, state, grad_norms, grad_stats):
         _assert_all_finite(state, "is not finite on input")
-        weights, new_state = weighting.update(losses, state, grad_norms=grad_norms)
+        weights, new_state = weighting.update(
+            losses, state, grad_norms=grad_norms, grad_stats=grad_stats
+        )
         _assert_all_finite(new_state, "is not finite after update")
         return weights, new_state
 
     checked_update = chex.chexify(jax.jit(update), async_check=False)
 
-    def checked_update_fn(losses, state, *, grad_norms=None, **extra_args):
+    def checked_update_fn(losses, state, *, grad_norms=None, grad_stats=None, **extra_args):
         del extra_args
-        return checked_update(losses, state, grad_norms=grad_norms)
+        return checked_update(losses, state, grad_norms, grad_stats)
 
-    return LossWeighting(weighting.init, checked_update_fn)
+    return LossWeighting(weighting.init, checked_update_fn, weighting.needs)

@@ -11,7 +11,14 @@ import numpy as np
 import optax
 
 from adaptive_optax._src import config
-from adaptive_optax._src.base import AdaptiveState, Counters, LossWeighting, PyTree, Rule
+from adaptive_optax._src.base import (
+    AdaptiveState,
+    LossWeighting,
+    PyTree,
+    Rule,
+    TermCounts,
+    TermValues,
+)
 from adaptive_optax._src.gradients import check_statistics
 from adaptive_optax._src.statistics import count_where, init_stats, update_stats
 from adaptive_optax._src.terms import Terms, select, terms_of
@@ -111,17 +118,16 @@ def guarded(
         max_change = jnp.asarray(max_change, dtype)
 
     def init() -> AdaptiveState:
-        per_term = jnp.zeros((terms.size,), jnp.int32)
-        return AdaptiveState(
+        stats = init_stats(terms.size, window, stats_dtype)
+        zeros = jnp.zeros((terms.size,), jnp.int32)
+        return AdaptiveState.pack(
             step=jnp.zeros([], jnp.int32),
             enabled=jnp.ones([], bool),
             weights=terms.tree(base),
-            previous_weights=base,
-            base_weights=base,
-            last_change=per_term,
-            stable_steps=per_term,
-            counters=Counters(*([per_term] * len(Counters._fields))),
-            stats=init_stats(terms.size, window, stats_dtype),
+            values=TermValues(base, base, stats.loss_mean),
+            counts=TermCounts(*[zeros] * len(TermCounts._fields)),
+            loss_window=stats.loss_window,
+            grad_window=stats.grad_window,
             rule_state=rule.init(base),
         )
 
@@ -150,7 +156,8 @@ def guarded(
         weights = terms.vector(state.weights, "state.weights", dtype)
         corrupt = ~jnp.isfinite(weights)
         weights = jnp.where(corrupt, base, weights)
-        previous = jnp.where(jnp.isfinite(state.previous_weights), state.previous_weights, base)
+        previous = state.previous_weights.astype(dtype)
+        previous = jnp.where(jnp.isfinite(previous), previous, base)
 
         stats, signals = update_stats(state.stats, loss, grad, extra, finite, step, ema_decay)
         stable = jnp.where(
@@ -192,22 +199,24 @@ def guarded(
         previous = jnp.where(undone | ~active, new_weights, previous)
 
         counters = state.counters
-        new_state = AdaptiveState(
+        new_state = AdaptiveState.pack(
             step=step,
             enabled=state.enabled,
             weights=terms.tree(new_weights),
-            previous_weights=previous,
-            base_weights=state.base_weights,
-            last_change=last_change,
-            stable_steps=stable,
-            counters=Counters(
+            values=TermValues(previous, state.base_weights, stats.loss_mean),
+            counts=TermCounts(
+                last_change=last_change,
+                stable_steps=stable,
                 adjustments=count_where(counters.adjustments, applied),
                 rejected=count_where(counters.rejected, wants & ~valid),
                 nonfinite=count_where(counters.nonfinite, ~finite),
                 rollbacks=count_where(counters.rollbacks, undone),
                 healed=count_where(counters.healed, corrupt),
+                loss_count=stats.loss_count,
+                grad_count=stats.grad_count,
             ),
-            stats=stats,
+            loss_window=stats.loss_window,
+            grad_window=stats.grad_window,
             rule_state=rule_state,
         )
         return new_state.weights, new_state
