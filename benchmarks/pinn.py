@@ -143,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[float]]:
     parser.add_argument("--points", type=int, default=128, help="collocation points")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--interval", type=int, default=10, help="annealing update interval")
+    parser.add_argument("--methods", default=None, help="comma-separated subset of the rows")
     args = parser.parse_args(argv)
 
     results: dict[str, list[float]] = {}
@@ -153,7 +154,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[float]]:
     )
     print(f"| {'weighting':<17} | rel. L2 error (mean over seeds) | per seed | final w_bc | time |")
     print("|---|---|---|---|---|")
-    for name, weighting in weightings(args.interval).items():
+    chosen = weightings(args.interval)
+    if args.methods:
+        chosen = {name: chosen[name] for name in args.methods.split(",")}
+    for name, weighting in chosen.items():
         start = time.perf_counter()
         errors, w_bc = [], []
         for seed in range(args.seeds):
