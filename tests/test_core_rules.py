@@ -2,6 +2,7 @@
 the unguarded controller moves 30 % per step; rules run under any guard."""
 
 import chex
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import TTS_BASE, change_steps, falling, rising, run, tts_losses
@@ -72,3 +73,16 @@ def test_a_rule_under_custom_guards():
     np.testing.assert_allclose(ratio[ratio != 1], 1.05, rtol=1e-6)  # the guard caps the rule
     assert weighting.needs == ("norm",)
     assert ao.legacy_weights({"a": 1.0}).needs == ()
+
+
+def test_a_custom_rule_as_in_the_readme():
+    def halve_when_rising(signals, weights, base, rule_state):
+        return jnp.where(signals.deviation > 0.5, weights / 2, weights), rule_state
+
+    rule = ao.Rule(init=lambda base: (), propose=halve_when_rising)
+    weighting = ao.guarded(rule, {"a": 1.0}, max_change=0.1, warmup_steps=10)
+    _, trace = run(weighting, {"a": rising(400, rate=0.05)})
+    w = np.concatenate([[1.0], trace["weights"]["a"]])
+    ratio = w[1:] / w[:-1]
+    np.testing.assert_allclose(ratio[ratio != 1], 0.9, rtol=1e-6)  # halving capped at 10 %
+    assert np.sum(ratio != 1) >= 7  # every cooling period (50 steps) after warmup
