@@ -431,6 +431,33 @@ def test_bad_settings_fail_at_construction(make, match):
         make()
 
 
+def test_gradnorm_through_weight_gradients_uses_the_shared_layer_norm():
+    import optax
+
+    base = {"a": 1.0, "b": 1.0}
+    term_grads = {
+        "a": {"shared": jnp.array([3.0, 4.0]), "head": jnp.array([100.0])},
+        "b": {"shared": jnp.array([0.0, 1.0]), "head": jnp.array([-7.0])},
+    }
+    losses = {"a": 2.0, "b": 1.0}
+    tx = ao.weight_gradients(
+        ao.gradnorm_weights(base, alpha=1.0, lr=0.1), gradient_filter=lambda g: g["shared"]
+    )
+    state = tx.init({"shared": jnp.zeros(2), "head": jnp.zeros(1)})
+    update = jax.jit(tx.update)
+    summed, state = update(term_grads, state, losses=losses)
+    # this step's weights (1, 1) weight the full gradients
+    np.testing.assert_allclose(summed["head"], [93.0])
+    # the next weights come from the norms of the shared layer only: 5 and 1
+    direct = ao.gradnorm_weights(base, alpha=1.0, lr=0.1)
+    expected, _ = jax.jit(direct.update)(losses, direct.init(), grad_norms={"a": 5.0, "b": 1.0})
+    got = ao.find_state(state).weights
+    np.testing.assert_allclose(jax.tree.leaves(got), jax.tree.leaves(expected), rtol=1e-6)
+    # G = (5, 1), target 3: w = (1 - 0.5, 1 + 0.1), renormalised to sum 2
+    np.testing.assert_allclose(jax.tree.leaves(got), [0.5 / 0.8, 1.1 / 0.8], rtol=1e-6)
+    assert isinstance(tx, optax.GradientTransformationExtraArgs)
+
+
 # ---------------------------------------------------------------- the PINN example
 
 

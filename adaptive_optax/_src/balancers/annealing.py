@@ -30,10 +30,13 @@ def lr_annealing_rule(
     ``"mean_abs"`` of each term), or from ``grad_stats`` given to ``update``. Between updates,
     and when the main term's statistics are not finite, the weights hold.
 
-    Where the paper and the authors' code differ we follow the paper: the code divides by the
-    mean of the *unweighted* gradient and keeps ``0.9`` of the old weight
-    (``lambda <- 0.9 lambda + 0.1 lambda_hat``, updating every 10 steps), whereas the paper
-    weights the gradient by ``lambda_i`` and takes ``alpha = 0.9`` of the new estimate.
+    Where the paper and the authors' code differ we follow the paper. The code (the
+    ``GradientPathologiesPINNs`` scripts) takes the ratio layer by layer and keeps the largest,
+    ``max_l [max |grad_l L_r| / mean |grad_l (lambda L_i)|]``, rather than one ratio over all
+    parameters; it updates every 10 iterations and keeps 0.9 of the old value
+    (``lambda <- 0.1 lambda_hat + 0.9 lambda``), whereas Algorithm 1 gives ``alpha`` to the new
+    estimate. ``interval=10, alpha=0.1`` reproduces the code's schedule; restricting the
+    statistics to one layer (``gradient_filter``) approximates its per-layer ratio.
 
     Args:
       main: index of the main (residual) term in the order of the weights' leaves.
