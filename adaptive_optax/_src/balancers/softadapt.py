@@ -44,11 +44,12 @@ def softadapt_rule(variant: str = "original", *, beta: float = 0.1, eps: float =
     where ``f_i`` is the mean of the losses the slope is taken over (``(L_i(t) + L_i(t-1))/2``).
     ``beta > 0`` favours the term that decreases slowest. The paper's ``alpha`` sum to 1; the
     proposed weight is ``n * alpha_i * base_i``, so that equal slopes give the base weights
-    (a constant factor ``n`` on the total loss). Where the paper and the authors' code differ
-    we follow the paper: the code's normalised variant divides by the signed sum
-    ``sum_j s_j`` (which changes sign and vanishes when slopes cancel), and its slopes use
-    higher-order finite differences over several past losses. A term with a non-finite loss
-    keeps its last slope and mean.
+    (a constant factor ``n`` on the total loss). The normalised variant divides by the L1 norm
+    ``sum_j |s_j|``, so the normalised slopes lie in ``[-1, 1]``; the authors' code divides by the
+    signed sum ``sum_j s_j``, which flips every slope when the sum is negative and divides by 0
+    when slopes cancel, so we do not follow it there. The code's slopes also use higher-order
+    finite differences over several past losses; we take the paper's first difference. A term
+    with a non-finite loss keeps its last slope and mean.
 
     Args:
       variant: ``"original"``, ``"loss_weighted"`` or ``"normalized"``.
