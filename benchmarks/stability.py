@@ -1,11 +1,11 @@
 """Stability benchmark: fixed, legacy, unguarded and stable loss weights on a tiny TTS model.
 
-Run with ``python -m benchmarks.stability`` (about 5 minutes on 2 CPU cores). Every strategy
+Run with ``python -m benchmarks.stability`` (about 5 minutes on 2 busy CPU cores). Every strategy
 trains the same model (``benchmarks/tts_model.py``) from the same initial parameters on the same
 batches, seed for seed, at two settings of SGD with momentum 0.9:
 
-- ``unstable``: a learning rate at which training with the seed's fixed weights fails (a
-  non-finite loss) on about half of the calibration seeds;
+- ``unstable``: the smallest learning rate of the sweep's grid at which training with the
+  seed's fixed weights fails (a non-finite loss) on at least a third of the calibration seeds;
 - ``comfortable``: a learning rate at which every calibration run with fixed weights finishes.
 
 Both rates come from ``python -m benchmarks.stability --sweep``, which trains with fixed weights
