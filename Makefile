@@ -21,7 +21,7 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 tests --doctest-modules adaptive_optax
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -109,3 +109,10 @@ def test_numeric_settings_are_traceable():
     weights, state = step(jnp.float32(0.2), jnp.int32(5), {n: 1.0 for n in TTS_BASE}, state)
     assert step._cache_size() == 1
     assert optax.tree.norm(weights) > 0
+
+
+def test_loss_ratio_rule_needs_a_step():
+    with pytest.raises(ValueError, match="max_change must be in"):
+        ao.stable_weights(TTS_BASE, max_change=None)
+    with pytest.raises(ValueError, match="max_change must be in"):
+        ao.unguarded_weights(TTS_BASE, max_change=None)

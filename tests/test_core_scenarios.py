@@ -303,3 +303,12 @@ def test_weighted_sum():
     losses = {"a": jnp.asarray(2.0, jnp.bfloat16), "b": jnp.asarray(3.0, jnp.bfloat16)}
     total = ao.weighted_sum(losses, {"a": 0.5, "b": jnp.asarray(2.0)})
     assert total.dtype == jnp.bfloat16 and float(total) == 7.0
+
+
+def test_metrics_show_per_term_rule_state():
+    rule = ao.tanh_rule()  # keeps the running loss per term
+    weighting = ao.guarded(rule, {"a": 1.0, "b": 2.0}, max_change=None, warmup_steps=0)
+    _, state = jax.jit(weighting.update)({"a": 3.0, "b": 4.0}, weighting.init())
+    m = ao.metrics(state)
+    assert float(m["rule/state/a"]) == pytest.approx(3.0 * (1 - 0.001))
+    assert float(m["rule/state/b"]) == pytest.approx(4.0 * (1 - 0.001))

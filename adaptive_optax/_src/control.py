@@ -142,7 +142,8 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
     ``previous_weight``, ``base_weight``, ``loss_ema`` (bias-corrected), ``loss_rel_variance``,
     ``grad_norm_avg``, ``steps_since_change``, ``stable_steps``, ``adjustments``, ``rejected``,
     ``nonfinite``, ``rollbacks``, ``healed``, as keys ``"<metric>/<name>"``; plus ``step`` and
-    ``enabled``. Jittable.
+    ``enabled``; plus ``"rule/<field>/<name>"`` for each per-term vector in the rule's state
+    (GradNorm's learned weights, uncertainty weighting's log-variances, ...). Jittable.
 
     Args:
       tree: an :class:`AdaptiveState` or a pytree holding exactly one.
@@ -169,8 +170,14 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
         "stable_steps": state.stable_steps,
         **state.counters._asdict(),
     }
+    names = term_names(state.weights)
+    # per-term leaves of the rule's state (learned weights, factors): "rule/<field>/<term>"
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state.rule_state)[0]:
+        if jnp.shape(leaf) == (len(names),):
+            field = jax.tree_util.keystr(path, simple=True, separator="/") or "state"
+            per_term[f"rule/{field}"] = leaf
     out = {"step": state.step, "enabled": state.enabled}
-    for i, name in enumerate(term_names(state.weights)):
+    for i, name in enumerate(names):
         for key, vector in per_term.items():
             out[f"{key}/{name}"] = vector[i]
     return out

@@ -79,10 +79,10 @@ def stable_weights(
       >>> state = weighting.init()
       >>> losses = {"mel": 0.8, "stop": 0.3}
       >>> weights, state = jax.jit(weighting.update)(losses, state, grad_norms=1.7)
-      >>> float(ao.weighted_sum(losses, weights))
+      >>> round(float(ao.weighted_sum(losses, weights)), 4)
       2.3
     """
-    config.check_number("max_change", max_change, low=0, high=1, low_open=True, high_open=True)
+    _check_step("max_change", max_change)
     rule = loss_ratio_rule(
         step_size=max_change,
         high_ratio=high_ratio,
@@ -173,7 +173,7 @@ def unguarded_weights(
       >>> import adaptive_optax as ao
       >>> weighting = ao.unguarded_weights({"mel": 2.5, "stop": 1.0}, adapt="mel")
     """
-    config.check_number("max_change", max_change, low=0, high=1, low_open=True, high_open=True)
+    _check_step("max_change", max_change)
     rule = loss_ratio_rule(
         step_size=max_change,
         high_ratio=high_ratio,
@@ -188,3 +188,10 @@ def unguarded_weights(
         auto_rollback=False,
     )
     return guarded(rule, base_weights, max_change=max_change, **(settings | guards))
+
+
+def _check_step(name: str, value: Any) -> None:
+    """The loss-ratio rule moves by ``value`` per adjustment: it cannot be None here."""
+    if value is None:
+        raise ValueError(f"{name} must be in (0, 1) for the loss-ratio rule, got None")
+    config.check_number(name, value, low=0, high=1, low_open=True, high_open=True)
