@@ -461,6 +461,7 @@ def test_gradnorm_through_weight_gradients_uses_the_shared_layer_norm():
 # ---------------------------------------------------------------- the PINN example
 
 
+@pytest.mark.standard_promotion  # the PINN trains with optax.adam
 def test_pinn_benchmark_runs_small():
     from benchmarks import pinn
 

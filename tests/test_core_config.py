@@ -116,3 +116,9 @@ def test_loss_ratio_rule_needs_a_step():
         ao.stable_weights(TTS_BASE, max_change=None)
     with pytest.raises(ValueError, match="max_change must be in"):
         ao.unguarded_weights(TTS_BASE, max_change=None)
+
+
+def test_library_tests_run_under_strict_dtype_promotion():
+    assert jax.config.jax_numpy_dtype_promotion == "strict"
+    with pytest.raises(jax.dtypes.TypePromotionError):
+        jnp.ones(1, jnp.bfloat16) + jnp.ones(1, jnp.float32)

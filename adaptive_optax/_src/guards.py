@@ -20,7 +20,12 @@ from adaptive_optax._src.base import (
     TermValues,
 )
 from adaptive_optax._src.gradients import check_statistics
-from adaptive_optax._src.statistics import count_where, init_stats, update_stats
+from adaptive_optax._src.statistics import (
+    at_least_float32,
+    count_where,
+    init_stats,
+    update_stats,
+)
 from adaptive_optax._src.terms import Terms, select, terms_of
 
 
@@ -112,7 +117,7 @@ def guarded(
 
     base = _base_vector(terms, base_weights, dtype)
     low, high = _bounds(terms, base, adaptive, bounds, min_weight, max_weight, dtype)
-    stats_dtype = jnp.promote_types(dtype, jnp.float32)
+    stats_dtype = at_least_float32(dtype)
     adaptive = jnp.asarray(adaptive)
     if max_change is not None:
         max_change = jnp.asarray(max_change, dtype)
@@ -180,7 +185,7 @@ def guarded(
         if max_change is not None:
             proposal = jnp.clip(proposal, weights * (1 - max_change), weights * (1 + max_change))
         proposal = jnp.clip(proposal, low, high)
-        valid = jnp.isfinite(proposal) & jnp.isfinite(proposal * signals.losses)
+        valid = jnp.isfinite(proposal) & jnp.isfinite(proposal.astype(stats_dtype) * signals.losses)
         wants = gate & (proposal != weights)
         applied = wants & valid
 

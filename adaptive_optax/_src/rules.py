@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 from adaptive_optax._src import config
 from adaptive_optax._src.base import Rule, Signals
+from adaptive_optax._src.statistics import at_least_float32
 
 
 def loss_ratio_rule(
@@ -87,11 +88,11 @@ def tanh_rule() -> Rule:
     """
 
     def init(base_weights):
-        return jnp.zeros(base_weights.shape, jnp.promote_types(base_weights.dtype, jnp.float32))
+        return jnp.zeros(base_weights.shape, at_least_float32(base_weights.dtype))
 
     def propose(signals: Signals, weights, base_weights, running):
         del weights
-        decay = jnp.minimum(signals.step / 1000.0, 0.99).astype(running.dtype)
+        decay = jnp.minimum(signals.step.astype(running.dtype) / 1000.0, 0.99)
         updated = decay * running + (1 - decay) * signals.losses
         running = jnp.where(signals.finite, updated, running)
         ratio = signals.losses / (running + 1e-8)

@@ -14,6 +14,15 @@ from adaptive_optax._src.base import RunningStats, Signals
 EPS = 1e-8  # floor of |mean| and mean^2 in relative quantities
 
 
+def at_least_float32(dtype) -> jnp.dtype:
+    """The dtype statistics are kept in: float32, or float64 for float64 weights.
+
+    Written without ``jnp.promote_types``, which refuses bfloat16 with float32 under
+    ``jax_numpy_dtype_promotion="strict"``.
+    """
+    return jnp.dtype(jnp.float64 if jnp.dtype(dtype).itemsize > 4 else jnp.float32)
+
+
 def init_stats(n_terms: int, window: int, dtype) -> RunningStats:
     """Empty statistics for ``n_terms`` terms and windows of ``window`` values."""
     zeros = jnp.zeros((n_terms,), dtype)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.guards import guarded
+from adaptive_optax._src.statistics import at_least_float32
 
 BARE = dict(
     bounds=None,
@@ -28,7 +29,7 @@ def bare(rule: Rule, base_weights: PyTree, guards: dict[str, Any]) -> LossWeight
 
 def float_dtype(x: jax.Array):
     """The dtype a rule computes in: at least float32."""
-    return jnp.promote_types(x.dtype, jnp.float32)
+    return at_least_float32(x.dtype)
 
 
 def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
