@@ -102,6 +102,7 @@ def guarded(
     """
     terms = terms_of(base_weights)
     adaptive = select(terms, adapt)
+    needs = check_statistics(rule.needs)
     window = config.check_static_int("window", window, low=2)
     config.check_number("max_change", max_change, low=0, high=1, low_open=True, high_open=True)
     for name, value in (
@@ -226,7 +227,6 @@ def guarded(
         )
         return new_state.weights, new_state
 
-    needs = check_statistics(rule.needs)
     return LossWeighting(init, update, needs)
 
 
