@@ -208,7 +208,8 @@ def checked(weighting: LossWeighting) -> LossWeighting:
     Built on ``chex.chexify``: the returned ``update`` is jitted and checks the state it is
     given and the state it returns; an error names the field (``AdaptiveState.stats.loss_mean``).
     Call it from Python (it jits itself); it costs a host synchronisation per call, so use it
-    to debug, not in production.
+    to debug, not in production. (chex logs a warning at interpreter exit once any function
+    was chexified; with this synchronous checking it is harmless.)
 
     Args:
       weighting: any :class:`adaptive_optax.LossWeighting`.
