@@ -158,22 +158,22 @@ class AdaptiveState(NamedTuple):
     @property
     def previous_weights(self) -> chex.Array:
         """``(n_terms,)`` the weights before the last adjustment (the rollback target)."""
-        return self.term_values[0]
+        return self.values.previous_weights
 
     @property
     def base_weights(self) -> chex.Array:
         """``(n_terms,)`` the base weights the weighting was built with."""
-        return self.term_values[1]
+        return self.values.base_weights
 
     @property
     def last_change(self) -> chex.Array:
         """``(n_terms,)`` step of the last adjustment or rollback (0: none yet)."""
-        return self.term_counts[0]
+        return self.counts.last_change
 
     @property
     def stable_steps(self) -> chex.Array:
         """``(n_terms,)`` consecutive stable steps."""
-        return self.term_counts[1]
+        return self.counts.stable_steps
 
     @property
     def counters(self) -> Counters:
@@ -186,7 +186,7 @@ class AdaptiveState(NamedTuple):
         """Running statistics, see :class:`RunningStats`."""
         c = self.counts
         return RunningStats(
-            loss_mean=self.term_values[2],
+            loss_mean=self.values.loss_mean,
             loss_count=c.loss_count,
             loss_window=self.windows[0],
             grad_window=self.windows[1],

@@ -22,10 +22,14 @@ def _is_state(node: Any) -> bool:
     return isinstance(node, AdaptiveState)
 
 
+def _states(tree: PyTree) -> list[AdaptiveState]:
+    """Every :class:`AdaptiveState` inside ``tree``."""
+    return [node for node in jax.tree.leaves(tree, is_leaf=_is_state) if _is_state(node)]
+
+
 def _map_states(fn: Callable[[AdaptiveState], AdaptiveState], tree: PyTree) -> PyTree:
     """Applies ``fn`` to every :class:`AdaptiveState` inside ``tree``."""
-    found = [node for node in jax.tree.leaves(tree, is_leaf=_is_state) if _is_state(node)]
-    if not found:
+    if not _states(tree):
         raise ValueError(f"no AdaptiveState found in {type(tree).__name__}")
     return jax.tree.map(lambda n: fn(n) if _is_state(n) else n, tree, is_leaf=_is_state)
 
@@ -42,7 +46,7 @@ def find_state(tree: PyTree) -> AdaptiveState:
     Raises:
       ValueError: if ``tree`` holds none, or more than one.
     """
-    found = [node for node in jax.tree.leaves(tree, is_leaf=_is_state) if _is_state(node)]
+    found = _states(tree)
     if len(found) != 1:
         raise ValueError(f"expected one AdaptiveState in {type(tree).__name__}, found {len(found)}")
     return found[0]
