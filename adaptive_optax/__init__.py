@@ -28,8 +28,6 @@ from adaptive_optax._src.base import LossWeighting as LossWeighting
 from adaptive_optax._src.base import Rule as Rule
 from adaptive_optax._src.base import RunningStats as RunningStats
 from adaptive_optax._src.base import Signals as Signals
-from adaptive_optax._src.base import TermCounts as TermCounts
-from adaptive_optax._src.base import TermValues as TermValues
 from adaptive_optax._src.checkpoint import restore as restore
 from adaptive_optax._src.control import checked as checked
 from adaptive_optax._src.control import disable as disable
@@ -60,8 +58,6 @@ __all__ = (
     "Rule",
     "RunningStats",
     "Signals",
-    "TermCounts",
-    "TermValues",
     "WeightGradientsState",
     "apply_gradients",
     "checked",

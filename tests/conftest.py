@@ -1,19 +1,17 @@
-"""Library code is tested under strict dtype promotion: no silent bfloat16 -> float32 casts.
+"""Every test runs under strict dtype promotion (no silent bfloat16 -> float32 casts) unless
+its module or function is marked ``standard_promotion``.
 
-Tests of integration with optax and flax run with standard promotion, since those libraries
-promote implicitly (optax's Adam raises a Python float to an int32 power).
+Tests of integration with optax and flax opt out, since those libraries promote implicitly
+(optax's Adam raises a Python float to an int32 power): they say so with
+``pytestmark = pytest.mark.standard_promotion``.
 """
 
 import jax
 import pytest
 
-STRICT_MODULES = ("test_core_", "test_balancers")
-
 
 @pytest.fixture(autouse=True)
 def dtype_promotion(request):
-    strict = request.module.__name__.startswith(
-        STRICT_MODULES
-    ) and not request.node.get_closest_marker("standard_promotion")
-    with jax.numpy_dtype_promotion("strict" if strict else "standard"):
+    standard = request.node.get_closest_marker("standard_promotion") is not None
+    with jax.numpy_dtype_promotion("standard" if standard else "strict"):
         yield

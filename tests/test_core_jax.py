@@ -25,7 +25,7 @@ def test_jit_and_eager_agree():
     for t in range(60):
         _, eager = weighting.update(step_inputs(losses, t), eager, grad_norms=1.0)
         _, jitted = update(step_inputs(losses, t), jitted, grad_norms=1.0)
-    chex.assert_trees_all_close(eager, jitted, rtol=1e-6)
+    chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-12)
     assert int(jitted.counters.adjustments.sum()) > 0
 
 
@@ -135,7 +135,7 @@ def test_checked_mode_names_the_non_finite_field():
     state = weighting.init()
     losses = {n: 1.0 for n in TTS_BASE}
     _, state = weighting.update(losses, state)
-    bad = state.replace_values(loss_mean=state.stats.loss_mean.at[1].set(np.nan))
+    bad = state._replace(stats=state.stats._replace(loss_mean=np.array([1.0, np.nan, 1.0])))
     with pytest.raises(AssertionError, match=r"AdaptiveState\.stats\.loss_mean"):
         weighting.update(losses, bad)
     # it keeps what the weighting needs and passes gradient statistics through

@@ -110,6 +110,6 @@ def test_a_corrupted_state_heals_in_one_step(value, position, field):
     if field == "weights":
         state = state._replace(weights={"a": vector[0], "b": vector[1]})
     else:
-        state = state.replace_values(previous_weights=vector)
+        state = state._replace(previous_weights={"a": vector[0], "b": vector[1]})
     _, new_state = jax.jit(w.update)({"a": 1.0, "b": 1.0}, state)
     chex.assert_tree_all_finite(new_state)

@@ -124,12 +124,15 @@ def test_a_spike_resets_the_stable_counter_and_blocks_adjustment():
     mel = with_values(falling(STEPS), 150, 50.0 * falling(STEPS)[150])
     _, trace = run(mel_only(warmup_steps=0, cooling_period=1), tts_losses(mel))
     m = trace["metrics"]
-    assert m["loss_rel_variance/mel"][150] > 0.5
-    assert m["stable_steps/mel"][150] == 0
-    # the spike stays in the 10-step window until step 160; then 10 stable steps are needed
-    assert np.all(m["stable_steps/mel"][150:160] == 0)
-    assert np.all(m["adjustments/mel"][150:169] == m["adjustments/mel"][149])
-    assert m["adjustments/mel"][169] == m["adjustments/mel"][149] + 1
+    unstable = m["loss_rel_variance/mel"] >= 0.5
+    assert not unstable[149] and unstable[150]
+    # the spike keeps the recent variance high while it decays; then 10 stable steps are needed
+    calm = 150 + int(np.argmin(unstable[150:]))
+    assert calm > 155
+    assert np.all(m["stable_steps/mel"][150:calm] == 0)
+    tenth_stable = calm + 9
+    assert np.all(m["adjustments/mel"][150:tenth_stable] == m["adjustments/mel"][149])
+    assert m["adjustments/mel"][tenth_stable] == m["adjustments/mel"][149] + 1
 
 
 def test_large_losses_are_not_unstable_forever():
@@ -294,7 +297,7 @@ def test_non_adaptive_terms_keep_their_base():
 
 def test_rejects_a_weight_whose_weighted_loss_overflows():
     mel = with_values(rising(STEPS), 100, 3e38)  # a finite loss whose weighted value overflows
-    state, trace = run(mel_only(), tts_losses(mel))
+    state, trace = run(mel_only(min_stable_steps=0), tts_losses(mel))
     assert int(state.counters.rejected[1]) == 1
     assert trace["weights"]["mel"][100] == 2.5
 

@@ -11,6 +11,9 @@ from flax.training import train_state
 import adaptive_optax as ao
 from examples import flax_linen, flax_nnx
 
+# integration with optax and flax, which promote dtypes implicitly
+pytestmark = pytest.mark.standard_promotion
+
 STEPS = 200
 
 

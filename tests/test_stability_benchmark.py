@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks import stability, tts_model
+
+# a flax / optax training benchmark, which promotes dtypes implicitly
+pytestmark = pytest.mark.standard_promotion
 
 
 def test_benchmark_core_tiny(tmp_path):

@@ -1,4 +1,10 @@
-"""The types every weighting shares: its state, its (init, update) pair and the rule protocol."""
+"""The types every weighting shares: its state, its (init, update) pair and the rule protocol.
+
+Shapes are written for one weighting; a state batched with ``jax.vmap`` has the same fields
+with leading batch axes, and every function of this library that reads a state accepts it.
+``n`` is the number of loss terms; per-term vectors follow the leaf order of the base weights
+(``jax.tree.leaves``), and :func:`adaptive_optax.metrics` names them.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,12 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import chex
-import jax
-import jax.numpy as jnp
 
 PyTree = Any
 
 
 class Counters(NamedTuple):
-    """Per-term event counts, each an int32 vector of shape ``(n_terms,)``.
+    """Per-term event counts, each an int32 ``(n,)`` vector, saturating instead of wrapping.
 
     Attributes:
       adjustments: weight changes applied.
@@ -31,167 +35,65 @@ class Counters(NamedTuple):
 
 
 class RunningStats(NamedTuple):
-    """Running statistics of each term, shared by every rule.
+    """The running statistics of each term, shared by every rule: the loss history.
+
+    Only finite steps are folded in. Every field is an ``(n,)`` vector of the statistics
+    dtype (float32, or float64 for float64 weights) unless stated. "Recent" statistics are
+    exponential moving averages of span ``window`` (decay ``1 - 2 / (window + 1)``, the
+    centre of mass of a window of that many steps), bias-corrected as in Adam.
 
     Attributes:
-      loss_mean: ``(n_terms,)`` float, bias-corrected EMA of the finite losses (as in Adam).
-      loss_count: ``(n_terms,)`` int32, finite losses seen so far.
-      loss_window: ``(n_terms, window)`` float, ring buffer of the last finite losses.
-      grad_window: ``(n_terms, window)`` float, ring buffer of the last finite gradient norms.
-      grad_count: ``(n_terms,)`` int32, finite gradient norms seen so far.
+      loss_count: int32, finite losses seen.
+      first_loss: the first finite loss (0 until one is seen).
+      previous_loss: the last finite loss (0 until one is seen).
+      loss_mean: bias-corrected EMA of the losses with decay ``ema_decay`` (the running mean).
+      recent_mean: bias-corrected EMA of the losses of span ``window``.
+      rel_variance: bias-corrected EMA of span ``window`` of the squared relative deviation
+        ``((loss - recent_mean) / |recent_mean|) ** 2``: the loss's recent variance / mean**2,
+        scale-free and computed without squaring a loss, so it cannot overflow.
+      grad_count: int32, finite gradient norms seen.
+      grad_mean: bias-corrected EMA of span ``window`` of the gradient norms.
     """
 
-    loss_mean: chex.Array
     loss_count: chex.Array
-    loss_window: chex.Array
-    grad_window: chex.Array
-    grad_count: chex.Array
-
-
-class TermValues(NamedTuple):
-    """The rows of :attr:`AdaptiveState.term_values`, one float per term each."""
-
-    previous_weights: chex.Array
-    base_weights: chex.Array
+    first_loss: chex.Array
+    previous_loss: chex.Array
     loss_mean: chex.Array
-
-
-class TermCounts(NamedTuple):
-    """The rows of :attr:`AdaptiveState.term_counts`, one int32 per term each."""
-
-    last_change: chex.Array
-    stable_steps: chex.Array
-    adjustments: chex.Array
-    rejected: chex.Array
-    nonfinite: chex.Array
-    rollbacks: chex.Array
-    healed: chex.Array
-    loss_count: chex.Array
+    recent_mean: chex.Array
+    rel_variance: chex.Array
     grad_count: chex.Array
-
-
-def _stack(rows, dtype) -> chex.Array:
-    """``jnp.stack(rows)``, written as one select so that XLA computes it in one kernel.
-
-    XLA:CPU lowers a concatenate of computed rows as one kernel per row; a select over the
-    row index fuses into a single loop. Inside ``lax.scan`` this is most of an update's cost.
-    """
-    rows = [jnp.asarray(row).astype(dtype) for row in rows]
-    shape = (len(rows), *jnp.shape(rows[0]))
-    index = jax.lax.broadcasted_iota(jnp.int32, shape, 0)
-    out = jnp.broadcast_to(rows[-1], shape)
-    for i, row in enumerate(rows[:-1]):
-        out = jnp.where(index == i, row, out)
-    return out
+    grad_mean: chex.Array
 
 
 class AdaptiveState(NamedTuple):
     """State of a loss weighting: arrays of fixed shape and dtype, safe to jit, scan and save.
 
-    Per-term quantities are packed into three arrays, so that ``update`` writes a handful of
-    buffers rather than one per quantity (inside ``lax.scan`` that is several times faster, and
-    a jitted call from Python has fewer leaves to pass). Read them through the named views:
-    :attr:`previous_weights`, :attr:`base_weights`, :attr:`last_change`, :attr:`stable_steps`,
-    :attr:`counters` and :attr:`stats`. Per-term vectors follow the leaf order of ``weights``.
-
     Attributes:
       step: int32 scalar, number of ``update`` calls.
       enabled: bool scalar; when False the weights are the base weights.
-      weights: the current weights, in the structure of the base weights.
-      term_values: ``(3, n_terms)`` float, rows as in :class:`TermValues`.
-      term_counts: ``(9, n_terms)`` int32, rows as in :class:`TermCounts`.
-      windows: ``(2, n_terms, window)`` float, the ring buffers of the last finite losses and
-        gradient norms.
+      weights: the current weights, in the structure of the base weights (dtype ``dtype``).
+      previous_weights: the weights before the last adjustment, the target of a rollback;
+        same structure.
+      base_weights: the base weights, same structure: the one place they are kept, so a
+        restored checkpoint brings its own.
+      last_change: int32 ``(n,)``, step of the last adjustment or rollback (0: none yet).
+      stable_steps: int32 ``(n,)``, consecutive stable steps (finite, and relative variance
+        below the threshold).
+      counters: per-term event counts, see :class:`Counters`.
+      stats: the shared running statistics, see :class:`RunningStats`.
       rule_state: whatever state the rule keeps (an empty tuple for stateless rules).
     """
 
     step: chex.Array
     enabled: chex.Array
     weights: PyTree
-    term_values: chex.Array
-    term_counts: chex.Array
-    windows: chex.Array
+    previous_weights: PyTree
+    base_weights: PyTree
+    last_change: chex.Array
+    stable_steps: chex.Array
+    counters: Counters
+    stats: RunningStats
     rule_state: PyTree
-
-    @classmethod
-    def pack(
-        cls,
-        *,
-        step: chex.Array,
-        enabled: chex.Array,
-        weights: PyTree,
-        values: TermValues,
-        counts: TermCounts,
-        loss_window: chex.Array,
-        grad_window: chex.Array,
-        rule_state: PyTree,
-    ) -> AdaptiveState:
-        """Builds a state from named per-term rows; values are stored in the windows' dtype."""
-        return cls(
-            step=step,
-            enabled=enabled,
-            weights=weights,
-            term_values=_stack(values, loss_window.dtype),
-            term_counts=_stack(counts, jnp.int32),
-            windows=_stack([loss_window, grad_window], loss_window.dtype),
-            rule_state=rule_state,
-        )
-
-    @property
-    def values(self) -> TermValues:
-        return TermValues(*self.term_values)
-
-    @property
-    def counts(self) -> TermCounts:
-        return TermCounts(*self.term_counts)
-
-    def replace_values(self, **rows: chex.Array) -> AdaptiveState:
-        """A copy with the named rows of :attr:`term_values` replaced."""
-        values = self.values._replace(**rows)
-        return self._replace(term_values=_stack(values, self.term_values.dtype))
-
-    def replace_counts(self, **rows: chex.Array) -> AdaptiveState:
-        """A copy with the named rows of :attr:`term_counts` replaced."""
-        counts = self.counts._replace(**rows)
-        return self._replace(term_counts=_stack(counts, self.term_counts.dtype))
-
-    @property
-    def previous_weights(self) -> chex.Array:
-        """``(n_terms,)`` the weights before the last adjustment (the rollback target)."""
-        return self.values.previous_weights
-
-    @property
-    def base_weights(self) -> chex.Array:
-        """``(n_terms,)`` the base weights the weighting was built with."""
-        return self.values.base_weights
-
-    @property
-    def last_change(self) -> chex.Array:
-        """``(n_terms,)`` step of the last adjustment or rollback (0: none yet)."""
-        return self.counts.last_change
-
-    @property
-    def stable_steps(self) -> chex.Array:
-        """``(n_terms,)`` consecutive stable steps."""
-        return self.counts.stable_steps
-
-    @property
-    def counters(self) -> Counters:
-        """Per-term event counts, see :class:`Counters`."""
-        c = self.counts
-        return Counters(c.adjustments, c.rejected, c.nonfinite, c.rollbacks, c.healed)
-
-    @property
-    def stats(self) -> RunningStats:
-        """Running statistics, see :class:`RunningStats`."""
-        c = self.counts
-        return RunningStats(
-            loss_mean=self.values.loss_mean,
-            loss_count=c.loss_count,
-            loss_window=self.windows[0],
-            grad_window=self.windows[1],
-            grad_count=c.grad_count,
-        )
 
 
 class UpdateFn(Protocol):
@@ -213,11 +115,11 @@ class LossWeighting(NamedTuple):
       init: ``init() -> AdaptiveState``.
       update: ``update(losses, state, *, grad_norms=None, grad_stats=None) -> (weights,
         new_state)``; the returned weights equal ``new_state.weights`` and weight the next
-        step's losses. ``grad_norms`` is None, one global norm or one norm per term;
-        ``grad_stats`` maps the names in ``needs`` (other than ``"norm"``) to one scalar per
-        term. Other keyword arguments are ignored, as in optax.
-      needs: gradient statistics the rule uses (keys of
-        ``adaptive_optax.GRADIENT_STATISTICS``, ``"norm"`` being ``grad_norms``);
+        step's losses. ``grad_stats`` maps names of gradient statistics (see ``needs``) to one
+        global scalar or one scalar per term; ``grad_norms=x`` is short for
+        ``grad_stats={"norm": x}``. Other keyword arguments are ignored, as in optax.
+      needs: the gradient statistics the rule reads (keys of
+        ``adaptive_optax.GRADIENT_STATISTICS``: ``"norm"``, ``"max_abs"``, ...);
         :func:`adaptive_optax.weight_gradients` computes them from per-term gradients.
     """
 
@@ -229,46 +131,56 @@ class LossWeighting(NamedTuple):
 class Signals(NamedTuple):
     """What the shared statistics say about one step, per term: the input of every rule.
 
-    Every array is finite: a term whose input was not finite carries placeholders and
-    ``finite=False``, and its proposal is ignored by the guards.
+    Every array is finite and ``(n,)``: a term whose input was not finite carries
+    placeholders (a loss of 0) and ``finite=False``, and its proposal is ignored by the guards.
 
     Attributes:
-      losses: ``(n_terms,)`` this step's losses.
-      finite: ``(n_terms,)`` bool, this step's loss (and gradient norm, if given) is finite.
-      loss_mean: ``(n_terms,)`` bias-corrected EMA of the losses before this step.
-      deviation: ``(n_terms,)`` ``(loss - loss_mean) / max(|loss_mean|, eps)``, 0 with no history.
-      rel_variance: ``(n_terms,)`` variance / mean**2 of the loss window, this step included.
-      grad_norms: ``(n_terms,)`` this step's gradient norms, or None when none were given.
-      grad_mean: ``(n_terms,)`` mean of the gradient-norm window before this step (0 if empty).
-      has_grad_history: ``(n_terms,)`` bool, the gradient-norm window held a value before this step.
-      grad_stats: ``{name: (n_terms,)}`` the other gradient statistics given to ``update``
-        (see :attr:`Rule.needs`), zero where not finite.
       step: int32 scalar, the step being taken (1 on the first update).
+      losses: this step's losses.
+      finite: bool, this step's loss and gradient statistics are finite.
+      loss_count: int32, finite losses seen before this step: ``first_loss`` and
+        ``previous_loss`` hold a loss where it is positive.
+      first_loss: the first finite loss (this step's if none came before).
+      previous_loss: the last finite loss before this step (this step's if none came before).
+      loss_mean: the running mean (bias-corrected EMA) of the losses before this step.
+      deviation: ``(loss - loss_mean) / max(|loss_mean|, eps)``, 0 with no history.
+      rel_variance: the recent relative variance of the loss, this step included.
+      grad_mean: recent mean of the gradient norms before this step (0 with no history).
+      has_grad_history: bool, a finite gradient norm was seen before this step.
+      grad_stats: ``{name: (n,)}`` this step's gradient statistics (``"norm"`` and any other
+        given to ``update``), 0 where not finite.
     """
 
+    step: chex.Array
     losses: chex.Array
     finite: chex.Array
+    loss_count: chex.Array
+    first_loss: chex.Array
+    previous_loss: chex.Array
     loss_mean: chex.Array
     deviation: chex.Array
     rel_variance: chex.Array
-    grad_norms: chex.Array | None
     grad_mean: chex.Array
     has_grad_history: chex.Array
     grad_stats: Mapping[str, chex.Array]
-    step: chex.Array
+
+    @property
+    def grad_norms(self) -> chex.Array | None:
+        """This step's gradient norms, ``grad_stats["norm"]``, or None when none were given."""
+        return self.grad_stats.get("norm")
 
 
 class Rule(NamedTuple):
     """A rule proposes weights; the guards of :func:`adaptive_optax.guarded` decide what lands.
 
     Attributes:
-      init: ``init(base_weights) -> rule_state`` from the ``(n_terms,)`` base weights.
+      init: ``init(base_weights) -> rule_state`` from the ``(n,)`` base weights.
       propose: ``propose(signals, weights, base_weights, rule_state) -> (proposal, rule_state)``;
-        ``weights``, ``base_weights`` and ``proposal`` are ``(n_terms,)`` vectors. The rule must
+        ``weights``, ``base_weights`` and ``proposal`` are ``(n,)`` vectors. The rule must
         leave the state of terms with ``signals.finite == False`` unchanged; non-finite leaves
         of a returned state are replaced by their previous values.
-      needs: gradient statistics the rule reads: ``"norm"`` (``signals.grad_norms``) and any
-        other key of ``adaptive_optax.GRADIENT_STATISTICS`` (``signals.grad_stats[name]``).
+      needs: gradient statistics the rule reads, keys of
+        ``adaptive_optax.GRADIENT_STATISTICS`` (``signals.grad_stats[name]``).
     """
 
     init: Callable[[chex.Array], PyTree]

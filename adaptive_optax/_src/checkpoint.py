@@ -33,7 +33,7 @@ def restore(target: PyTree, restored: PyTree) -> PyTree:
     """Checks a state loaded from a checkpoint against the state it should replace.
 
     Neither ``flax.serialization.from_state_dict`` nor ``orbax.checkpoint`` checks array
-    shapes against the target (a weighting built with another ``window`` or other terms can
+    shapes against the target (a weighting built with another ``dtype``, rule or terms can
     load silently); this function does, for the whole tree.
 
     Args:
@@ -49,7 +49,7 @@ def restore(target: PyTree, restored: PyTree) -> PyTree:
 
     Raises:
       ValueError: naming the difference: loss terms added, removed or renamed; another tree
-        structure; a leaf of another shape or dtype (a setting like ``window`` or ``dtype``
+        structure; a leaf of another shape or dtype (a setting like ``dtype`` or the rule
         changed).
 
     Examples:
@@ -84,7 +84,7 @@ def restore(target: PyTree, restored: PyTree) -> PyTree:
                 f"the checkpoint does not match at {jax.tree_util.keystr(path)}: it holds "
                 f"{_dtype(got)}{list(np.shape(got))}, the target "
                 f"{_dtype(want)}{list(np.shape(want))} (did a setting such as "
-                "window or dtype change?)"
+                "dtype or the rule change?)"
             )
     return restored
 

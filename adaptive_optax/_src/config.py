@@ -7,18 +7,38 @@ eagerly and are passed through; they were checked when the weighting was first b
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import jax
 import numpy as np
 
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def _is_traced(value: Any) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value))
+
+
+def _is_number(leaf: Any) -> bool:
+    """A real number or a numeric array; booleans and strings are not numbers."""
+    if isinstance(leaf, (bool, np.bool_, str, bytes)):
+        return False
+    if isinstance(leaf, numbers.Real):
+        return True
+    dtype = getattr(leaf, "dtype", None)
+    return (
+        dtype is not None and np.issubdtype(dtype, np.number) and np.isrealobj(np.empty(0, dtype))
+    )
+
 
 def concrete(value: Any) -> np.ndarray | None:
-    """The leaves of ``value`` as a float64 NumPy array, or None when any is traced."""
-    leaves = jax.tree.leaves(value)
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+    """The leaves of ``value`` as a flat float64 NumPy array, or None when any is traced."""
+    if _is_traced(value):
         return None
-    return np.asarray(leaves, dtype=np.float64)
+    return np.concatenate(
+        [np.ravel(np.asarray(leaf, np.float64)) for leaf in jax.tree.leaves(value)]
+    )
 
 
 def check_number(
@@ -31,18 +51,22 @@ def check_number(
     high_open: bool = False,
     integer: bool = False,
 ) -> None:
-    """Raises ``ValueError`` unless ``value`` lies in the interval, e.g. ``(0, 1)`` or ``[0, inf)``.
+    """Raises ``ValueError`` unless ``value`` is a number in the interval, e.g. ``(0, 1)``.
 
     Args:
       name: the setting's name, used in the message.
-      value: a number or array of numbers (tracers are not checked).
+      value: a number, an array of numbers or a pytree of them (tracers are not checked).
       low, high: the interval's ends.
       low_open, high_open: whether an end is excluded.
-      integer: whether the value must be a whole number.
+      integer: whether the value must be a whole number that fits an int32 (a step count).
     """
-    array = concrete(value)
-    if array is None:
+    if _is_traced(value):
         return
+    leaves = jax.tree.leaves(value)
+    if not leaves or not all(_is_number(leaf) for leaf in leaves):
+        kind = "a whole number" if integer else "a real number"
+        raise ValueError(f"{name} must be {kind}, got {value!r} of type {type(value).__name__}")
+    array = concrete(value)
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     # NaN fails both comparisons, so it is never inside.
     inside = np.all(array > low if low_open else array >= low) and np.all(
@@ -52,10 +76,12 @@ def check_number(
         raise ValueError(f"{name} must be in {interval}, got {value!r}")
     if integer and not np.all(array == np.round(array)):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if integer and np.any(np.abs(array) > INT32_MAX):
+        raise ValueError(f"{name} must fit an int32 (at most {INT32_MAX}), got {value!r}")
 
 
-def check_static_int(name: str, value: Any, *, low: int) -> int:
-    """Returns ``value`` as an int; raises ``ValueError`` unless it is a Python int >= ``low``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low} (it sets an array shape), got {value!r}")
-    return int(value)
+def check_flag(name: str, value: Any) -> bool:
+    """Returns ``value``; raises ``ValueError`` unless it is a bool (``"no"`` is not False)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)

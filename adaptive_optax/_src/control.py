@@ -1,7 +1,8 @@
 """Pure functions on a weighting's state: control, observation, the weighted loss.
 
 ``disable``, ``enable``, ``rollback`` and ``metrics`` accept an :class:`AdaptiveState` or any
-pytree holding one, such as an optax optimiser state.
+pytree holding one, such as an optax optimiser state. A state batched with ``jax.vmap`` (one
+weighting per seed) is handled whole: each function gives what ``jax.vmap`` of it gives.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from adaptive_optax._src.base import AdaptiveState, LossWeighting, PyTree
-from adaptive_optax._src.statistics import count_where, relative_variance, window_mean
-from adaptive_optax._src.terms import term_names
+from adaptive_optax._src.statistics import count_where
+from adaptive_optax._src.terms import stack_terms, term_names
 
 
 def _is_state(node: Any) -> bool:
@@ -32,12 +33,6 @@ def _map_states(fn: Callable[[AdaptiveState], AdaptiveState], tree: PyTree) -> P
     if not _states(tree):
         raise ValueError(f"no AdaptiveState found in {type(tree).__name__}")
     return jax.tree.map(lambda n: fn(n) if _is_state(n) else n, tree, is_leaf=_is_state)
-
-
-def _as_weights(state: AdaptiveState, vector: jax.Array) -> PyTree:
-    leaves = jax.tree.leaves(state.weights)
-    values = [vector[i].astype(leaf.dtype) for i, leaf in enumerate(leaves)]
-    return jax.tree.unflatten(jax.tree.structure(state.weights), values)
 
 
 def find_state(tree: PyTree) -> AdaptiveState:
@@ -71,10 +66,11 @@ def disable(tree: PyTree) -> PyTree:
     """
 
     def off(state: AdaptiveState) -> AdaptiveState:
-        state = state._replace(
-            enabled=jnp.zeros([], bool), weights=_as_weights(state, state.base_weights)
+        return state._replace(
+            enabled=jnp.zeros_like(state.enabled),
+            weights=state.base_weights,
+            previous_weights=state.base_weights,
         )
-        return state.replace_values(previous_weights=state.base_weights)
 
     return _map_states(off, tree)
 
@@ -88,7 +84,7 @@ def enable(tree: PyTree) -> PyTree:
     Returns:
       The same pytree with every weighting state enabled.
     """
-    return _map_states(lambda state: state._replace(enabled=jnp.ones([], bool)), tree)
+    return _map_states(lambda state: state._replace(enabled=jnp.ones_like(state.enabled)), tree)
 
 
 def rollback(tree: PyTree) -> PyTree:
@@ -104,13 +100,14 @@ def rollback(tree: PyTree) -> PyTree:
     """
 
     def back(state: AdaptiveState) -> AdaptiveState:
-        current = jnp.stack(jax.tree.leaves(state.weights)).astype(state.previous_weights.dtype)
-        undone = current != state.previous_weights
-        state = state._replace(weights=_as_weights(state, state.previous_weights))
-        return state.replace_counts(
-            last_change=jnp.where(undone, state.step, state.last_change),
+        undone = stack_terms(state.weights) != stack_terms(state.previous_weights)
+        return state._replace(
+            weights=state.previous_weights,
+            last_change=jnp.where(undone, state.step[..., None], state.last_change),
             stable_steps=jnp.where(undone, 0, state.stable_steps),
-            rollbacks=count_where(state.counters.rollbacks, undone),
+            counters=state.counters._replace(
+                rollbacks=count_where(state.counters.rollbacks, undone)
+            ),
         )
 
     return _map_states(back, tree)
@@ -164,41 +161,41 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
     state = find_state(tree)
     stats = state.stats
     per_term = {
-        "weight": jnp.stack(jax.tree.leaves(state.weights)),
-        "previous_weight": state.previous_weights,
-        "base_weight": state.base_weights,
+        "weight": stack_terms(state.weights),
+        "previous_weight": stack_terms(state.previous_weights),
+        "base_weight": stack_terms(state.base_weights),
         "loss_ema": stats.loss_mean,
-        "loss_rel_variance": relative_variance(stats.loss_window, stats.loss_count),
-        "grad_norm_avg": window_mean(stats.grad_window, stats.grad_count),
-        "steps_since_change": state.step - state.last_change,
+        "loss_rel_variance": stats.rel_variance,
+        "grad_norm_avg": stats.grad_mean,
+        "steps_since_change": state.step[..., None] - state.last_change,
         "stable_steps": state.stable_steps,
         **state.counters._asdict(),
     }
-    names = term_names(state.weights)
+    names = term_names(state.base_weights)
     # per-term leaves of the rule's state (learned weights, factors): "rule/<field>/<term>"
+    per_term_shape = (*jnp.shape(state.step), len(names))
     for path, leaf in jax.tree_util.tree_flatten_with_path(state.rule_state)[0]:
-        if jnp.shape(leaf) == (len(names),):
+        if jnp.shape(leaf) == per_term_shape:
             field = jax.tree_util.keystr(path, simple=True, separator="/") or "state"
             per_term[f"rule/{field}"] = leaf
     out = {"step": state.step, "enabled": state.enabled}
     for i, name in enumerate(names):
         for key, vector in per_term.items():
-            out[f"{key}/{name}"] = vector[i]
+            out[f"{key}/{name}"] = vector[..., i]
     return out
 
 
 def _float_fields(state: AdaptiveState) -> dict[str, Any]:
-    """The floating-point parts of a state, by the names users read them with."""
-    stats = state.stats
-    return {
+    """The floating-point fields of a state, by the paths users read them with."""
+    fields = {
         "weights": state.weights,
         "previous_weights": state.previous_weights,
         "base_weights": state.base_weights,
-        "stats.loss_mean": stats.loss_mean,
-        "stats.loss_window": stats.loss_window,
-        "stats.grad_window": stats.grad_window,
         "rule_state": state.rule_state,
     }
+    for name, value in state.stats._asdict().items():
+        fields[f"stats.{name}"] = value
+    return fields
 
 
 def _assert_all_finite(state: AdaptiveState, when: str) -> None:

@@ -1,9 +1,15 @@
-"""The guard layer: puts any :class:`Rule` under the safety guards of the stable controller."""
+"""The guard layer: puts any :class:`Rule` under the safety guards of the stable controller.
+
+``update`` runs in named stages: read the inputs, heal a corrupted state, fold the step into
+the shared statistics, let the rule propose, gate the proposal, limit it, and apply it (or roll
+back the last adjustment). Each stage is a small function of this module.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,22 +17,32 @@ import numpy as np
 import optax
 
 from adaptive_optax._src import config
-from adaptive_optax._src.base import (
-    AdaptiveState,
-    LossWeighting,
-    PyTree,
-    Rule,
-    TermCounts,
-    TermValues,
-)
+from adaptive_optax._src.base import AdaptiveState, Counters, LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.gradients import check_statistics
-from adaptive_optax._src.statistics import (
-    at_least_float32,
-    count_where,
-    init_stats,
-    update_stats,
-)
+from adaptive_optax._src.statistics import at_least_float32, count_where, init_stats, update_stats
 from adaptive_optax._src.terms import Terms, select, terms_of
+
+RELAXED = MappingProxyType(
+    dict(max_change=None, warmup_steps=0, cooling_period=0, min_stable_steps=0, auto_rollback=False)
+)
+"""Settings of :func:`guarded` that let every finite proposal land at once, within the bounds.
+
+Non-finite inputs are still skipped, proposals still validated and stored weights still
+healed: those guards cannot be switched off. ``guarded(rule, base, **(RELAXED | settings))``.
+"""
+
+
+class Settings(NamedTuple):
+    """The validated settings of :func:`guarded` (numbers may be traced; flags are static)."""
+
+    max_change: Any
+    warmup_steps: Any
+    cooling_period: Any
+    min_stable_steps: Any
+    variance_threshold: Any
+    ema_decay: Any
+    window: Any
+    auto_rollback: bool
 
 
 def guarded(
@@ -43,7 +59,7 @@ def guarded(
     min_stable_steps: int = 10,
     variance_threshold: float = 0.5,
     ema_decay: float = 0.99,
-    window: int = 10,
+    window: float = 10,
     auto_rollback: bool = True,
     axis_name: Hashable | None = None,
     dtype: Any = jnp.float32,
@@ -51,17 +67,18 @@ def guarded(
     """Puts a rule under the guards that keep adaptive loss weights from destabilising training.
 
     At every ``update``, per adaptive term: the step counter advances; a non-finite loss or
-    gradient norm is counted and changes nothing (with ``auto_rollback`` it also undoes an
+    gradient statistic is counted and changes nothing (with ``auto_rollback`` it also undoes an
     adjustment made less than ``cooling_period`` steps before); otherwise the shared statistics
     are updated, the rule proposes a weight, and the proposal lands only when the weighting is
     enabled, warmup is over, the cooling period since the last change has passed and the term
-    has been stable (relative loss variance below ``variance_threshold``) for
+    has been stable (recent relative loss variance below ``variance_threshold``) for
     ``min_stable_steps`` steps. A landing proposal is limited to ``max_change`` relative to the
     current weight, clipped to the bounds, and rejected if it or the weighted loss would not be
     finite. Non-adaptive terms, and every term while disabled, keep their base weights.
 
     Every guard can be relaxed: ``max_change=None``, ``warmup_steps=0``, ``cooling_period=0``,
-    ``min_stable_steps=0``, ``bounds=None``, ``auto_rollback=False``.
+    ``min_stable_steps=0``, ``bounds=None``, ``auto_rollback=False``; ``RELAXED`` holds all but
+    the bounds.
 
     Args:
       rule: the :class:`adaptive_optax.Rule` that proposes weights.
@@ -76,21 +93,22 @@ def guarded(
       warmup_steps: no adjustment while ``step <= warmup_steps``.
       cooling_period: at least this many steps between two adjustments of a term.
       min_stable_steps: consecutive stable steps required before an adjustment.
-      variance_threshold: a step is stable when the relative variance of the loss window is
-        below this.
-      ema_decay: decay of the bias-corrected loss EMA, in ``[0, 1)``.
-      window: number of recent losses and gradient norms kept per term (static, >= 2).
+      variance_threshold: a step is stable when the recent relative variance of the loss
+        (variance / mean**2) is below this.
+      ema_decay: decay of the running mean of the losses (bias-corrected EMA), in ``[0, 1)``.
+      window: span, in steps, of the recent statistics (the loss variance and the mean
+        gradient norm): EMAs of decay ``1 - 2 / (window + 1)``, >= 1.
       auto_rollback: undo an adjustment when a non-finite input follows within the cooling
         period.
-      axis_name: a mapped axis (``shard_map``, ``pmap``) over which losses and gradient norms are
-        averaged before deciding, so that every replica takes the same decisions.
+      axis_name: a mapped axis (``shard_map``, ``pmap``) over which losses and gradient
+        statistics are averaged before deciding, so that every replica takes the same decisions.
       dtype: floating dtype of the weights; statistics use at least float32.
 
     Returns:
       A :class:`adaptive_optax.LossWeighting`.
 
     Raises:
-      ValueError: for a setting out of range, naming it and its value.
+      ValueError: for a setting of the wrong type or out of range, naming it and its value.
 
     Examples:
       >>> import adaptive_optax as ao
@@ -101,40 +119,41 @@ def guarded(
       2.5
     """
     terms = terms_of(base_weights)
-    adaptive = select(terms, adapt)
+    adaptive = select(terms, adapt)  # NumPy: concrete even when built under a trace
     needs = check_statistics(rule.needs)
-    window = config.check_static_int("window", window, low=2)
-    config.check_number("max_change", max_change, low=0, high=1, low_open=True, high_open=True)
-    for name, value in (
-        ("warmup_steps", warmup_steps),
-        ("cooling_period", cooling_period),
-        ("min_stable_steps", min_stable_steps),
-    ):
-        config.check_number(name, value, low=0, integer=True)
-    config.check_number("variance_threshold", variance_threshold, low=0, low_open=True)
-    config.check_number("ema_decay", ema_decay, low=0, high=1, high_open=True)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"dtype must be a floating dtype, got {dtype!r}")
-
-    base = _base_vector(terms, base_weights, dtype)
-    low, high = _bounds(terms, base, adaptive, bounds, min_weight, max_weight, dtype)
+    settings = _check_settings(
+        max_change=max_change,
+        warmup_steps=warmup_steps,
+        cooling_period=cooling_period,
+        min_stable_steps=min_stable_steps,
+        variance_threshold=variance_threshold,
+        ema_decay=ema_decay,
+        window=window,
+        auto_rollback=auto_rollback,
+    )
+    try:
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError
+    except TypeError:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype!r}") from None
     stats_dtype = at_least_float32(dtype)
-    adaptive = jnp.asarray(adaptive)
-    if max_change is not None:
-        max_change = jnp.asarray(max_change, dtype)
+    initial_base = _base_vector(terms, base_weights, dtype)
+    bounds_of = _bounds(terms, initial_base, adaptive, bounds, min_weight, max_weight)
 
     def init() -> AdaptiveState:
-        stats = init_stats(terms.size, window, stats_dtype)
         zeros = jnp.zeros((terms.size,), jnp.int32)
-        return AdaptiveState.pack(
+        weights = terms.tree(initial_base)
+        return AdaptiveState(
             step=jnp.zeros([], jnp.int32),
             enabled=jnp.ones([], bool),
-            weights=terms.tree(base),
-            values=TermValues(base, base, stats.loss_mean),
-            counts=TermCounts(*[zeros] * len(TermCounts._fields)),
-            loss_window=stats.loss_window,
-            grad_window=stats.grad_window,
-            rule_state=rule.init(base),
+            weights=weights,
+            previous_weights=weights,
+            base_weights=weights,
+            last_change=zeros,
+            stable_steps=zeros,
+            counters=Counters(*[zeros] * len(Counters._fields)),
+            stats=init_stats(terms.size, stats_dtype),
+            rule_state=rule.init(initial_base),
         )
 
     def update(
@@ -146,83 +165,48 @@ def guarded(
         **extra_args: Any,
     ) -> tuple[PyTree, AdaptiveState]:
         del extra_args
-        loss = terms.vector(losses, "losses", stats_dtype)
-        grad = (
-            None if grad_norms is None else _per_term(terms, grad_norms, "grad_norms", stats_dtype)
-        )
-        extra = _grad_stats(terms, grad_stats, stats_dtype)
-        if axis_name is not None:
-            loss, grad, extra = jax.lax.pmean((loss, grad, extra), axis_name)
         step = optax.safe_increment(state.step)
-        finite = jnp.isfinite(loss)
-        for value in [grad, *extra.values()]:
-            if value is not None:
-                finite &= jnp.isfinite(value)
-
-        weights = terms.vector(state.weights, "state.weights", dtype)
-        corrupt = ~jnp.isfinite(weights)
-        weights = jnp.where(corrupt, base, weights)
-        previous = state.previous_weights.astype(dtype)
-        previous = jnp.where(jnp.isfinite(previous), previous, base)
-
-        stats, signals = update_stats(state.stats, loss, grad, extra, finite, step, ema_decay)
-        stable = jnp.where(
-            finite & (signals.rel_variance < variance_threshold),
-            optax.safe_increment(state.stable_steps),
-            0,
+        loss, gradients, finite = _read_inputs(
+            terms, losses, grad_norms, grad_stats, axis_name, stats_dtype
         )
-        proposal, rule_state = rule.propose(signals, weights, base, state.rule_state)
-        rule_state = jax.tree.map(_keep_finite, rule_state, state.rule_state)
+        base, weights, previous, corrupt = _heal(terms, state, initial_base, dtype)
+        stats, signals = update_stats(
+            state.stats,
+            loss,
+            gradients,
+            finite,
+            step,
+            ema_decay=settings.ema_decay,
+            window=settings.window,
+        )
+        proposal, rule_state = _propose(rule, signals, weights, base, state.rule_state)
 
         active = state.enabled & adaptive
-        gate = (
-            active
-            & finite
-            & (step > warmup_steps)
-            & (step - state.last_change >= cooling_period)
-            & (stable >= min_stable_steps)
-        )
-        proposal = jnp.asarray(proposal, dtype)
-        if max_change is not None:
-            proposal = jnp.clip(proposal, weights * (1 - max_change), weights * (1 + max_change))
-        proposal = jnp.clip(proposal, low, high)
-        valid = jnp.isfinite(proposal) & jnp.isfinite(proposal.astype(stats_dtype) * signals.losses)
-        wants = gate & (proposal != weights)
+        stable, open_gate = _gate(settings, state, signals, active)
+        low, high = bounds_of(base)
+        proposal, valid = _limit(settings, proposal.astype(dtype), weights, low, high, loss)
+        wants = open_gate & (proposal != weights)
         applied = wants & valid
 
-        new_weights = jnp.where(applied, proposal, weights)
-        previous = jnp.where(applied, weights, previous)
-        last_change = jnp.where(applied, step, state.last_change)
-        stable = jnp.where(applied, 0, stable)
-        undone = jnp.zeros_like(applied)
-        if auto_rollback:
-            undone = (
-                active & ~finite & (step - last_change < cooling_period) & (new_weights != previous)
-            )
-            new_weights = jnp.where(undone, previous, new_weights)
-            last_change = jnp.where(undone, step, last_change)
-        new_weights = jnp.where(active, new_weights, base)
-        previous = jnp.where(undone | ~active, new_weights, previous)
-
+        new_weights, previous, last_change, undone = _apply_or_roll_back(
+            settings, step, active, finite, applied, proposal, weights, previous, base, state
+        )
         counters = state.counters
-        new_state = AdaptiveState.pack(
+        new_state = state._replace(
             step=step,
-            enabled=state.enabled,
             weights=terms.tree(new_weights),
-            values=TermValues(previous, state.base_weights, stats.loss_mean),
-            counts=TermCounts(
-                last_change=last_change,
-                stable_steps=stable,
+            previous_weights=terms.tree(previous),
+            base_weights=terms.tree(base),
+            last_change=last_change,
+            stable_steps=jnp.where(applied, 0, stable),
+            counters=Counters(
                 adjustments=count_where(counters.adjustments, applied),
                 rejected=count_where(counters.rejected, wants & ~valid),
                 nonfinite=count_where(counters.nonfinite, ~finite),
                 rollbacks=count_where(counters.rollbacks, undone),
                 healed=count_where(counters.healed, corrupt),
-                loss_count=stats.loss_count,
-                grad_count=stats.grad_count,
             ),
-            loss_window=stats.loss_window,
-            grad_window=stats.grad_window,
+            stats=stats,
             rule_state=rule_state,
         )
         return new_state.weights, new_state
@@ -230,67 +214,186 @@ def guarded(
     return LossWeighting(init, update, needs)
 
 
-def _keep_finite(new: jax.Array, old: jax.Array) -> jax.Array:
-    """``new`` where finite, else ``old``: no rule can make its state non-finite."""
-    if jnp.issubdtype(jnp.result_type(new), jnp.inexact):
-        return jnp.where(jnp.isfinite(new), new, old)
-    return new
+# Construction --------------------------------------------------------------------------------
+
+
+def _check_settings(**values: Any) -> Settings:
+    """Validates each setting once, naming it and its value."""
+    if values["max_change"] is not None:
+        config.check_number(
+            "max_change", values["max_change"], low=0, high=1, low_open=True, high_open=True
+        )
+    for name in ("warmup_steps", "cooling_period", "min_stable_steps"):
+        config.check_number(name, values[name], low=0, integer=True)
+    config.check_number("variance_threshold", values["variance_threshold"], low=0, low_open=True)
+    config.check_number("ema_decay", values["ema_decay"], low=0, high=1, high_open=True)
+    config.check_number("window", values["window"], low=1)
+    values["auto_rollback"] = config.check_flag("auto_rollback", values["auto_rollback"])
+    return Settings(**values)
 
 
 def _base_vector(terms: Terms, base_weights: PyTree, dtype) -> jax.Array:
-    values = config.concrete(jax.tree.leaves(base_weights))
-    if values is not None:
-        for name, value in zip(terms.names, values, strict=True):
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"base_weights[{name!r}] must be positive and finite, got {value}")
+    for name, value in zip(terms.names, jax.tree.leaves(base_weights), strict=True):
+        config.check_number(f"base_weights[{name!r}]", value, low=0, low_open=True)
+        concrete = config.concrete(value)
+        if concrete is not None and not np.all(np.isfinite(concrete)):
+            raise ValueError(f"base_weights[{name!r}] must be positive and finite, got {value}")
     return terms.vector(base_weights, "base_weights", dtype)
 
 
-def _bounds(terms, base, adaptive, bounds, min_weight, max_weight, dtype):
-    """Per-term ``(low, high)`` weight bounds, validated where they are concrete."""
+def _bounds(terms: Terms, base, adaptive, bounds, min_weight, max_weight):
+    """``bounds_of(base) -> (low, high)``, validated against the base weights given here."""
     if bounds is not None:
-        if len(bounds) != 2:
-            raise ValueError(f"bounds must be a pair (low, high), got {bounds!r}")
+        if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+            raise ValueError(
+                f"bounds must be a pair (low, high) of factors or None, got {bounds!r}"
+            )
         config.check_number("bounds[0]", bounds[0], low=0)
         config.check_number("bounds[1]", bounds[1], low=0, low_open=True)
-        low, high = base * bounds[0], base * bounds[1]
-    else:
-        low, high = jnp.zeros_like(base), jnp.full_like(base, jnp.inf)
+    detail = f"(bounds={bounds}, min_weight={min_weight}, max_weight={max_weight})"
     if min_weight is not None:
         config.check_number("min_weight", min_weight, low=0)
-        low = _per_term(terms, min_weight, "min_weight", dtype)
+        min_weight = terms.per_term(min_weight, "min_weight", base.dtype)
     if max_weight is not None:
         config.check_number("max_weight", max_weight, low=0, low_open=True)
-        high = _per_term(terms, max_weight, "max_weight", dtype)
-    values = config.concrete((low, high, base))
+        max_weight = terms.per_term(max_weight, "max_weight", base.dtype)
+
+    def bounds_of(base: jax.Array) -> tuple[jax.Array, jax.Array]:
+        low, high = jnp.zeros_like(base), jnp.full_like(base, jnp.inf)
+        if bounds is not None:
+            low, high = base * bounds[0], base * bounds[1]
+        low = low if min_weight is None else min_weight
+        high = high if max_weight is None else max_weight
+        return low, high
+
+    values = config.concrete((*bounds_of(base), base))
     if values is not None:
-        for name, lo, hi, b, adapts in zip(terms.names, *values, adaptive, strict=True):
+        lows, highs, bases = np.split(values, 3)
+        for name, lo, hi, b, adapts in zip(terms.names, lows, highs, bases, adaptive, strict=True):
             if not lo < hi:
                 raise ValueError(
                     f"the bounds of {name!r} must satisfy low < high, got [{lo:.6g}, {hi:.6g}] "
-                    f"(bounds={bounds}, min_weight={min_weight}, max_weight={max_weight})"
+                    + detail
                 )
             if adapts and not lo <= b <= hi:
                 raise ValueError(
-                    f"base_weights[{name!r}]={b:.6g} lies outside its bounds [{lo:.6g}, {hi:.6g}] "
-                    f"(bounds={bounds}, min_weight={min_weight}, max_weight={max_weight})"
+                    f"base_weights[{name!r}]={b:.6g} lies outside its bounds [{lo:.6g}, {hi:.6g}]"
                 )
-    return low, high
+    return bounds_of
 
 
-def _per_term(terms: Terms, value, what: str, dtype) -> jax.Array:
-    """A scalar broadcast to every term, or a pytree shaped like the base weights."""
-    if np.shape(value) == () and jax.tree.structure(value) != terms.treedef:
-        return jnp.full((terms.size,), value, dtype)
-    return terms.vector(value, what, dtype)
+# The stages of update ------------------------------------------------------------------------
 
 
-def _grad_stats(terms: Terms, grad_stats, dtype) -> dict[str, jax.Array]:
-    """``grad_stats`` as ``{name: (n_terms,) vector}``; each value global or per term."""
-    if grad_stats is None:
-        return {}
-    check_statistics(grad_stats)
-    return {
-        name: _per_term(terms, value, f"grad_stats[{name!r}]", dtype)
-        for name, value in grad_stats.items()
+def _read_inputs(terms: Terms, losses, grad_norms, grad_stats, axis_name, dtype):
+    """This step's losses and gradient statistics as ``(n,)`` vectors, and which are finite.
+
+    ``grad_norms`` joins ``grad_stats`` as ``"norm"``; each statistic is one global scalar or
+    one per term. Under ``axis_name`` every input is averaged over the replicas.
+    """
+    loss = terms.vector(losses, "losses", dtype)
+    if grad_stats is not None and not isinstance(grad_stats, Mapping):
+        raise ValueError(f"grad_stats must be a dict of gradient statistics, got {grad_stats!r}")
+    named = dict(grad_stats or {})
+    if grad_norms is not None:
+        if "norm" in named:
+            raise ValueError("give the gradient norm once: grad_norms= or grad_stats['norm']")
+        named["norm"] = grad_norms
+    check_statistics(named)
+    gradients = {
+        name: terms.per_term(
+            value, "grad_norms" if name == "norm" else f"grad_stats[{name!r}]", dtype
+        )
+        for name, value in named.items()
     }
+    if axis_name is not None:
+        loss, gradients = jax.lax.pmean((loss, gradients), axis_name)
+    finite = jnp.isfinite(loss)
+    for value in gradients.values():
+        finite &= jnp.isfinite(value)
+    return loss, gradients, finite
+
+
+def _heal(terms: Terms, state: AdaptiveState, initial_base, dtype):
+    """The state's base, current and previous weights as vectors, a corrupted value replaced.
+
+    A stored weight that is not finite (a corrupted checkpoint) is reset to its base weight; a
+    base weight that is not finite and positive, to the one the weighting was built with.
+    """
+    base = terms.vector(state.base_weights, "state.base_weights", dtype)
+    bad_base = ~(jnp.isfinite(base) & (base > 0))
+    base = jnp.where(bad_base, initial_base, base)
+    weights = terms.vector(state.weights, "state.weights", dtype)
+    corrupt = bad_base | ~jnp.isfinite(weights)
+    weights = jnp.where(corrupt, base, weights)
+    previous = terms.vector(state.previous_weights, "state.previous_weights", dtype)
+    previous = jnp.where(jnp.isfinite(previous), previous, base)
+    return base, weights, previous, corrupt
+
+
+def _propose(rule: Rule, signals: Signals, weights, base, rule_state):
+    """The rule's proposal; a non-finite leaf of its new state keeps its previous value."""
+    proposal, new_rule_state = rule.propose(signals, weights, base, rule_state)
+
+    def keep_finite(new, old):
+        if jnp.issubdtype(jnp.result_type(new), jnp.inexact):
+            return jnp.where(jnp.isfinite(new), new, old)
+        return new
+
+    return proposal, jax.tree.map(keep_finite, new_rule_state, rule_state)
+
+
+def _gate(settings: Settings, state: AdaptiveState, signals: Signals, active):
+    """Consecutive stable steps, and where a proposal may land this step."""
+    calm = signals.finite & (signals.rel_variance < settings.variance_threshold)
+    stable = jnp.where(calm, optax.safe_increment(state.stable_steps), 0)
+    open_gate = (
+        active
+        & signals.finite
+        & (signals.step > settings.warmup_steps)
+        & (signals.step - state.last_change >= settings.cooling_period)
+        & (stable >= settings.min_stable_steps)
+    )
+    return stable, open_gate
+
+
+def _limit(settings: Settings, proposal, weights, low, high, losses):
+    """The proposal within ``max_change`` of the current weight and within the bounds.
+
+    Valid when the proposal and its weighted loss are finite. The product is never formed:
+    ``|w| * |loss| <= max`` is tested as ``|w| <= max / max(|loss|, 1)``, which holds on every
+    backend (a fused ``isfinite(w * loss)`` can be simplified away by a compiler).
+    """
+    if settings.max_change is not None:
+        change = jnp.asarray(settings.max_change, proposal.dtype)
+        proposal = jnp.clip(proposal, weights * (1 - change), weights * (1 + change))
+    proposal = jnp.clip(proposal, low, high)
+    largest = jnp.finfo(losses.dtype).max
+    valid = jnp.abs(proposal).astype(losses.dtype) <= largest / jnp.maximum(jnp.abs(losses), 1.0)
+    return proposal, valid
+
+
+def _apply_or_roll_back(
+    settings: Settings, step, active, finite, applied, proposal, weights, previous, base, state
+):
+    """The new weights, previous weights and last-change steps, and which terms rolled back."""
+    new_weights = jnp.where(applied, proposal, weights)
+    previous = jnp.where(applied, weights, previous)
+    last_change = jnp.where(applied, step, state.last_change)
+    undone = jnp.zeros_like(applied)
+    if settings.auto_rollback:
+        # A non-finite input soon after an adjustment is the failure the seed feared: a weight
+        # change that destabilised training. Undo it and restart the cooling period, so that the
+        # next adjustment waits until training has been finite for a full period.
+        undone = (
+            active
+            & ~finite
+            & (step - last_change < settings.cooling_period)
+            & (new_weights != previous)
+        )
+        new_weights = jnp.where(undone, previous, new_weights)
+        last_change = jnp.where(undone, step, last_change)
+    # Disabled or not adaptive: the base weight, with nothing to roll back to.
+    new_weights = jnp.where(active, new_weights, base)
+    previous = jnp.where(undone | ~active, new_weights, previous)
+    return new_weights, previous, last_change, undone

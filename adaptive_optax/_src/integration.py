@@ -118,10 +118,7 @@ def weight_gradients(
         if needs:
             filtered = [g if gradient_filter is None else gradient_filter(g) for g in term_grads]
             statistics = gradient_statistics(jax.tree.unflatten(treedef, filtered), needs, treedef)
-        grad_norms = statistics.pop("norm", None)
-        _, new_inner = weighting.update(
-            losses, inner, grad_norms=grad_norms, grad_stats=statistics or None
-        )
+        _, new_inner = weighting.update(losses, inner, grad_stats=statistics or None)
         if skip_nonfinite:
             finite = jnp.all(
                 jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(combined)])

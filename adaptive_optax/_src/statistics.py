@@ -1,9 +1,12 @@
-"""The running statistics every rule shares: bias-corrected EMA, windows, relative variance.
+"""The running statistics every rule shares: the loss history and the recent gradient norm.
 
-All functions are vectorised over terms: ``(n_terms,)`` vectors, ``(n_terms, window)`` windows.
+Every statistic is an elementwise update of ``(n,)`` vectors: no window is kept and nothing is
+reduced over time, so a jitted ``update`` fuses into a few kernels whatever the window.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +14,8 @@ import optax
 
 from adaptive_optax._src.base import RunningStats, Signals
 
-EPS = 1e-8  # floor of |mean| and mean^2 in relative quantities
+EPS = 1e-8  # floor of |mean| in relative quantities
+MAX_DEVIATION = 1e3  # |relative deviation| is clipped here before squaring: no overflow
 
 
 def at_least_float32(dtype) -> jnp.dtype:
@@ -23,22 +27,30 @@ def at_least_float32(dtype) -> jnp.dtype:
     return jnp.dtype(jnp.float64 if jnp.dtype(dtype).itemsize > 4 else jnp.float32)
 
 
-def init_stats(n_terms: int, window: int, dtype) -> RunningStats:
-    """Empty statistics for ``n_terms`` terms and windows of ``window`` values."""
+def init_stats(n_terms: int, dtype) -> RunningStats:
+    """Empty statistics for ``n_terms`` terms."""
     zeros = jnp.zeros((n_terms,), dtype)
     counts = jnp.zeros((n_terms,), jnp.int32)
     return RunningStats(
-        loss_mean=zeros,
         loss_count=counts,
-        loss_window=jnp.zeros((n_terms, window), dtype),
-        grad_window=jnp.zeros((n_terms, window), dtype),
+        first_loss=zeros,
+        previous_loss=zeros,
+        loss_mean=zeros,
+        recent_mean=zeros,
+        rel_variance=zeros,
         grad_count=counts,
+        grad_mean=zeros,
     )
 
 
 def count_where(counter: jax.Array, event: jax.Array) -> jax.Array:
     """``counter + 1`` where ``event``, saturating at the dtype's maximum instead of wrapping."""
     return jnp.where(event, optax.safe_increment(counter), counter)
+
+
+def span_decay(window) -> jax.Array:
+    """The EMA decay whose centre of mass is that of a window of ``window`` steps."""
+    return 1.0 - 2.0 / (jnp.asarray(window, jnp.float32) + 1.0)
 
 
 def ema_update(mean: jax.Array, count: jax.Array, value: jax.Array, decay) -> jax.Array:
@@ -55,94 +67,83 @@ def ema_update(mean: jax.Array, count: jax.Array, value: jax.Array, decay) -> ja
     return (1.0 - rate) * mean + rate * value
 
 
-def _filled(window: jax.Array, count: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The mask of filled window slots and their number (at least 1, to divide by)."""
-    size = window.shape[-1]
-    filled = jnp.minimum(count, size)
-    mask = jnp.arange(size) < filled[:, None]
-    return mask, jnp.maximum(filled, 1).astype(window.dtype)
-
-
-def window_mean(window: jax.Array, count: jax.Array) -> jax.Array:
-    """Mean over the filled part of each window (0 for an empty window)."""
-    mask, filled = _filled(window, count)
-    # dividing before summing cannot overflow, even for values near the float maximum
-    return jnp.sum(jnp.where(mask, window, 0.0) / filled[:, None], axis=-1)
-
-
-def relative_variance(window: jax.Array, count: jax.Array) -> jax.Array:
-    """``variance / max(mean**2, eps)`` over the filled part of each window.
-
-    Values are first divided by the window's largest magnitude, so that losses near the
-    float maximum neither overflow nor turn the ratio into NaN; the ratio is scale-free.
-    """
-    mask, filled = _filled(window, count)
-    values = jnp.where(mask, window, 0.0)
-    scale = jnp.max(jnp.abs(values), axis=-1, keepdims=True)
-    values = values / jnp.maximum(scale, jnp.finfo(window.dtype).tiny)
-    mean = jnp.sum(values, axis=-1) / filled
-    variance = jnp.sum(jnp.where(mask, (values - mean[:, None]) ** 2, 0.0), axis=-1) / filled
-    return variance / jnp.maximum(mean**2, EPS)
-
-
-def _push(window: jax.Array, count: jax.Array, value: jax.Array, keep: jax.Array) -> jax.Array:
-    """Writes ``value`` into each ring buffer at slot ``count % window`` where ``keep``."""
-    slot = (count % window.shape[-1])[:, None]
-    write = keep[:, None] & (jnp.arange(window.shape[-1]) == slot)
-    return jnp.where(write, value[:, None], window)
+def relative_deviation(value: jax.Array, mean: jax.Array) -> jax.Array:
+    """``(value - mean) / max(|mean|, eps)``, clipped to ``+/-MAX_DEVIATION``."""
+    deviation = (value - mean) / jnp.maximum(jnp.abs(mean), EPS)
+    return jnp.clip(deviation, -MAX_DEVIATION, MAX_DEVIATION)
 
 
 def update_stats(
     stats: RunningStats,
     losses: jax.Array,
-    grad_norms: jax.Array | None,
-    grad_stats: dict[str, jax.Array],
+    grad_stats: Mapping[str, jax.Array],
     finite: jax.Array,
     step: jax.Array,
+    *,
     ema_decay,
+    window,
 ) -> tuple[RunningStats, Signals]:
     """Folds one step into the statistics of the terms where ``finite`` holds.
 
     Args:
       stats: the statistics before this step.
-      losses: ``(n_terms,)`` this step's losses (may hold non-finite values).
-      grad_norms: ``(n_terms,)`` this step's gradient norms, or None.
-      grad_stats: ``{name: (n_terms,)}`` other gradient statistics of this step.
-      finite: ``(n_terms,)`` bool, which terms to fold in; the others are left unchanged.
+      losses: ``(n,)`` this step's losses (may hold non-finite values).
+      grad_stats: ``{name: (n,)}`` this step's gradient statistics; ``"norm"`` is kept
+        in the recent gradient-norm mean.
+      finite: ``(n,)`` bool, which terms to fold in; the others are left unchanged.
       step: the step being taken, passed through to the signals.
-      ema_decay: decay of the loss EMA.
+      ema_decay: decay of the running mean.
+      window: span of the recent statistics.
 
     Returns:
       The new statistics and the :class:`Signals` of this step, all finite.
     """
     losses = jnp.where(finite, losses, 0.0)
-    mean = stats.loss_mean
-    deviation = (losses - mean) / jnp.maximum(jnp.abs(mean), EPS)
-    deviation = jnp.nan_to_num(jnp.where(stats.loss_count > 0, deviation, 0.0))
+    seen = stats.loss_count > 0
+    recent = span_decay(window)
 
-    new_mean = ema_update(mean, stats.loss_count, losses, ema_decay)
-    new_mean = jnp.where(finite & jnp.isfinite(new_mean), new_mean, mean)
-    loss_window = _push(stats.loss_window, stats.loss_count, losses, finite)
-    loss_count = count_where(stats.loss_count, finite)
+    def fold(new, old):
+        return jnp.where(finite & jnp.isfinite(new), new, old)
 
-    grad_mean = window_mean(stats.grad_window, stats.grad_count)
-    grad_window, grad_count = stats.grad_window, stats.grad_count
-    if grad_norms is not None:
-        grad_norms = jnp.where(finite, grad_norms, 0.0)
-        grad_window = _push(grad_window, grad_count, grad_norms, finite)
+    deviation = jnp.where(seen, relative_deviation(losses, stats.loss_mean), 0.0)
+    recent_deviation = jnp.where(seen, relative_deviation(losses, stats.recent_mean), 0.0)
+    variance = ema_update(stats.rel_variance, stats.loss_count, recent_deviation**2, recent)
+    first = jnp.where(seen, stats.first_loss, losses)
+    previous = jnp.where(seen, stats.previous_loss, losses)
+
+    grad_stats = {name: jnp.where(finite, value, 0.0) for name, value in grad_stats.items()}
+    grad_mean, grad_count = stats.grad_mean, stats.grad_count
+    norm = grad_stats.get("norm")
+    if norm is not None:
+        grad_mean = fold(ema_update(grad_mean, grad_count, norm, recent), grad_mean)
         grad_count = count_where(grad_count, finite)
 
-    new_stats = RunningStats(new_mean, loss_count, loss_window, grad_window, grad_count)
+    new_stats = RunningStats(
+        loss_count=count_where(stats.loss_count, finite),
+        first_loss=fold(first, stats.first_loss),
+        previous_loss=fold(losses, stats.previous_loss),
+        loss_mean=fold(
+            ema_update(stats.loss_mean, stats.loss_count, losses, ema_decay), stats.loss_mean
+        ),
+        recent_mean=fold(
+            ema_update(stats.recent_mean, stats.loss_count, losses, recent), stats.recent_mean
+        ),
+        rel_variance=fold(variance, stats.rel_variance),
+        grad_count=grad_count,
+        grad_mean=grad_mean,
+    )
     signals = Signals(
+        step=step,
         losses=losses,
         finite=finite,
-        loss_mean=mean,
+        loss_count=stats.loss_count,
+        first_loss=first,
+        previous_loss=previous,
+        loss_mean=stats.loss_mean,
         deviation=deviation,
-        rel_variance=relative_variance(loss_window, loss_count),
-        grad_norms=grad_norms,
-        grad_mean=grad_mean,
+        rel_variance=new_stats.rel_variance,
+        grad_mean=stats.grad_mean,
         has_grad_history=stats.grad_count > 0,
-        grad_stats={name: jnp.where(finite, v, 0.0) for name, v in grad_stats.items()},
-        step=step,
+        grad_stats=grad_stats,
     )
     return new_stats, signals

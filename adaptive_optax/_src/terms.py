@@ -12,6 +12,15 @@ import numpy as np
 PyTree = Any
 
 
+def term_names(tree: PyTree) -> tuple[str, ...]:
+    """Names of the leaves of ``tree``: key paths joined with "/", or the index for a leaf."""
+    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return tuple(
+        jax.tree_util.keystr(path, simple=True, separator="/") or str(i)
+        for i, (path, _) in enumerate(paths)
+    )
+
+
 class Terms(NamedTuple):
     """The static layout of the loss terms, taken from the base weights.
 
@@ -27,49 +36,99 @@ class Terms(NamedTuple):
     def size(self) -> int:
         return len(self.names)
 
-    def vector(self, tree: PyTree, what: str, dtype: Any = None) -> jax.Array:
-        """Stacks a pytree of scalars shaped like the base weights into a ``(n_terms,)`` vector.
+    def check_structure(self, tree: PyTree, what: str) -> None:
+        """Raises ``ValueError`` naming the missing and extra terms unless ``tree`` fits.
 
-        Raises:
-          ValueError: if the structure differs from the base weights or a leaf is not a scalar.
+        Args:
+          tree: a pytree that should have the structure of the base weights.
+          what: its name in the message (``"losses"``, ``"grad_norms"``).
         """
         structure = jax.tree.structure(tree)
-        if structure != self.treedef:
-            raise ValueError(
-                f"{what} must have the structure of the base weights {self.treedef}, "
-                f"got {structure}"
+        if structure == self.treedef:
+            return
+        given = term_names(tree)
+        missing = [name for name in self.names if name not in given]
+        extra = [name for name in given if name not in self.names]
+        if missing or extra:
+            detail = f"missing terms {missing}" if missing else ""
+            detail += ("; " if missing and extra else "") + (
+                f"extra terms {extra}" if extra else ""
             )
+        else:
+            detail = f"another structure: {structure}"
+        raise ValueError(
+            f"{what} must have the structure of the base weights, terms {list(self.names)}; "
+            f"got {detail}"
+        )
+
+    def vector(self, tree: PyTree, what: str, dtype: Any = None) -> jax.Array:
+        """Stacks a pytree of scalars shaped like the base weights into an ``(n,)`` vector.
+
+        Raises:
+          ValueError: naming the missing or extra terms, or a leaf that is not a scalar.
+        """
+        self.check_structure(tree, what)
         leaves = jax.tree.leaves(tree)
         for name, leaf in zip(self.names, leaves, strict=True):
             if np.shape(leaf) != ():
                 raise ValueError(f"{what}[{name!r}] must be a scalar, got shape {np.shape(leaf)}")
         return jnp.stack([jnp.asarray(leaf, dtype) for leaf in leaves])
 
+    def per_term(self, value: Any, what: str, dtype: Any) -> jax.Array:
+        """One scalar for every term, or a pytree of scalars shaped like the base weights.
+
+        Raises:
+          ValueError: for an array with one or more axes (give a pytree of scalars instead), or
+            a pytree of another structure, naming the missing or extra terms.
+        """
+        if jax.tree.structure(value) != self.treedef and jax.tree_util.treedef_is_leaf(
+            jax.tree.structure(value)
+        ):
+            if np.ndim(value) != 0:
+                raise ValueError(
+                    f"{what} must be one scalar or a pytree of scalars shaped like the base "
+                    f"weights (terms {list(self.names)}), got an array of shape {np.shape(value)}"
+                )
+            return jnp.full((self.size,), value, dtype)
+        return self.vector(value, what, dtype)
+
     def tree(self, vector: jax.Array) -> PyTree:
-        """Inverse of :meth:`vector`: a ``(n_terms,)`` vector back into the base structure."""
-        return jax.tree.unflatten(self.treedef, [vector[i] for i in range(self.size)])
+        """Inverse of :meth:`vector`: the last axis of ``vector`` back into the base structure.
+
+        Leading axes are kept: a batched vector gives a pytree of batched leaves.
+        """
+        leaves = [vector[..., i] for i in range(self.size)]
+        return jax.tree.unflatten(self.treedef, leaves)
 
 
-def term_names(tree: PyTree) -> tuple[str, ...]:
-    """Names of the leaves of ``tree``: key paths joined with "/", or the index for a leaf."""
-    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-    names = tuple(
-        jax.tree_util.keystr(path, simple=True, separator="/") or str(i)
-        for i, (path, _) in enumerate(paths)
-    )
-    return names
+def stack_terms(tree: PyTree) -> jax.Array:
+    """The leaves of a pytree of per-term scalars stacked on a last axis: ``(..., n)``.
+
+    Works on batched leaves; the inverse of :meth:`Terms.tree`.
+    """
+    return jnp.stack(jax.tree.leaves(tree), axis=-1)
 
 
 def terms_of(base_weights: PyTree) -> Terms:
     """The :class:`Terms` of a pytree of base weights.
 
     Raises:
-      ValueError: if it has no leaves.
+      ValueError: if it has no leaves, or a leaf that is not a scalar (a vector of base
+        weights must be split into a pytree of scalars, one per term).
     """
     treedef = jax.tree.structure(base_weights)
     if treedef.num_leaves == 0:
         raise ValueError(f"base_weights must hold at least one weight, got {base_weights!r}")
-    return Terms(treedef, term_names(base_weights))
+    names = term_names(base_weights)
+    for name, leaf in zip(names, jax.tree.leaves(base_weights), strict=True):
+        if np.ndim(leaf) != 0:
+            where = "" if name == "0" and treedef.num_leaves == 1 else f"[{name!r}]"
+            raise ValueError(
+                f"base_weights{where} must be a scalar: base weights are a pytree with one scalar "
+                f"per loss term, such as {{'mel': 2.5, 'stop': 1.0}} or a tuple of floats; got an "
+                f"array of shape {np.shape(leaf)}"
+            )
+    return Terms(treedef, names)
 
 
 def select(terms: Terms, adapt: PyTree | Sequence[str] | str | None) -> np.ndarray:

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
-from adaptive_optax._src.guards import guarded
+from adaptive_optax._src.guards import RELAXED, guarded
 from adaptive_optax._src.statistics import at_least_float32
 
-BARE = dict(
-    bounds=None,
-    max_change=None,
-    warmup_steps=0,
-    cooling_period=0,
-    min_stable_steps=0,
-    auto_rollback=False,
-)
+BARE = MappingProxyType(RELAXED | dict(bounds=None))
 """Guard settings of a bare balancer: only non-finite inputs are skipped; weights in [0, inf)."""
 
 
@@ -63,12 +57,8 @@ def scaled_softmax(logits: jax.Array, numerator_weights: jax.Array | None = None
 
 def require(signals: Signals, name: str, rule: str) -> jax.Array:
     """The gradient statistic ``name`` of this step, or a ``ValueError`` saying how to pass it."""
-    if name == "norm":
-        value = signals.grad_norms
-        how = "grad_norms="
-    else:
-        value = signals.grad_stats.get(name)
-        how = f"grad_stats={{{name!r}: ...}}"
+    value = signals.grad_stats.get(name)
+    how = "grad_norms=" if name == "norm" else f"grad_stats={{{name!r}: ...}}"
     if value is None:
         raise ValueError(
             f"{rule} needs the gradient statistic {name!r}: pass {how} to update, or use "

@@ -16,21 +16,16 @@ from adaptive_optax._src.balancers._common import (
     scaled_softmax,
 )
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
-from adaptive_optax._src.statistics import count_where
 
 
 class DWAState(NamedTuple):
     """State of :func:`dwa_rule`.
 
     Attributes:
-      previous_losses: ``(n_terms,)`` each term's last finite loss.
-      ratios: ``(n_terms,)`` the last loss ratios ``L_k(t) / L_k(t - 1)`` (1 until known).
-      count: ``(n_terms,)`` int32, finite losses seen.
+      ratios: ``(n,)`` the last loss ratios ``L_k(t) / L_k(t - 1)`` (1 until known).
     """
 
-    previous_losses: chex.Array
     ratios: chex.Array
-    count: chex.Array
 
 
 def dwa_rule(*, temperature: float = 2.0) -> Rule:
@@ -65,23 +60,15 @@ def dwa_rule(*, temperature: float = 2.0) -> Rule:
     config.check_number("temperature", temperature, low=0, low_open=True)
 
     def init(base_weights: chex.Array) -> DWAState:
-        dtype = float_dtype(base_weights)
-        n = base_weights.shape[0]
-        return DWAState(jnp.zeros((n,), dtype), jnp.ones((n,), dtype), jnp.zeros((n,), jnp.int32))
+        return DWAState(jnp.ones(base_weights.shape, float_dtype(base_weights)))
 
     def propose(signals: Signals, weights, base_weights, state: DWAState):
         del weights
-        losses = signals.losses.astype(state.ratios.dtype)
-        ratio = finite_or(safe_divide(losses, state.previous_losses), state.ratios)
-        known = signals.finite & (state.count > 0)
-        ratios = jnp.where(known, ratio, state.ratios)
-        new_state = DWAState(
-            previous_losses=jnp.where(signals.finite, losses, state.previous_losses),
-            ratios=ratios,
-            count=count_where(state.count, signals.finite),
-        )
+        ratio = finite_or(safe_divide(signals.losses, signals.previous_loss), state.ratios)
+        known = signals.finite & (signals.loss_count > 0)
+        ratios = jnp.where(known, ratio.astype(state.ratios.dtype), state.ratios)
         lambdas = scaled_softmax(ratios / temperature)
-        return base_weights.astype(lambdas.dtype) * lambdas, new_state
+        return base_weights.astype(lambdas.dtype) * lambdas, DWAState(ratios)
 
     return Rule(init=init, propose=propose)
 

@@ -16,14 +16,10 @@ class GradNormState(NamedTuple):
     """State of :func:`gradnorm_rule`.
 
     Attributes:
-      task_weights: ``(n_terms,)`` the learned weights ``w_i``, summing to ``n_terms``.
-      initial_losses: ``(n_terms,)`` each term's first finite loss ``L_i(0)``.
-      has_initial: ``(n_terms,)`` bool, ``initial_losses`` holds a loss.
+      task_weights: ``(n,)`` the learned weights ``w_i``, summing to ``n``.
     """
 
     task_weights: chex.Array
-    initial_losses: chex.Array
-    has_initial: chex.Array
 
 
 def gradnorm_rule(*, alpha: float = 1.5, lr: float = 0.025) -> Rule:
@@ -64,13 +60,7 @@ def gradnorm_rule(*, alpha: float = 1.5, lr: float = 0.025) -> Rule:
     config.check_number("lr", lr, low=0, low_open=True)
 
     def init(base_weights: chex.Array) -> GradNormState:
-        dtype = float_dtype(base_weights)
-        n = base_weights.shape[0]
-        return GradNormState(
-            task_weights=jnp.ones((n,), dtype),
-            initial_losses=jnp.zeros((n,), dtype),
-            has_initial=jnp.zeros((n,), bool),
-        )
+        return GradNormState(jnp.ones(base_weights.shape, float_dtype(base_weights)))
 
     def propose(signals: Signals, weights, base_weights, state: GradNormState):
         del weights
@@ -80,8 +70,7 @@ def gradnorm_rule(*, alpha: float = 1.5, lr: float = 0.025) -> Rule:
         norms = require(signals, "norm", "gradnorm_rule").astype(dtype)
         losses = signals.losses.astype(dtype)
         base = base_weights.astype(dtype)
-        initial = jnp.where(state.has_initial | ~finite, state.initial_losses, losses)
-        has_initial = state.has_initial | finite
+        initial = signals.first_loss.astype(dtype)  # L_i(0)
         n_finite = jnp.maximum(jnp.sum(finite), 1).astype(dtype)
 
         def finite_mean(x):
@@ -98,8 +87,7 @@ def gradnorm_rule(*, alpha: float = 1.5, lr: float = 0.025) -> Rule:
         total = jnp.sum(jnp.where(finite, stepped, 0.0))
         scale = (w.shape[0] - held) / jnp.where(total > 0, total, 1.0)
         renormalised = jnp.where(finite & (total > 0), stepped * scale, w)
-        new_state = GradNormState(renormalised, initial, has_initial)
-        return base * renormalised, new_state
+        return base * renormalised, GradNormState(renormalised)
 
     return Rule(init=init, propose=propose, needs=("norm",))
 

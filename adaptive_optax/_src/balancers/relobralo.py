@@ -17,24 +17,17 @@ from adaptive_optax._src.balancers._common import (
     scaled_softmax,
 )
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
-from adaptive_optax._src.statistics import count_where
 
 
 class ReLoBRaLoState(NamedTuple):
     """State of :func:`relobralo_rule`.
 
     Attributes:
-      lambdas: ``(n_terms,)`` the balancing factors ``lambda_i(t - 1)`` (1 at first).
-      initial_losses: ``(n_terms,)`` each term's first finite loss ``L_i(0)``.
-      previous_losses: ``(n_terms,)`` each term's last finite loss.
-      count: ``(n_terms,)`` int32, finite losses seen.
+      lambdas: ``(n,)`` the balancing factors ``lambda_i(t - 1)`` (1 at first).
       key: ``uint32`` raw PRNG key data (``jax.random.key_data``) drawing the lookback.
     """
 
     lambdas: chex.Array
-    initial_losses: chex.Array
-    previous_losses: chex.Array
-    count: chex.Array
     key: chex.Array
 
 
@@ -84,20 +77,16 @@ def relobralo_rule(
     config.check_number("seed", seed, integer=True)
 
     def init(base_weights: chex.Array) -> ReLoBRaLoState:
-        dtype = float_dtype(base_weights)
-        n = base_weights.shape[0]
-        zeros = jnp.zeros((n,), dtype)
         key = jax.random.key_data(jax.random.key(seed))
-        return ReLoBRaLoState(jnp.ones((n,), dtype), zeros, zeros, jnp.zeros((n,), jnp.int32), key)
+        return ReLoBRaLoState(jnp.ones(base_weights.shape, float_dtype(base_weights)), key)
 
     def propose(signals: Signals, weights, base_weights, state: ReLoBRaLoState):
         del weights
         finite = signals.finite
         dtype = state.lambdas.dtype
         losses = signals.losses.astype(dtype)
-        known = state.count > 0
-        initial = jnp.where(known, state.initial_losses, losses)
-        previous = jnp.where(known, state.previous_losses, losses)
+        initial = signals.first_loss.astype(dtype)
+        previous = signals.previous_loss.astype(dtype)
 
         def balance(reference):
             ratio = finite_or(safe_divide(losses, temperature * reference), 1.0 / temperature)
@@ -108,11 +97,7 @@ def relobralo_rule(
         history = rho * state.lambdas + (1 - rho) * balance(initial)
         lambdas = alpha * history + (1 - alpha) * balance(previous)
         new_state = ReLoBRaLoState(
-            lambdas=jnp.where(finite, lambdas, state.lambdas),
-            initial_losses=jnp.where(finite & ~known, losses, state.initial_losses),
-            previous_losses=jnp.where(finite, losses, state.previous_losses),
-            count=count_where(state.count, finite),
-            key=jax.random.key_data(key),
+            lambdas=jnp.where(finite, lambdas, state.lambdas), key=jax.random.key_data(key)
         )
         return base_weights.astype(dtype) * new_state.lambdas, new_state
 

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 from adaptive_optax._src import config
 from adaptive_optax._src.balancers._common import bare, float_dtype, safe_divide, scaled_softmax
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
-from adaptive_optax._src.statistics import count_where
 
 VARIANTS = ("original", "loss_weighted", "normalized")
 
@@ -19,16 +18,12 @@ class SoftAdaptState(NamedTuple):
     """State of :func:`softadapt_rule`.
 
     Attributes:
-      previous_losses: ``(n_terms,)`` each term's last finite loss.
-      slopes: ``(n_terms,)`` the last rates of change ``s_i`` (0 until known).
-      averages: ``(n_terms,)`` the mean of the losses the last slope was taken over.
-      count: ``(n_terms,)`` int32, finite losses seen.
+      slopes: ``(n,)`` the last rates of change ``s_i`` (0 until known).
+      averages: ``(n,)`` the mean of the losses the last slope was taken over.
     """
 
-    previous_losses: chex.Array
     slopes: chex.Array
     averages: chex.Array
-    count: chex.Array
 
 
 def softadapt_rule(variant: str = "original", *, beta: float = 0.1, eps: float = 1e-8) -> Rule:
@@ -76,26 +71,21 @@ def softadapt_rule(variant: str = "original", *, beta: float = 0.1, eps: float =
     config.check_number("eps", eps, low=0, low_open=True)
 
     def init(base_weights: chex.Array) -> SoftAdaptState:
-        dtype = float_dtype(base_weights)
-        zeros = jnp.zeros(base_weights.shape, dtype)
-        return SoftAdaptState(zeros, zeros, zeros, jnp.zeros(base_weights.shape, jnp.int32))
+        zeros = jnp.zeros(base_weights.shape, float_dtype(base_weights))
+        return SoftAdaptState(zeros, zeros)
 
     def propose(signals: Signals, weights, base_weights, state: SoftAdaptState):
         del weights
-        finite = signals.finite
-        losses = signals.losses.astype(state.slopes.dtype)
-        known = finite & (state.count > 0)
-        slope = losses - state.previous_losses
-        average = 0.5 * losses + 0.5 * state.previous_losses
+        dtype = state.slopes.dtype
+        losses = signals.losses.astype(dtype)
+        previous = signals.previous_loss.astype(dtype)
+        known = signals.finite & (signals.loss_count > 0)
+        slope = losses - previous
+        average = 0.5 * losses + 0.5 * previous
         slopes = jnp.where(known & jnp.isfinite(slope), slope, state.slopes)
-        averages = jnp.where(finite & ~known, losses, state.averages)
+        averages = jnp.where(signals.finite & ~known, losses, state.averages)
         averages = jnp.where(known & jnp.isfinite(average), average, averages)
-        new_state = SoftAdaptState(
-            previous_losses=jnp.where(finite, losses, state.previous_losses),
-            slopes=slopes,
-            averages=averages,
-            count=count_where(state.count, finite),
-        )
+        new_state = SoftAdaptState(slopes=slopes, averages=averages)
         if variant == "normalized":
             total = jnp.sum(jnp.abs(slopes))
             slopes = safe_divide(slopes, jnp.maximum(total, eps))
