@@ -165,6 +165,11 @@ def guarded(
         **extra_args: Any,
     ) -> tuple[PyTree, AdaptiveState]:
         del extra_args
+        if jnp.ndim(state.step) != 0:
+            raise ValueError(
+                f"update got a state with batch axes (its step has shape {jnp.shape(state.step)}):"
+                " map it over them with jax.vmap(weighting.update)"
+            )
         step = optax.safe_increment(state.step)
         loss, gradients, finite = _read_inputs(
             terms, losses, grad_norms, grad_stats, axis_name, stats_dtype
