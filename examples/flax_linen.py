@@ -4,6 +4,11 @@ Linen's ``TrainState.apply_gradients`` does not forward extra arguments to ``tx.
 the step calls ``ao.apply_gradients(state, grads=..., losses=...)``, which does the same update
 and passes ``losses=`` on to ``ao.weight_gradients``.
 
+Do not write ``state.apply_gradients(grads=grads, losses=losses)``: linen calls ``tx.update``
+without ``losses=`` (it hands its keyword arguments to ``.replace`` afterwards), and
+``ao.weight_gradients`` raises ``ValueError: weight_gradients needs this step's losses ...
+With a Flax linen TrainState, call ao.apply_gradients(state, grads=grads, losses=losses)``.
+
 Run it: ``python -m examples.flax_linen``.
 """
 
@@ -60,7 +65,7 @@ def train_step(state: train_state.TrainState, x, y_sine, y_product):
 
     grads, losses = jax.jacrev(per_term, has_aux=True)(state.params)  # {"sine": grads, ...}
     total = ao.weighted_sum(losses, ao.find_state(state).weights)  # this step's weights
-    state = ao.apply_gradients(state, grads=grads, losses=losses)
+    state = ao.apply_gradients(state, grads=grads, losses=losses)  # not state.apply_gradients
     return state, total, ao.metrics(state)
 
 

@@ -102,7 +102,10 @@ def weight_gradients(
         if losses is None:
             raise ValueError(
                 "weight_gradients needs this step's losses: call "
-                "tx.update(per_term_grads, opt_state, params, losses=losses)"
+                "tx.update(per_term_grads, opt_state, params, losses=losses). With a Flax linen "
+                "TrainState, call ao.apply_gradients(state, grads=grads, losses=losses): "
+                "state.apply_gradients(grads=grads, losses=losses) calls tx.update without "
+                "losses= (linen passes its keyword arguments to .replace)"
             )
         inner = state.weighting_state
         treedef = jax.tree.structure(inner.weights)
