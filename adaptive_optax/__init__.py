@@ -38,6 +38,7 @@ from adaptive_optax._src.control import rollback as rollback
 from adaptive_optax._src.control import weighted_sum as weighted_sum
 from adaptive_optax._src.gradients import GRADIENT_STATISTICS as GRADIENT_STATISTICS
 from adaptive_optax._src.gradients import gradient_statistics as gradient_statistics
+from adaptive_optax._src.guards import RELAXED as RELAXED
 from adaptive_optax._src.guards import guarded as guarded
 from adaptive_optax._src.integration import WeightGradientsState as WeightGradientsState
 from adaptive_optax._src.integration import apply_gradients as apply_gradients
@@ -52,6 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "GRADIENT_STATISTICS",
+    "RELAXED",
     "AdaptiveState",
     "Counters",
     "LossWeighting",

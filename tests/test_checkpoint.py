@@ -165,3 +165,17 @@ def resume(directory):
 if __name__ == "__main__":
     np.seterr(all="raise")
     resume(sys.argv[1])
+
+
+def test_the_base_weights_of_a_restored_state_are_the_ones_used():
+    """The base weights live in the state only: a checkpoint brings its own."""
+    built_with = ao.stable_weights(
+        {"mel": 2.5, "stop": 1.0}, warmup_steps=0, cooling_period=0, min_stable_steps=0
+    )
+    saved = ao.stable_weights({"mel": 2.0, "stop": 1.0}).init()
+    state = serialization.from_bytes(built_with.init(), serialization.to_bytes(saved))
+    update = jax.jit(built_with.update)
+    for _ in range(40):  # the loss rises: the weight climbs to its upper bound
+        weights, state = update({"mel": 1.0 + float(state.step), "stop": 1.0}, state)
+    assert float(weights["mel"]) == pytest.approx(4.0)  # 2 x the restored base, not 2 x 2.5
+    assert float(ao.disable(state).weights["mel"]) == 2.0

@@ -125,3 +125,95 @@ def test_library_tests_run_under_strict_dtype_promotion():
     assert jax.config.jax_numpy_dtype_promotion == "strict"
     with pytest.raises(jax.dtypes.TypePromotionError):
         jnp.ones(1, jnp.bfloat16) + jnp.ones(1, jnp.float32)
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(variance_threshold="0.5"), r"variance_threshold must be a real number, got '0.5'"),
+        (dict(warmup_steps="100"), r"warmup_steps must be a whole number, got '100'"),
+        (dict(grad_growth="1.5"), r"grad_growth must be a real number, got '1.5'"),
+        (dict(high_ratio="1.1"), r"high_ratio must be a real number, got '1.1'"),
+        (dict(max_change="0.05"), r"max_change must be a real number, got '0.05'"),
+        (dict(max_change="abc"), r"max_change must be a real number, got 'abc'"),
+        (dict(ema_decay="0.99"), r"ema_decay must be a real number, got '0.99'"),
+        (dict(auto_rollback="no"), r"auto_rollback must be True or False, got 'no'"),
+        (dict(auto_rollback=1), r"auto_rollback must be True or False, got 1"),
+        (dict(bounds=0.5), r"bounds must be a pair \(low, high\) of factors or None, got 0.5"),
+        (dict(bounds=("0.4", 2.0)), r"bounds\[0\] must be a real number, got '0.4'"),
+        (dict(warmup_steps=True), r"warmup_steps must be a whole number, got True"),
+        (dict(cooling_period=False), r"cooling_period must be a whole number, got False"),
+        (dict(warmup_steps=2**40), r"warmup_steps must fit an int32 \(at most 2147483647\)"),
+        (dict(min_stable_steps=np.int64(2**33)), r"min_stable_steps must fit an int32"),
+        (dict(window=None), r"window must be a real number, got None"),
+        (dict(min_weight="1"), r"min_weight must be a real number, got '1'"),
+        (dict(variance_threshold=1j), r"variance_threshold must be a real number"),
+        (dict(dtype="float33"), r"dtype must be a floating dtype, got 'float33'"),
+        (dict(base_weights={"mel": "2.5"}), r"base_weights\['mel'\] must be a real number"),
+        (dict(base_weights={"mel": True}), r"base_weights\['mel'\] must be a real number"),
+    ],
+)
+def test_settings_of_the_wrong_type_fail_at_construction(settings, match):
+    settings = dict(settings)
+    base = settings.pop("base_weights", TTS_BASE)
+    with pytest.raises(ValueError, match=match):
+        ao.stable_weights(base, **settings)
+
+
+@pytest.mark.parametrize("vector", [np.array([2.5, 1.0]), jnp.array([2.5, 1.0])])
+def test_a_vector_of_base_weights_says_to_give_one_scalar_per_term(vector):
+    with pytest.raises(
+        ValueError, match=r"base_weights must be a scalar.*one scalar per loss term"
+    ):
+        ao.stable_weights(vector)
+    with pytest.raises(ValueError, match=r"base_weights\['mel'\] must be a scalar"):
+        ao.stable_weights({"mel": vector})
+
+
+def test_a_tuple_of_base_weights_works():
+    weighting = ao.stable_weights((2.5, 1.0))
+    weights, _ = jax.jit(weighting.update)((1.0, 0.5), weighting.init())
+    assert float(weights[0]) == 2.5
+
+
+MISSING_STOP = {"mel": 1.0, "attention": 1.0}
+EXTRA_PITCH = {"mel": 1.0, "stop": 1.0, "attention": 1.0, "pitch": 1.0}
+
+
+@pytest.mark.parametrize(
+    "given, match",
+    [
+        (MISSING_STOP, r"terms \['attention', 'mel', 'stop'\]; got missing terms \['stop'\](\n|$)"),
+        (EXTRA_PITCH, r"got extra terms \['pitch'\](\n|$)"),
+        ([1.0, 2.0, 3.0], r"got missing terms \['attention', 'mel', 'stop'\]; extra terms"),
+    ],
+)
+@pytest.mark.parametrize(
+    "where", ["losses", "grad_norms", "grad_stats", "min_weight", "max_weight"]
+)
+def test_a_per_term_structure_names_the_missing_or_extra_key(where, given, match):
+    weighting = ao.stable_weights(TTS_BASE)
+    losses = {n: 1.0 for n in TTS_BASE}
+    if where in ("min_weight", "max_weight"):
+        with pytest.raises(ValueError, match=f"{where} must have the structure.*{match}"):
+            ao.stable_weights(TTS_BASE, **{where: given})
+        return
+    inputs = {
+        "losses": dict(losses=given),
+        "grad_norms": dict(losses=losses, grad_norms=given),
+        "grad_stats": dict(losses=losses, grad_stats={"max_abs": given}),
+    }[where]
+    name = {"grad_stats": r"grad_stats\['max_abs'\]"}.get(where, where)
+    with pytest.raises(ValueError, match=f"{name} must have the structure.*{match}"):
+        jax.jit(lambda state: weighting.update(state=state, **inputs))(weighting.init())
+
+
+def test_a_vector_of_gradient_norms_under_jit_is_a_clear_error():
+    weighting = ao.stable_weights(TTS_BASE)
+    losses = {n: 1.0 for n in TTS_BASE}
+    with pytest.raises(ValueError, match=r"grad_norms must be one scalar or a pytree of scalars"):
+        jax.jit(weighting.update)(losses, weighting.init(), grad_norms=jnp.ones(3))
+    with pytest.raises(ValueError, match=r"grad_stats must be a dict"):
+        weighting.update(losses, weighting.init(), grad_stats=[1.0])
+    with pytest.raises(ValueError, match=r"give the gradient norm once"):
+        weighting.update(losses, weighting.init(), grad_norms=1.0, grad_stats={"norm": 1.0})

@@ -2,6 +2,7 @@
 the unguarded controller moves 30 % per step; rules run under any guard."""
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -86,3 +87,27 @@ def test_a_custom_rule_as_in_the_readme():
     ratio = w[1:] / w[:-1]
     np.testing.assert_allclose(ratio[ratio != 1], 0.9, rtol=1e-6)  # halving capped at 10 %
     assert np.sum(ratio != 1) >= 7  # every cooling period (50 steps) after warmup
+
+
+def test_rules_read_one_loss_history_through_signals():
+    """First and previous finite loss, and the count before this step, skipping NaN steps."""
+
+    def remember(signals, weights, base, rule_state):
+        seen = (signals.first_loss, signals.previous_loss, signals.loss_count)
+        seen = [x.astype(jnp.float32) for x in seen]
+        # a rule leaves the state of a term whose input was not finite unchanged
+        return weights, tuple(jnp.where(signals.finite, x, old) for x, old in zip(seen, rule_state))
+
+    rule = ao.Rule(init=lambda base: (jnp.zeros(2),) * 3, propose=remember)
+    weighting = ao.guarded(rule, {"a": 1.0, "b": 1.0}, **ao.RELAXED)
+    update, state = jax.jit(weighting.update), weighting.init()
+    history = []
+    for a in (3.0, np.nan, 5.0, 7.0):
+        _, state = update({"a": a, "b": 1.0}, state)
+        history.append([float(x[0]) for x in state.rule_state])
+    # this step's loss stands in for the first and previous while none came before
+    assert history[0] == [3.0, 3.0, 0.0]
+    assert history[1] == history[0]  # a NaN step changes no history
+    assert history[2] == [3.0, 3.0, 1.0]
+    assert history[3] == [3.0, 5.0, 2.0]
+    assert int(state.stats.loss_count[0]) == 3 and float(state.stats.previous_loss[0]) == 7.0
