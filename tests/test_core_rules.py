@@ -96,7 +96,9 @@ def test_rules_read_one_loss_history_through_signals():
         seen = (signals.first_loss, signals.previous_loss, signals.loss_count)
         seen = [x.astype(jnp.float32) for x in seen]
         # a rule leaves the state of a term whose input was not finite unchanged
-        return weights, tuple(jnp.where(signals.finite, x, old) for x, old in zip(seen, rule_state))
+        return weights, tuple(
+            jnp.where(signals.finite, x, old) for x, old in zip(seen, rule_state, strict=True)
+        )
 
     rule = ao.Rule(init=lambda base: (jnp.zeros(2),) * 3, propose=remember)
     weighting = ao.guarded(rule, {"a": 1.0, "b": 1.0}, **ao.RELAXED)
