@@ -2,20 +2,23 @@
 
 Run with ``python -m benchmarks.overhead`` (``--quick`` for a short check). Prints:
 
-1. the per-step cost of ``update`` for 4 terms inside ``jax.lax.scan``, beside an almost empty
-   scan step, ``optax.contrib.reduce_on_plateau`` (a peer transform of the same kind) and one
-   global norm of the model's gradients (the floor of any gradient-aware weighting);
-2. a jitted ``update`` called from Python, against a trivial jitted function (dispatch);
-3. compile time of ``update``;
-4. the step time of a jitted Flax training step (about 1M parameters, 4 loss terms, Adam):
-   with and without gradient clipping by global norm, fixed weights vs ``stable_weights`` fed
-   the global norm; and per-term gradients with fixed weights vs ``weight_gradients``.
-   Steps are interleaved and the median of many is reported, as a ratio measured in one run.
+1. the step time of a jitted Flax training step (about 1M parameters, 4 loss terms, Adam),
+   fixed weights against adaptive ones, as a ratio measured in one run: without clipping
+   (``stable_weights`` fed the global norm, or no norm), with ``clip_by_global_norm`` (fed the
+   global norm), and per-term gradients with ``weight_gradients``; each timed blocked (the host
+   waits for every step) and pipelined (steps dispatched back to back, one wait per block),
+   medians over interleaved blocks. This is the cost users pay;
+2. the kernels of the compiled ``update``, by kind (each is a launch on a GPU);
+3. for information: the per-step cost of ``update`` inside ``jax.lax.scan`` beside an almost
+   empty step, ``optax.contrib.reduce_on_plateau`` and one global norm of the gradients; a
+   jitted ``update`` called from Python against a trivial jitted function; compile time.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import re
 import statistics
 import time
 
@@ -81,26 +84,24 @@ def flax_steps(batch_size):
     n_params = sum(p.size for p in jax.tree.leaves(params))
     weighting = ao.stable_weights(BASE)
 
-    def make(clip, adaptive):
-        tx = (
-            optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-4))
-            if clip
-            else (optax.adam(1e-4))
-        )
+    def make(clip, weighting_mode):
+        """A step with fixed weights, or stable_weights fed the global norm, or fed no norm."""
+        tx = optax.adam(1e-4)
+        if clip:
+            tx = optax.chain(optax.clip_by_global_norm(1.0), tx)
 
         @jax.jit
         def step(params, opt_state, weight_state):
-            weights = weight_state.weights if adaptive else BASE
+            weights = BASE if weighting_mode == "fixed" else weight_state.weights
 
             def total(p):
                 losses = model_losses(model, p, batch)
                 return ao.weighted_sum(losses, weights), losses
 
             (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
-            if adaptive:
-                _, weight_state = weighting.update(
-                    losses, weight_state, grad_norms=optax.tree.norm(grads)
-                )
+            if weighting_mode != "fixed":
+                norm = optax.tree.norm(grads) if weighting_mode == "norm" else None
+                _, weight_state = weighting.update(losses, weight_state, grad_norms=norm)
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, weight_state
 
@@ -120,9 +121,10 @@ def flax_steps(batch_size):
         return step, (params, tx.init(params), weighting.init())
 
     cases = {
-        "Adam, no clipping": (make(False, False), make(False, True)),
-        "Adam + clip_by_global_norm": (make(True, False), make(True, True)),
-        "per-term grads (jacrev) + clip + Adam": (make_per_term(False), make_per_term(True)),
+        "Adam, stable_weights fed the global norm": (make(False, "fixed"), make(False, "norm")),
+        "Adam, stable_weights fed no norm": (make(False, "fixed"), make(False, "no norm")),
+        "clip + Adam, fed the global norm": (make(True, "fixed"), make(True, "norm")),
+        "per-term grads (jacrev), weight_gradients": (make_per_term(False), make_per_term(True)),
     }
     return n_params, cases, params
 
@@ -141,19 +143,45 @@ def _fixed_weight_gradients():
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
-def interleaved_ratio(baseline, candidate, steps):
-    """Median step time of each, timed alternately, and their ratio."""
+def interleaved_ratio(baseline, candidate, blocks, steps_per_block=1):
+    """Median time per step of each, timed in alternating blocks, and their ratio.
+
+    With ``steps_per_block=1`` every step is blocked on (the host waits for each result);
+    with more, the block's steps are dispatched back to back and the host waits once at the
+    end (pipelined, as a training loop that logs every few steps runs).
+    """
     (f0, s0), (f1, s1) = baseline, candidate
     s0, s1 = f0(*s0), f1(*s1)  # compile
     jax.block_until_ready((s0, s1))
     times0, times1 = [], []
-    for _ in range(steps):
-        for f, state, times in ((f0, s0, times0), (f1, s1, times1)):
+    for _ in range(blocks):
+        for which, (f, times) in enumerate(((f0, times0), (f1, times1))):
+            state = s0 if which == 0 else s1
             start = time.perf_counter()
-            jax.block_until_ready(f(*state))
-            times.append(time.perf_counter() - start)
+            for _ in range(steps_per_block):
+                state = f(*state)
+            jax.block_until_ready(state)
+            times.append((time.perf_counter() - start) / steps_per_block)
+            s0, s1 = (state, s1) if which == 0 else (s0, state)
     t0, t1 = statistics.median(times0), statistics.median(times1)
     return t0, t1, t1 / t0
+
+
+def kernel_count(weighting) -> dict[str, int]:
+    """Instructions of the compiled ``update`` (4 terms, a global norm), by kind.
+
+    Parameters, constants and tuples are not kernels; each ``fusion`` or other operation is
+    one (on a GPU, one launch).
+    """
+    losses = losses_at(jnp.float32(1))
+    compiled = jax.jit(weighting.update).lower(losses, weighting.init(), grad_norms=1.0).compile()
+    text = compiled.as_text()
+    entry = text[text.index("\nENTRY") :]
+    body = entry[: entry.index("\n}")]
+    kinds = collections.Counter(re.findall(r"= \S+ (\w[\w-]*)\(", body))
+    for not_kernel in ("parameter", "constant", "tuple", "get-tuple-element", "bitcast"):
+        kinds.pop(not_kernel, None)
+    return dict(kinds)
 
 
 def main() -> None:
@@ -161,19 +189,44 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps, for a smoke run")
     args = parser.parse_args()
     scan_steps = 2_000 if args.quick else 50_000
-    flax_steps_n = 10 if args.quick else 200
+    blocks = 6 if args.quick else 60
+    per_block = 20
 
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)")
+    device = jax.devices()[0]
+    print(
+        f"jax {jax.__version__} on {device.platform} ({device.device_kind}), "
+        f"{jax.device_count()} device(s)"
+    )
     fresh = ao.stable_weights(BASE)  # compiled first, before any other update is in a cache
     start = time.perf_counter()
     jax.jit(fresh.update).lower(losses_at(jnp.float32(1)), fresh.init(), grad_norms=1.0).compile()
     compile_seconds = time.perf_counter() - start
-    print("\n1. Per step inside jax.lax.scan, 4 loss terms")
-    stable, legacy = ao.stable_weights(BASE), ao.legacy_weights(BASE)
+
+    n_params, cases, params = flax_steps(64)
+    print(
+        f"\n1. Flax training step, {n_params / 1e6:.2f}M parameters, batch 64, 4 loss terms: "
+        f"fixed weights vs adaptive, median time per step over {blocks} interleaved blocks; "
+        f"blocked: the host waits for every step; pipelined: {per_block} steps dispatched back "
+        "to back, one wait"
+    )
+    for name, (baseline, candidate) in cases.items():
+        for mode, steps in (("blocked", 1), ("pipelined", per_block)):
+            t0, t1, ratio = interleaved_ratio(baseline, candidate, blocks, steps)
+            print(
+                f"  {name:<42} {mode:<9} fixed {t0 * 1e3:7.3f} ms, adaptive {t1 * 1e3:7.3f} ms,"
+                f" ratio {ratio:6.4f}"
+            )
+
+    print("\n2. The compiled update (4 terms, global norm given): kernels by kind")
+    for name, weighting in (("stable_weights", fresh), ("legacy_weights", ao.legacy_weights(BASE))):
+        kinds = kernel_count(weighting)
+        print(f"  {name:<16} {sum(kinds.values()):3d} kernels  {kinds}")
+
+    print("\n3. Per step inside jax.lax.scan, 4 loss terms (information)")
+    stable, legacy = fresh, ao.legacy_weights(BASE)
     plateau = optax.contrib.reduce_on_plateau()
-    empty = scan_cost(lambda c, x: c + x, jnp.float32(0), scan_steps)
     rows = {
-        "almost empty step (c + x)": empty,
+        "almost empty step (c + x)": scan_cost(lambda c, x: c + x, jnp.float32(0), scan_steps),
         "stable_weights.update, grad norm given": scan_cost(
             lambda s, x: stable.update(losses_at(x), s, grad_norms=x)[1], stable.init(), scan_steps
         ),
@@ -189,7 +242,6 @@ def main() -> None:
             scan_steps,
         ),
     }
-    n_params, cases, params = flax_steps(64)
     grads = jax.tree.map(jnp.ones_like, params)
     rows[f"optax.tree.norm of {n_params / 1e6:.2f}M gradients"] = scan_cost(
         # the gradients ride in the carry, so XLA can neither fold nor hoist the norm
@@ -197,11 +249,10 @@ def main() -> None:
         (jnp.float32(0), grads),
         max(scan_steps // 100, 50),
     )
-    base_cost = rows["stable_weights.update, grad norm given"]
     for name, seconds in rows.items():
-        print(f"  {name:<44} {seconds * 1e6:9.3f} us  ({seconds / base_cost:6.2f} x update)")
+        print(f"  {name:<44} {seconds * 1e6:9.3f} us")
 
-    print("\n2. Called from Python, jitted (dispatch included)")
+    print("\n4. Called from Python, jitted (dispatch included; information)")
     update = jax.jit(stable.update)
     trivial = jax.jit(lambda x: x + 1)
     state, losses = stable.init(), losses_at(jnp.float32(1.0))
@@ -218,38 +269,12 @@ def main() -> None:
 
     t_update = best_time(many_updates, state) / 200
     t_trivial = best_time(many_trivial, jnp.float32(0)) / 200
-    # the same inputs and outputs (4 losses, the state, the weights) passed through unchanged
-    passthrough = jax.jit(lambda losses, state, g: (state.weights, state))
-
-    def many_passthrough(state):
-        for _ in range(200):
-            _, state = passthrough(losses, state, 1.0)
-        return state
-
-    t_passthrough = best_time(many_passthrough, state) / 200
     print(f"  trivial jitted function (x + 1)           {t_trivial * 1e6:8.2f} us")
-    print(
-        f"  identity on update's inputs and outputs   {t_passthrough * 1e6:8.2f} us "
-        f"({t_passthrough / t_trivial:5.2f} x trivial)"
-    )
     print(
         f"  stable_weights.update                     {t_update * 1e6:8.2f} us "
         f"({t_update / t_trivial:5.2f} x trivial)"
     )
-
-    print("\n3. Compile time")
-    print(f"  stable_weights.update, trace + lower + compile: {compile_seconds:6.3f} s")
-
-    print(
-        f"\n4. Flax training step, {n_params / 1e6:.2f}M parameters, batch 64, 4 loss terms, "
-        f"median of {flax_steps_n} interleaved steps"
-    )
-    for name, (baseline, candidate) in cases.items():
-        t0, t1, ratio = interleaved_ratio(baseline, candidate, flax_steps_n)
-        print(
-            f"  {name:<40} fixed {t0 * 1e3:7.3f} ms, adaptive {t1 * 1e3:7.3f} ms, "
-            f"ratio {ratio:6.4f}"
-        )
+    print(f"\n5. Compile time of stable_weights.update (information): {compile_seconds:6.3f} s")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The device check: the test suite (notebooks, docs and README blocks aside) and the overhead
+# benchmark on an accelerator, with results under results/device/ (or $OUT/ when set, as on
+# the project's device machine). Run from anywhere: bash benchmarks/device_check.sh
+#
+# GPU ops are made deterministic (--xla_gpu_deterministic_ops), as bit-exact resume from a
+# checkpoint requires there; tests whose packages are missing on the machine are skipped.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-results/device}"
+mkdir -p "$out"
+export XLA_FLAGS="--xla_gpu_deterministic_ops=true ${XLA_FLAGS:-}"
+python=${PYTHON:-python}
+
+$python -c "import jax; print(jax.__version__, jax.devices())" | tee "$out/devices.txt"
+workers=()
+if $python -c "import xdist" 2>/dev/null; then workers=(-n 4); fi
+$python -m pytest -q "${workers[@]}" -p no:cacheprovider tests \
+  --ignore=tests/test_notebooks.py --ignore=tests/test_readme.py \
+  --ignore=tests/test_demo.py --ignore=tests/test_packaging.py 2>&1 | tee "$out/tests.txt"
+tests_status=${PIPESTATUS[0]}
+$python -m benchmarks.overhead 2>&1 | tee "$out/overhead.txt"
+bench_status=${PIPESTATUS[0]}
+echo "tests exit $tests_status, overhead benchmark exit $bench_status" | tee -a "$out/devices.txt"
+exit $((tests_status || bench_status))
