@@ -54,13 +54,20 @@ def check_invariants(state, trace):
         ratio = w[1:] / w[:-1]
         adjusted = np.flatnonzero(np.diff(np.concatenate([[0], m[f"adjustments/{name}"]])))
         rolled = np.flatnonzero(np.diff(np.concatenate([[0], m[f"rollbacks/{name}"]])))
+        cut = np.flatnonzero(np.diff(np.concatenate([[0], m[f"spikes/{name}"]])))
         # an adjustment moves a weight by at most max_change ...
-        assert np.all(np.abs(ratio[adjusted] - 1) <= MAX_CHANGE * (1 + 1e-5))
+        alone = np.setdiff1d(adjusted, cut)
+        assert np.all(np.abs(ratio[alone] - 1) <= MAX_CHANGE * (1 + 1e-5))
+        # ... a spike halves it at once, down to the lower bound at most ...
+        low = np.float32(0.4 * base)
+        for i in cut:
+            assert w[i + 1] <= w[i] and w[i + 1] >= min(np.float32(0.5) * w[i], low) * (1 - 1e-6)
         # ... a rollback restores the weight before the adjustment it undoes ...
         for i in rolled:
-            assert w[i + 1] == w[adjusted[adjusted < i][-1]]
+            if not np.any((cut < i) & (cut >= adjusted[adjusted < i][-1])):
+                assert w[i + 1] == w[adjusted[adjusted < i][-1]]
         # ... and nothing else moves a weight
-        assert set(np.flatnonzero(ratio != 1)) <= set(adjusted) | set(rolled)
+        assert set(np.flatnonzero(ratio != 1)) <= set(adjusted) | set(rolled) | set(cut)
         steps = adjusted + 1
         assert np.all(steps > WARMUP)
         assert np.all(np.diff(steps) >= COOLING)

@@ -25,6 +25,8 @@ class Counters(NamedTuple):
       nonfinite: steps whose loss or gradient statistic was NaN or +/-Inf.
       rollbacks: adjustments undone, automatically or by :func:`adaptive_optax.rollback`.
       healed: stored weights found non-finite (a corrupted state) and reset to the base.
+      spikes: steps whose loss or gradient norm spiked (see the spike guard of
+        :func:`adaptive_optax.guarded`).
     """
 
     adjustments: chex.Array
@@ -32,6 +34,7 @@ class Counters(NamedTuple):
     nonfinite: chex.Array
     rollbacks: chex.Array
     healed: chex.Array
+    spikes: chex.Array
 
 
 class RunningStats(NamedTuple):
@@ -65,6 +68,32 @@ class RunningStats(NamedTuple):
     grad_mean: chex.Array
 
 
+class LogStats(NamedTuple):
+    """Running statistics of ``log x`` for one kind of value, per term: ``(n,)`` each.
+
+    Attributes:
+      count: int32, positive finite values seen.
+      mean: bias-corrected EMA of ``log x`` (of the clipped value).
+      variance: bias-corrected EMA of the squared deviation of ``log x`` from ``mean``.
+    """
+
+    count: chex.Array
+    mean: chex.Array
+    variance: chex.Array
+
+
+class SpikeStats(NamedTuple):
+    """What the spike guard keeps: :class:`LogStats` of the losses and of the gradient norms.
+
+    Attributes:
+      loss: statistics of the log losses (positive losses only).
+      grad: statistics of the log gradient norms.
+    """
+
+    loss: LogStats
+    grad: LogStats
+
+
 class AdaptiveState(NamedTuple):
     """State of a loss weighting: arrays of fixed shape and dtype, safe to jit, scan and save.
 
@@ -81,6 +110,9 @@ class AdaptiveState(NamedTuple):
         below the threshold).
       counters: per-term event counts, see :class:`Counters`.
       stats: the shared running statistics, see :class:`RunningStats`.
+      spike_stats: the spike guard's log-scale statistics of the losses and gradient norms,
+        which a spike does not inflate (see :class:`SpikeStats`; left empty when the guard
+        is off).
       rule_state: whatever state the rule keeps (an empty tuple for stateless rules).
     """
 
@@ -93,6 +125,7 @@ class AdaptiveState(NamedTuple):
     stable_steps: chex.Array
     counters: Counters
     stats: RunningStats
+    spike_stats: SpikeStats
     rule_state: PyTree
 
 

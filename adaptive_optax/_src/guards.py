@@ -19,11 +19,21 @@ import optax
 from adaptive_optax._src import config
 from adaptive_optax._src.base import AdaptiveState, Counters, LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.gradients import check_statistics
+from adaptive_optax._src.spikes import detect_spikes, init_spike_stats
 from adaptive_optax._src.statistics import at_least_float32, count_where, init_stats, update_stats
 from adaptive_optax._src.terms import Terms, select, terms_of
 
+SPIKE_WARMUP = 10  # values a term's statistics need before the spike guard judges them
+
 RELAXED = MappingProxyType(
-    dict(max_change=None, warmup_steps=0, cooling_period=0, min_stable_steps=0, auto_rollback=False)
+    dict(
+        max_change=None,
+        warmup_steps=0,
+        cooling_period=0,
+        min_stable_steps=0,
+        auto_rollback=False,
+        spike_threshold=None,
+    )
 )
 """Settings of :func:`guarded` that let every finite proposal land at once, within the bounds.
 
@@ -43,6 +53,9 @@ class Settings(NamedTuple):
     ema_decay: Any
     window: Any
     auto_rollback: bool
+    spike_threshold: Any
+    spike_factor: Any
+    spike_decay: Any
 
 
 def guarded(
@@ -61,6 +74,9 @@ def guarded(
     ema_decay: float = 0.99,
     window: float = 10,
     auto_rollback: bool = True,
+    spike_threshold: float | None = None,
+    spike_factor: float = 0.5,
+    spike_decay: float = 0.97,
     axis_name: Hashable | None = None,
     dtype: Any = jnp.float32,
 ) -> LossWeighting:
@@ -76,9 +92,20 @@ def guarded(
     current weight, clipped to the bounds, and rejected if it or the weighted loss would not be
     finite. Non-adaptive terms, and every term while disabled, keep their base weights.
 
+    The spike guard (``spike_threshold``, off here, on in :func:`adaptive_optax.stable_weights`)
+    is the fast half of the controller: when a term's loss or gradient norm spikes, judged by a
+    z-score of its logarithm above ``spike_threshold`` against running statistics that a spike
+    does not inflate (see ``adaptive_optax._src.spikes``), the weight is cut at once to
+    ``spike_factor`` times its value, within the bounds; warmup, cooling, the stability gate and
+    ``max_change`` do not hold the cut back, since by the time they would let it through the
+    spike has done its harm. A cut starts a cooling period and is not rolled back; the weight
+    recovers only through the rule's proposals and the usual gates (slow increase, fast
+    decrease, as in TCP's AIMD). This is our extension of the seed's "gradients growing ->
+    decrease", which waits for the cooling period and moves 5 % at a time.
+
     Every guard can be relaxed: ``max_change=None``, ``warmup_steps=0``, ``cooling_period=0``,
-    ``min_stable_steps=0``, ``bounds=None``, ``auto_rollback=False``; ``RELAXED`` holds all but
-    the bounds.
+    ``min_stable_steps=0``, ``bounds=None``, ``auto_rollback=False``, ``spike_threshold=None``;
+    ``RELAXED`` holds all but the bounds.
 
     Args:
       rule: the :class:`adaptive_optax.Rule` that proposes weights.
@@ -100,6 +127,11 @@ def guarded(
         gradient norm): EMAs of decay ``1 - 2 / (window + 1)``, >= 1.
       auto_rollback: undo an adjustment when a non-finite input follows within the cooling
         period.
+      spike_threshold: z-score of a log loss or log gradient norm above which it is a spike
+        (> 0), or None for no spike guard.
+      spike_factor: factor a spike cuts the weight by, in ``(0, 1)``.
+      spike_decay: decay of the spike guard's log-scale statistics, in ``[0, 1)`` (0.97 as in
+        ZClip: a span of about 65 steps).
       axis_name: a mapped axis (``shard_map``, ``pmap``) over which losses and gradient
         statistics are averaged before deciding, so that every replica takes the same decisions.
       dtype: floating dtype of the weights; statistics use at least float32.
@@ -130,6 +162,9 @@ def guarded(
         ema_decay=ema_decay,
         window=window,
         auto_rollback=auto_rollback,
+        spike_threshold=spike_threshold,
+        spike_factor=spike_factor,
+        spike_decay=spike_decay,
     )
     try:
         if not jnp.issubdtype(dtype, jnp.floating):
@@ -153,6 +188,7 @@ def guarded(
             stable_steps=zeros,
             counters=Counters(*[zeros] * len(Counters._fields)),
             stats=init_stats(terms.size, stats_dtype),
+            spike_stats=init_spike_stats(terms.size, stats_dtype),
             rule_state=rule.init(initial_base),
         )
 
@@ -184,6 +220,7 @@ def guarded(
             ema_decay=settings.ema_decay,
             window=settings.window,
         )
+        spiked, spike_stats = _spikes(settings, state, loss, gradients, finite)
         proposal, rule_state = _propose(rule, signals, weights, base, state.rule_state)
 
         active = state.enabled & adaptive
@@ -196,6 +233,10 @@ def guarded(
         new_weights, previous, last_change, undone = _apply_or_roll_back(
             settings, step, active, finite, applied, proposal, weights, previous, base, state
         )
+        cut = spiked & active
+        new_weights, previous, last_change = _cut_on_spikes(
+            settings, step, cut, weights, low, new_weights, previous, last_change
+        )
         counters = state.counters
         new_state = state._replace(
             step=step,
@@ -203,15 +244,17 @@ def guarded(
             previous_weights=terms.tree(previous),
             base_weights=terms.tree(base),
             last_change=last_change,
-            stable_steps=jnp.where(applied, 0, stable),
+            stable_steps=jnp.where(applied | cut, 0, stable),
             counters=Counters(
                 adjustments=count_where(counters.adjustments, applied),
                 rejected=count_where(counters.rejected, wants & ~valid),
                 nonfinite=count_where(counters.nonfinite, ~finite),
                 rollbacks=count_where(counters.rollbacks, undone),
                 healed=count_where(counters.healed, corrupt),
+                spikes=count_where(counters.spikes, spiked),
             ),
             stats=stats,
+            spike_stats=spike_stats,
             rule_state=rule_state,
         )
         return new_state.weights, new_state
@@ -233,6 +276,12 @@ def _check_settings(**values: Any) -> Settings:
     config.check_number("variance_threshold", values["variance_threshold"], low=0, low_open=True)
     config.check_number("ema_decay", values["ema_decay"], low=0, high=1, high_open=True)
     config.check_number("window", values["window"], low=1)
+    if values["spike_threshold"] is not None:
+        config.check_number("spike_threshold", values["spike_threshold"], low=0, low_open=True)
+    config.check_number(
+        "spike_factor", values["spike_factor"], low=0, high=1, low_open=True, high_open=True
+    )
+    config.check_number("spike_decay", values["spike_decay"], low=0, high=1, high_open=True)
     values["auto_rollback"] = config.check_flag("auto_rollback", values["auto_rollback"])
     return Settings(**values)
 
@@ -336,6 +385,21 @@ def _heal(terms: Terms, state: AdaptiveState, initial_base, dtype):
     return base, weights, previous, corrupt
 
 
+def _spikes(settings: Settings, state: AdaptiveState, loss, gradients, finite):
+    """Which terms' loss or gradient norm spikes this step; the spike statistics after it."""
+    if settings.spike_threshold is None:
+        return jnp.zeros_like(finite), state.spike_stats
+    return detect_spikes(
+        state.spike_stats,
+        loss,
+        gradients.get("norm"),
+        finite,
+        threshold=settings.spike_threshold,
+        decay=settings.spike_decay,
+        warmup=SPIKE_WARMUP,
+    )
+
+
 def _propose(rule: Rule, signals: Signals, weights, base, rule_state):
     """The rule's proposal; a non-finite leaf of its new state keeps its previous value."""
     proposal, new_rule_state = rule.propose(signals, weights, base, rule_state)
@@ -402,3 +466,17 @@ def _apply_or_roll_back(
     new_weights = jnp.where(active, new_weights, base)
     previous = jnp.where(undone | ~active, new_weights, previous)
     return new_weights, previous, last_change, undone
+
+
+def _cut_on_spikes(settings: Settings, step, cut, weights, low, new_weights, previous, last_change):
+    """A spiking term's weight cut at once to ``spike_factor`` times its value, within bounds.
+
+    The cut is the new rollback target (a rollback must never undo a safety cut) and starts a
+    cooling period, so the weight comes back only through the usual gates.
+    """
+    factor = jnp.asarray(settings.spike_factor, weights.dtype)
+    lowered = jnp.minimum(jnp.maximum(weights * factor, low), new_weights)
+    new_weights = jnp.where(cut, lowered, new_weights)
+    previous = jnp.where(cut, new_weights, previous)
+    last_change = jnp.where(cut, step, last_change)
+    return new_weights, previous, last_change

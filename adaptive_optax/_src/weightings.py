@@ -7,6 +7,8 @@ from typing import Any
 from adaptive_optax._src import config
 from adaptive_optax._src.base import LossWeighting, PyTree
 from adaptive_optax._src.guards import RELAXED, guarded
+
+SPIKE_THRESHOLD = 3.0  # the spike guard of stable_weights: a z-score of the log loss or norm
 from adaptive_optax._src.rules import loss_ratio_rule, tanh_rule
 
 
@@ -29,6 +31,9 @@ def stable_weights(
     2.5 -> [1.0, 5.0]); non-finite inputs are counted and skipped, and undo a recent
     adjustment. These are the seed's defaults, the defaults of :func:`adaptive_optax.guarded`,
     where every guard is described; see :func:`adaptive_optax.loss_ratio_rule` for the rule.
+    One guard is ours, not the seed's, and on by default here: the spike guard
+    (``spike_threshold=3.0``) halves a weight at once when its loss or the gradient norm jumps
+    far above its running statistics; ``spike_threshold=None`` switches it off.
 
     Args:
       base_weights: a pytree of positive floats, one per loss term.
@@ -57,7 +62,8 @@ def stable_weights(
       2.3
     """
     rule = _seed_rule(max_change, high_ratio, low_ratio, grad_growth)
-    return guarded(rule, base_weights, max_change=max_change, **guards)
+    settings = dict(spike_threshold=SPIKE_THRESHOLD) | guards
+    return guarded(rule, base_weights, max_change=max_change, **settings)
 
 
 def legacy_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
