@@ -41,6 +41,7 @@ from adaptive_optax._src.gradients import gradient_statistics as gradient_statis
 from adaptive_optax._src.guards import guarded as guarded
 from adaptive_optax._src.integration import WeightGradientsState as WeightGradientsState
 from adaptive_optax._src.integration import apply_gradients as apply_gradients
+from adaptive_optax._src.integration import apply_if_finite as apply_if_finite
 from adaptive_optax._src.integration import weight_gradients as weight_gradients
 from adaptive_optax._src.rules import loss_ratio_rule as loss_ratio_rule
 from adaptive_optax._src.rules import tanh_rule as tanh_rule
@@ -60,6 +61,7 @@ __all__ = (
     "Signals",
     "WeightGradientsState",
     "apply_gradients",
+    "apply_if_finite",
     "checked",
     "disable",
     "dwa_rule",
