@@ -42,6 +42,7 @@ from adaptive_optax._src.guards import RELAXED as RELAXED
 from adaptive_optax._src.guards import guarded as guarded
 from adaptive_optax._src.integration import WeightGradientsState as WeightGradientsState
 from adaptive_optax._src.integration import apply_gradients as apply_gradients
+from adaptive_optax._src.integration import apply_if_finite as apply_if_finite
 from adaptive_optax._src.integration import weight_gradients as weight_gradients
 from adaptive_optax._src.rules import loss_ratio_rule as loss_ratio_rule
 from adaptive_optax._src.rules import tanh_rule as tanh_rule
@@ -62,6 +63,7 @@ __all__ = (
     "Signals",
     "WeightGradientsState",
     "apply_gradients",
+    "apply_if_finite",
     "checked",
     "disable",
     "dwa_rule",

@@ -2,7 +2,9 @@
 
 Linen's ``TrainState.apply_gradients`` does not forward extra arguments to ``tx.update``, so
 the step calls ``ao.apply_gradients(state, grads=..., losses=...)``, which does the same update
-and passes ``losses=`` on to ``ao.weight_gradients``.
+and passes ``losses=`` on to ``ao.weight_gradients`` and ``ao.apply_if_finite``. The latter wraps
+the optimiser so that a batch whose loss or gradient is NaN/Inf changes neither ``params`` nor
+``opt_state`` (the guards protect only the weights); ``step`` still counts it.
 
 Do not write ``state.apply_gradients(grads=grads, losses=losses)``: linen calls ``tx.update``
 without ``losses=`` (it hands its keyword arguments to ``.replace`` afterwards), and
@@ -48,7 +50,9 @@ def create_state(seed: int = 0, learning_rate: float = 1e-2) -> train_state.Trai
         BASE_WEIGHTS, warmup_steps=20, cooling_period=10, min_stable_steps=2
     )
     tx = optax.chain(
-        ao.weight_gradients(weighting), optax.clip_by_global_norm(1.0), optax.adam(learning_rate)
+        ao.weight_gradients(weighting),  # per-term gradients in, weighted gradient out
+        # a NaN/Inf loss or gradient (one bad batch) reaches neither parameters nor Adam's state
+        ao.apply_if_finite(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(learning_rate))),
     )
     return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 

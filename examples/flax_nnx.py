@@ -1,7 +1,9 @@
 """Flax NNX: adaptive loss weights in the optimiser's chain, losses passed to ``update``.
 
 A two-head network fits two regression targets; ``ao.weight_gradients`` weights the per-term
-gradients inside ``nnx.Optimizer``, which forwards ``losses=`` to the optax chain.
+gradients inside ``nnx.Optimizer``, which forwards ``losses=`` to the optax chain. The optimiser
+after it is wrapped in ``ao.apply_if_finite``, so that a batch whose loss or gradient is NaN/Inf
+changes neither the parameters nor the optimiser state (the guards protect only the weights).
 
 Run it: ``python -m examples.flax_nnx``.
 """
@@ -50,8 +52,8 @@ def make_optimizer(model: TwoHeads, learning_rate: float = 1e-2) -> nnx.Optimize
     )
     tx = optax.chain(
         ao.weight_gradients(weighting),  # per-term gradients in, weighted gradient out
-        optax.clip_by_global_norm(1.0),
-        optax.adam(learning_rate),
+        # a NaN/Inf loss or gradient (one bad batch) reaches neither parameters nor Adam's state
+        ao.apply_if_finite(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(learning_rate))),
     )
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 

@@ -2,7 +2,8 @@
 
 The losses and gradient norms are multiples of 1/64 below 64, so every sum of 8 of them, in
 any order, is exact: averaged across devices (pmean) or on one device (mean), they are
-bit-identical, and so must be the weighting states.
+bit-identical, and so must be the weighting states. The last check feeds a NaN to one device's
+shard: `ao.apply_if_finite(..., axis_name=...)` must skip that step on every replica.
 """
 
 import os
@@ -166,6 +167,69 @@ def main():
         )
     assert int(ao.find_state(opt_state).step[0]) == 50
     print("weight_gradients in shard_map: replicas identical after 50 training steps")
+
+    # 4. the README's shard_map step with ao.apply_if_finite(axis_name=...): a NaN on ONE
+    # device's shard skips the step on every device. Term "a" is an L1 loss: a NaN target gives
+    # a NaN loss but a finite gradient, which only the loss check (reduced over the axis) sees.
+    # NaN inputs make that device's gradients, hence their pmean, NaN.
+    weighting = ao.stable_weights(base, axis_name="data")
+    tx = optax.chain(
+        ao.weight_gradients(weighting), ao.apply_if_finite(optax.adam(1e-2), axis_name="data")
+    )
+
+    def l1_terms(params, x, y):
+        error = x @ params - y
+        squares = jnp.mean(error**2, axis=0)
+        return {"a": jnp.mean(jnp.abs(error[:, 0])), "b": squares[1], "c": squares[2]}
+
+    @jax.jit
+    @jax.shard_map(mesh=mesh, in_specs=(P(), P(), P("data"), P("data")), out_specs=(P(), P()))
+    def guarded_step(params, opt_state, x, y):
+        grads = jax.lax.pmean(jax.jacrev(l1_terms)(params, x, y), "data")
+        updates, opt_state = tx.update(grads, opt_state, params, losses=l1_terms(params, x, y))
+        return optax.apply_updates(params, updates), opt_state
+
+    def shards(tree):
+        """Each device's own copy of every replicated leaf, all 8 equal."""
+        copies = [
+            jax.tree.map(lambda leaf, d=d: np.asarray(leaf.addressable_shards[d].data), tree)
+            for d in range(N_DEVICES)
+        ]
+        for copy in copies[1:]:
+            chex.assert_trees_all_equal(copy, copies[0])
+        return copies[0]
+
+    def kept(opt_state):
+        """The optimiser state a skipped step must not touch: ao.apply_if_finite's inner state
+        (the weighting state and the skip counters are meant to count the step)."""
+        return shards(optax.tree.get(opt_state, "inner_state"))
+
+    rows = slice(3 * 16, 4 * 16)  # device 3's shard
+    put = lambda a: jax.device_put(a, data_sharding)  # noqa: E731
+    good_x, good_y = put(x), put(targets)
+    bad = {
+        "nan_target": (good_x, put(targets.at[rows, 0].set(jnp.nan))),
+        "nan_x": (put(x.at[5 * 16, 0].set(jnp.nan)), good_y),  # device 5's shard
+    }
+    params = jnp.zeros((3, 3))
+    opt_state = tx.init(params)
+    for _ in range(3):
+        params, opt_state = guarded_step(params, opt_state, good_x, good_y)
+    before = shards(params), kept(opt_state)
+    for count, name in enumerate(["nan_target", "nan_x", "nan_target", "nan_x"], start=1):
+        params, opt_state = guarded_step(params, opt_state, *bad[name])
+        chex.assert_trees_all_equal(shards(params), before[0])
+        chex.assert_trees_all_equal(kept(opt_state), before[1])
+        metrics = shards(ao.metrics(opt_state))
+        assert int(metrics["nonfinite/a"]) == count, (name, metrics)
+        assert int(shards(optax.tree.get(opt_state, "total_notfinite"))) == count
+    losses = []
+    for _ in range(6):
+        losses.append(float(sum(l1_terms(params, x, targets).values())))
+        params, opt_state = guarded_step(params, opt_state, good_x, good_y)
+    assert losses[-1] < losses[0], losses
+    chex.assert_tree_all_finite(shards(params))
+    print("ao.apply_if_finite in shard_map: a NaN on one shard skipped on all 8 replicas", losses)
     print("all 8-device checks passed")
 
 

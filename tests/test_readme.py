@@ -14,6 +14,10 @@ import re
 
 import pytest
 
+# the snippets train with optax and flax, which promote dtypes implicitly (optax's Adam raises
+# a Python float to an int32 power): they run as users run them, under standard promotion
+pytestmark = pytest.mark.standard_promotion
+
 ROOT = pathlib.Path(__file__).parents[1]
 PREAMBLE = ROOT / "docs" / "snippet_setup.py"
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

@@ -281,8 +281,12 @@ def test_long_scan_and_dtypes_kept():
 
 @pytest.mark.parametrize(
     "wrap",
-    [lambda tx: optax.apply_if_finite(tx, 3), lambda tx: optax.MultiSteps(tx, 2)],
-    ids=["apply_if_finite", "MultiSteps"],
+    [
+        lambda tx: optax.apply_if_finite(tx, 3),
+        lambda tx: ao.apply_if_finite(tx),
+        lambda tx: optax.MultiSteps(tx, 2),
+    ],
+    ids=["apply_if_finite", "ao.apply_if_finite", "MultiSteps"],
 )
 def test_wrapping_the_whole_chain_fails_at_trace_time(wrap):
     """These wrappers must go after weight_gradients: around it they mix per-term and

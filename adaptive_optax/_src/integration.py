@@ -1,8 +1,9 @@
-"""Adaptive loss weights inside an optax chain, and in training states that cannot pass them."""
+"""Adaptive loss weights inside an optax chain, in training states that cannot pass them, and
+an optimiser wrapper that keeps non-finite steps away from the parameters."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import jax
@@ -52,10 +53,13 @@ def weight_gradients(
         computed on, e.g. ``lambda g: g["shared"]`` for the last shared layer (as GradNorm
         prescribes, and cheaper). The weighted sum always uses the full gradients. Default:
         the whole gradient pytree.
-      skip_nonfinite: when True, a step whose weighted gradient is not finite leaves the
-        weighting state untouched, as ``optax.apply_if_finite`` leaves its inner state; put
-        ``optax.apply_if_finite`` after this transform so that such a step changes nothing at
-        all. When False (default) the weighting sees the step: it counts the non-finite term,
+      skip_nonfinite: when True, a step whose weighted gradient is not finite, or whose loss
+        or gradient statistic the weighting finds not finite (averaged over ``axis_name`` if
+        the weighting has one), leaves the weighting state untouched, as
+        :func:`adaptive_optax.apply_if_finite` after this transform leaves the parameters and
+        the optimiser state: such a step then changes nothing at all, and only that wrapper's
+        ``total_notfinite`` records it. When False (default) the weighting sees the step: it
+        counts the non-finite term (``nonfinite/<term>`` in :func:`adaptive_optax.metrics`),
         keeps that term's statistics and weight, and with ``auto_rollback`` undoes a recent
         adjustment.
 
@@ -123,13 +127,107 @@ def weight_gradients(
             statistics = gradient_statistics(jax.tree.unflatten(treedef, filtered), needs, treedef)
         _, new_inner = weighting.update(losses, inner, grad_stats=statistics or None)
         if skip_nonfinite:
-            finite = jnp.all(
-                jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(combined)])
-            )
+            # The weighting's own count says whether an input was not finite: it saw the losses
+            # and statistics averaged over its axis_name, so every replica agrees.
+            counted = new_inner.counters.nonfinite != inner.counters.nonfinite
+            finite = _all_finite(combined) & ~jnp.any(counted)
             new_inner = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_inner, inner)
         return combined, WeightGradientsState(weighting_state=new_inner)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def apply_if_finite(
+    inner: optax.GradientTransformation, *, axis_name: Hashable | None = None
+) -> optax.GradientTransformationExtraArgs:
+    """Wraps an optimiser so that a step with a non-finite gradient or loss never reaches it.
+
+    On such a step the update is zero and ``inner``'s state is kept as it was, so neither the
+    parameters nor the optimiser state (Adam's moments and count) change; the weighting still
+    sees the step and counts it (``nonfinite/<term>``). It is ``optax.apply_if_finite`` with
+    two differences that a multi-loss step needs:
+
+    - it also checks the losses passed as ``losses=`` to ``update``: an L1 loss of a NaN
+      target is NaN while its gradient is finite (``abs``'s derivative at NaN is -1), so a
+      check of the gradients alone applies a wrong update;
+    - it never lets a non-finite step through. ``optax.apply_if_finite`` applies it after
+      ``max_consecutive_errors`` consecutive ones, which makes the parameters non-finite for
+      good. Here a run that only meets non-finite steps stands still, and says so:
+      ``notfinite_count`` (consecutive) and ``total_notfinite`` in this state, and
+      ``nonfinite/<term>`` in :func:`adaptive_optax.metrics`.
+
+    Use it in every training step: around the optimiser (``tx.update(grads, opt_state,
+    params, losses=losses)``), or in a chain after :func:`weight_gradients`, whose
+    ``losses=`` it reads too: ``optax.chain(ao.weight_gradients(w),
+    ao.apply_if_finite(optax.adam(1e-3)))``. Not around :func:`weight_gradients`: its
+    skipped branch would return per-term zeros.
+
+    Args:
+      inner: the optimiser (any optax transformation, e.g. a chain of clipping and Adam).
+      axis_name: under ``shard_map`` or ``pmap``, where each device computes the losses of its
+        own shard, the mapped axis over which a non-finite loss on any device skips the step
+        on every device (the weighting's ``axis_name``); the gradients are expected averaged
+        over it already. Without it, per-device losses make replicas decide apart, which
+        ``shard_map`` refuses at trace time.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is an
+      ``optax.ApplyIfFiniteState`` (``notfinite_count``, ``last_finite``, ``total_notfinite``,
+      ``inner_state``), as ``optax.apply_if_finite``'s.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax
+      >>> import adaptive_optax as ao
+      >>> tx = ao.apply_if_finite(optax.adam(0.1))
+      >>> params = jnp.ones(2)
+      >>> opt_state = tx.init(params)
+      >>> updates, new_state = tx.update(jnp.ones(2), opt_state, params, losses={"a": jnp.nan})
+      >>> updates.tolist(), int(new_state.total_notfinite)
+      ([0.0, 0.0], 1)
+    """
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params: PyTree) -> optax.ApplyIfFiniteState:
+        return optax.ApplyIfFiniteState(
+            notfinite_count=jnp.zeros([], jnp.int32),
+            last_finite=jnp.array(True),
+            total_notfinite=jnp.zeros([], jnp.int32),
+            inner_state=inner.init(params),
+        )
+
+    def update_fn(
+        updates: PyTree,
+        state: optax.ApplyIfFiniteState,
+        params: PyTree | None = None,
+        **extra_args: Any,
+    ) -> tuple[PyTree, optax.ApplyIfFiniteState]:
+        finite = _all_finite(extra_args.get("losses"))
+        if axis_name is not None:  # a non-finite loss on any replica skips the step on all
+            finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
+        finite = finite & _all_finite(updates)
+        new_updates, inner_state = jax.lax.cond(
+            finite,
+            lambda: inner.update(updates, state.inner_state, params, **extra_args),
+            lambda: (optax.tree.zeros_like(updates), state.inner_state),
+        )
+        count = optax.safe_increment(state.notfinite_count)
+        total = optax.safe_increment(state.total_notfinite)
+        return new_updates, optax.ApplyIfFiniteState(
+            notfinite_count=jnp.where(finite, jnp.zeros_like(count), count),
+            last_finite=finite,
+            total_notfinite=jnp.where(finite, state.total_notfinite, total),
+            inner_state=inner_state,
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+    """Whether every leaf of ``tree`` is finite (True for an empty tree or None)."""
+    finite = jnp.array(True)
+    for leaf in jax.tree.leaves(tree):
+        finite = finite & jnp.all(jnp.isfinite(leaf))
+    return finite
 
 
 def _key(entry: Any) -> Any:
