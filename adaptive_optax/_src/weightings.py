@@ -7,9 +7,9 @@ from typing import Any
 from adaptive_optax._src import config
 from adaptive_optax._src.base import LossWeighting, PyTree
 from adaptive_optax._src.guards import RELAXED, guarded
+from adaptive_optax._src.rules import loss_ratio_rule, tanh_rule
 
 SPIKE_THRESHOLD = 3.0  # the spike guard of stable_weights: a z-score of the log loss or norm
-from adaptive_optax._src.rules import loss_ratio_rule, tanh_rule
 
 
 def stable_weights(
