@@ -24,10 +24,12 @@ from adaptive_optax._src.balancers.uncertainty import uncertainty_rule as uncert
 from adaptive_optax._src.balancers.uncertainty import uncertainty_weights as uncertainty_weights
 from adaptive_optax._src.base import AdaptiveState as AdaptiveState
 from adaptive_optax._src.base import Counters as Counters
+from adaptive_optax._src.base import LogStats as LogStats
 from adaptive_optax._src.base import LossWeighting as LossWeighting
 from adaptive_optax._src.base import Rule as Rule
 from adaptive_optax._src.base import RunningStats as RunningStats
 from adaptive_optax._src.base import Signals as Signals
+from adaptive_optax._src.base import SpikeStats as SpikeStats
 from adaptive_optax._src.checkpoint import restore as restore
 from adaptive_optax._src.control import checked as checked
 from adaptive_optax._src.control import disable as disable
@@ -57,10 +59,12 @@ __all__ = (
     "RELAXED",
     "AdaptiveState",
     "Counters",
+    "LogStats",
     "LossWeighting",
     "Rule",
     "RunningStats",
     "Signals",
+    "SpikeStats",
     "WeightGradientsState",
     "apply_gradients",
     "apply_if_finite",
