@@ -47,6 +47,7 @@ from adaptive_optax._src.integration import apply_gradients as apply_gradients
 from adaptive_optax._src.integration import apply_if_finite as apply_if_finite
 from adaptive_optax._src.integration import weight_gradients as weight_gradients
 from adaptive_optax._src.rules import loss_ratio_rule as loss_ratio_rule
+from adaptive_optax._src.rules import relative_ratio_rule as relative_ratio_rule
 from adaptive_optax._src.rules import tanh_rule as tanh_rule
 from adaptive_optax._src.weightings import legacy_weights as legacy_weights
 from adaptive_optax._src.weightings import stable_weights as stable_weights
@@ -85,6 +86,7 @@ __all__ = (
     "lr_annealing_rule",
     "lr_annealing_weights",
     "metrics",
+    "relative_ratio_rule",
     "relobralo_rule",
     "relobralo_weights",
     "restore",
