@@ -141,3 +141,14 @@ def test_the_relative_rule_raises_a_lagging_term_and_returns_to_base():
     _, trace = run(weighting, flat, state=state)
     mel = trace["weights"]["mel"]
     assert np.all(np.diff(mel) <= 0) and mel[-1] == pytest.approx(2.5)
+
+
+def test_every_consults_the_rule_only_every_k_steps():
+    weighting = ao.dwa_weights({"a": 1.0, "b": 1.0}, every=3)
+    wobbling = np.array([1.0, 0.5, 0.9, 0.3, 0.8, 0.2, 0.7, 0.4, 1.0, 0.1, 0.6, 0.3], np.float32)
+    state, trace = run(weighting, {"a": wobbling, "b": np.ones(12, np.float32)})
+    moves = change_steps(trace["weights"]["a"])
+    np.testing.assert_array_equal(moves, [3, 6, 9])  # steps 4, 7, 10 (step 1 has no ratio)
+    assert int(state.stats.loss_count[0]) == 12  # the statistics see every step
+    with pytest.raises(ValueError, match=r"every must be in \[1, inf\], got 0"):
+        ao.dwa_weights({"a": 1.0}, every=0)

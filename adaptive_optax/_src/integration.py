@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adaptive_optax._src import config
 from adaptive_optax._src.base import AdaptiveState, LossWeighting, PyTree
 from adaptive_optax._src.gradients import gradient_statistics
 from adaptive_optax._src.terms import term_names
@@ -88,6 +89,7 @@ def weight_gradients(
     """
     if gradient_filter is not None and not callable(gradient_filter):
         raise ValueError(f"gradient_filter must be callable or None, got {gradient_filter!r}")
+    skip_nonfinite = config.check_flag("skip_nonfinite", skip_nonfinite)
     needs = tuple(weighting.needs)
 
     def init_fn(params: PyTree) -> WeightGradientsState:
