@@ -92,14 +92,19 @@ def _safe_divide(numerator: Array, denominator: Array) -> Array:
     return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1.0), 0.0)
 
 
-def _preference(pref_vector, k: int, dtype, default: float) -> Array:
-    """The preference vector as a ``(k,)`` array (``default`` everywhere when None)."""
+def _vector(name: str, value, g: Array) -> Array:
+    """``value`` as a ``(K,)`` array in the dtype of ``g``; raises ``ValueError`` otherwise."""
+    vector = jnp.asarray(value)
+    if vector.shape != (g.shape[0],):
+        raise ValueError(f"{name} must have shape ({g.shape[0]},), got {vector.shape}")
+    return vector.astype(g.dtype)
+
+
+def _preference(pref_vector, g: Array, default: float) -> Array:
+    """The preference vector (``default`` everywhere when None)."""
     if pref_vector is None:
-        return jnp.full((k,), default, dtype)
-    pref = jnp.asarray(pref_vector)
-    if pref.shape != (k,):
-        raise ValueError(f"pref_vector must have shape ({k},), got {pref.shape}")
-    return pref.astype(dtype)
+        return jnp.full((g.shape[0],), default, g.dtype)
+    return _vector("pref_vector", pref_vector, g)
 
 
 def _check(name: str, value, *, low: float = 0.0) -> None:
@@ -123,11 +128,15 @@ def _spectrum(g: Array) -> tuple[Array, Array, Array]:
     return lam, vec, lam > tol
 
 
-def _psd_pinv(g: Array) -> Array:
-    """Pseudo-inverse of a symmetric PSD matrix, through its spectrum."""
+def _pinv_solve(g: Array, x: Array) -> tuple[Array, Array]:
+    """``pinv(G) x`` for a symmetric PSD ``G``, through its spectrum, and whether ``x`` has a
+    resolved component in the range of ``G`` (more than ``eps`` of its squared norm)."""
     lam, vec, keep = _spectrum(g)
+    coords = vec.T @ x
     inverse = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
-    return (vec * inverse) @ vec.T
+    in_range = jnp.sum(jnp.where(keep, coords**2, 0.0))
+    resolved = in_range > jnp.finfo(g.dtype).eps * jnp.sum(coords**2)
+    return vec @ (inverse * coords), resolved
 
 
 def _step_to_boundary(value: Array, delta: Array) -> Array:
@@ -140,44 +149,46 @@ def _nonneg_qp(q: Array, c: Array, *, simplex: bool, iterations: int) -> Array:
     """``argmin_x 1/2 x^T Q x + c^T x`` s.t. ``x >= 0`` (and ``sum(x) = 1`` if ``simplex``).
 
     Mehrotra predictor-corrector interior-point method with a fixed iteration count. Each step
-    solves ``(Q + Z/X) dx (+ 1 dy) = r`` by one LU factorisation; ``Q`` may be singular, since
-    ``Z/X > 0``. Once the duality measure falls below ``eps**2`` the iterate is frozen, so
-    extra iterations cannot degrade it. From the symmetric start ``x = 1/K`` (simplex) or
-    ``x = 1``, the method is permutation-equivariant, and for a non-unique minimiser it tends
-    to the analytic centre of the optimal face.
+    factorises the KKT matrix ``Q + Z/X`` (bordered by the constraint ``1^T dx`` for the
+    simplex) once, by LU; ``Q`` may be singular. Once the duality measure falls below
+    ``eps**2`` the iterate is frozen, so extra iterations cannot degrade it. From the symmetric
+    start ``x = 1/K`` (simplex) or ``x = 1``, the method is permutation-equivariant, and for a
+    non-unique minimiser it tends to the analytic centre of the optimal face.
     """
     k = q.shape[0]
     dtype = q.dtype
     ones = jnp.ones((k,), dtype)
     mu_floor = jnp.finfo(dtype).eps ** 2
 
-    def direction(lu, x, z, residual, complementarity, primal):
-        rhs = residual + complementarity / x
+    def factorise(x, z):
+        h = q + jnp.diag(z / x)
         if simplex:
-            sol = lu_solve(lu, jnp.stack([rhs, ones], axis=-1))
-            dy = (jnp.sum(sol[:, 0]) + primal) / jnp.sum(sol[:, 1])
-            dx = sol[:, 0] - dy * sol[:, 1]
-        else:
-            dy = jnp.zeros((), dtype)
-            dx = lu_solve(lu, rhs)
-        return dx, (complementarity - z * dx) / x, dy
+            border = ones[:, None]
+            h = jnp.block([[h, border], [border.T, jnp.zeros((1, 1), dtype)]])
+        return lu_factor(h)
+
+    def direction(lu, x, z, residual, primal, complementarity):
+        rhs = residual + complementarity / x
+        sol = lu_solve(lu, jnp.append(rhs, -primal) if simplex else rhs)
+        dx = sol[:k]
+        return dx, (complementarity - z * dx) / x, sol[k] if simplex else jnp.zeros((), dtype)
 
     def step(_, state):
         x, z, y = state
-        residual = -(q @ x + c - z + y * ones) if simplex else -(q @ x + c - z)
-        primal = jnp.sum(x) - 1.0 if simplex else jnp.zeros((), dtype)
+        residual = -(q @ x + c - z + y * ones)
+        primal = jnp.sum(x) - 1.0
         mu = x @ z / k
-        lu = lu_factor(q + jnp.diag(z / x))
+        lu = factorise(x, z)
         # Predictor (affine) step, then a centred corrector with Mehrotra's sigma.
-        dxa, dza, _ = direction(lu, x, z, residual, -x * z, primal)
+        dxa, dza, _ = direction(lu, x, z, residual, primal, -x * z)
         alpha = jnp.minimum(1.0, jnp.minimum(_step_to_boundary(x, dxa), _step_to_boundary(z, dza)))
         mu_affine = (x + alpha * dxa) @ (z + alpha * dza) / k
         sigma = jnp.clip(_safe_divide(mu_affine, mu) ** 3, 0.0, 1.0)
-        dx, dz, dy = direction(lu, x, z, residual, sigma * mu - x * z - dxa * dza, primal)
+        dx, dz, dy = direction(lu, x, z, residual, primal, sigma * mu - x * z - dxa * dza)
         alpha = jnp.minimum(
             1.0, 0.99 * jnp.minimum(_step_to_boundary(x, dx), _step_to_boundary(z, dz))
         )
-        finite = jnp.isfinite(alpha) & jnp.all(jnp.isfinite(dx) & jnp.isfinite(dz))
+        finite = jnp.isfinite(alpha) & jnp.isfinite(dy) & jnp.all(jnp.isfinite(dx + dz))
         alpha = jnp.where(finite & (mu > mu_floor), alpha, 0.0)
         return (
             x + alpha * jnp.where(finite, dx, 0.0),
@@ -290,7 +301,7 @@ def upgrad_from_gramian(
     _check("reg_eps", reg_eps)
     n = _normalize(gramian)
     k = n.gramian.shape[0]
-    pref = _preference(pref_vector, k, n.gramian.dtype, 1.0 / k)
+    pref = _preference(pref_vector, n.gramian, 1.0 / k)
     rows = jnp.diag(pref)
     projected = jax.vmap(lambda u: _dual_cone_weights(n.gramian, u, reg_eps, iterations))(rows)
     return _finish(jnp.sum(projected, axis=0), n.ok)
@@ -334,7 +345,7 @@ def dualproj_from_gramian(
     _check("reg_eps", reg_eps)
     n = _normalize(gramian)
     k = n.gramian.shape[0]
-    pref = _preference(pref_vector, k, n.gramian.dtype, 1.0 / k)
+    pref = _preference(pref_vector, n.gramian, 1.0 / k)
     return _finish(_dual_cone_weights(n.gramian, pref, reg_eps, iterations), n.ok)
 
 
@@ -370,7 +381,7 @@ def imtl_g_from_gramian(gramian) -> Array:
     """
     n = _normalize(gramian)
     g = n.gramian
-    v = _psd_pinv(g) @ jnp.sqrt(jnp.maximum(jnp.diag(g), 0.0))
+    v, _ = _pinv_solve(g, jnp.sqrt(jnp.maximum(jnp.diag(g), 0.0)))
     total = jnp.sum(v)
     significant = jnp.abs(total) > jnp.finfo(g.dtype).eps * jnp.sum(jnp.abs(v))
     return _finish(jnp.where(significant, v / jnp.where(significant, total, 1.0), 0.0), n.ok)
@@ -383,7 +394,7 @@ def _aligned_scale(lam: Array, keep: Array, mode: ScaleMode) -> Array:
         return jnp.min(jnp.where(keep, lam, jnp.inf))
     if mode == "median":  # torch.median: the lower median
         return lam[lam.shape[0] - rank + (rank - 1) // 2]
-    return jnp.sum(jnp.where(keep, lam, 0.0)) / jnp.maximum(rank, 1)
+    return jnp.sum(jnp.where(keep, lam, 0.0)) / jnp.maximum(rank, 1).astype(lam.dtype)
 
 
 def aligned_mtl_from_gramian(gramian, *, pref_vector=None, scale_mode: ScaleMode = "min") -> Array:
@@ -422,7 +433,7 @@ def aligned_mtl_from_gramian(gramian, *, pref_vector=None, scale_mode: ScaleMode
         raise ValueError(f"scale_mode must be 'min', 'median' or 'rmse', got {scale_mode!r}")
     n = _normalize(gramian)
     k = n.gramian.shape[0]
-    pref = _preference(pref_vector, k, n.gramian.dtype, 1.0 / k)
+    pref = _preference(pref_vector, n.gramian, 1.0 / k)
     lam, vec, keep = _spectrum(n.gramian)
     inverse_root = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
     scale = _aligned_scale(lam, keep, scale_mode)
@@ -462,16 +473,15 @@ def _cagrad_direction_weights(g: Array, s: Array, norm_eps, iterations, qp_itera
             jnp.where(low_side, hi, mid),
             jnp.where(low_side, f_hi, f_mid),
             jnp.where(low_side, w_hi, w_mid),
-            jnp.where(low_side, 1, -1),
+            jnp.where(low_side, jnp.int32(1), jnp.int32(-1)),
         )
 
     # In float32, ||J^T w|| is only resolved down to about sqrt(eps) of the normalised scale.
     floor = jnp.maximum(norm_eps, 10.0 * jnp.sqrt(jnp.finfo(g.dtype).eps))
     lo = jnp.log(jnp.asarray(floor, g.dtype))
     hi = jnp.maximum(0.5 * jnp.log(jnp.max(jnp.diag(g))), lo)
-    f_lo, w_lo = evaluate(lo)
-    f_hi, w_hi = evaluate(hi)
-    start = (lo, f_lo, w_lo, hi, f_hi, w_hi, jnp.zeros((), jnp.int32))
+    f_ends, w_ends = jax.vmap(evaluate)(jnp.stack([lo, hi]))  # one QP in the graph, not two
+    start = (lo, f_ends[0], w_ends[0], hi, f_ends[1], w_ends[1], jnp.zeros((), jnp.int32))
     lo, f_lo, w_lo, hi, f_hi, w_hi, _ = jax.lax.fori_loop(0, iterations, step, start)
     return jnp.where(jnp.abs(f_lo) < jnp.abs(f_hi), w_lo, w_hi), f_lo <= 0
 
@@ -606,8 +616,10 @@ def config_from_gramian(gramian, *, pref_vector=None) -> Array:
     so the weights need only the Gramian. Departure: the pseudo-inverse of the unit Gramian
     drops its eigenvalues below ``K * eps * lambda_max``, i.e. singular values of ``U`` below
     about ``sqrt(K * eps)`` of the largest, where the authors (``lstsq``) and TorchJD
-    (``pinv``) act on ``U`` itself; they agree unless ``U`` is that ill-conditioned. If
-    ``v^T G v = 0`` the weights are zero (TorchJD's normalisation also gives 0).
+    (``pinv``) act on ``U`` itself; they agree unless ``U`` is that ill-conditioned. When
+    ``pinv(U) u`` vanishes (``u`` has no component above ``eps`` in the range of the unit
+    Gramian, e.g. two opposite gradients) or ``v^T G v = 0``, the weights are zero, as
+    TorchJD's normalisation of a (numerically) zero direction gives.
 
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
@@ -629,26 +641,24 @@ def config_from_gramian(gramian, *, pref_vector=None) -> Array:
     """
     n = _normalize(gramian)
     g = n.gramian
-    pref = _preference(pref_vector, g.shape[0], g.dtype, 1.0)
+    pref = _preference(pref_vector, g, 1.0)
     diag = jnp.diag(g)
     inverse_norm = jnp.where(diag > 0, 1.0 / jnp.sqrt(jnp.where(diag > 0, diag, 1.0)), 0.0)
     units = g * inverse_norm[:, None] * inverse_norm[None, :]
-    v = inverse_norm * (_psd_pinv(units) @ pref)
+    coefficients, resolved = _pinv_solve(units, pref)
+    v = inverse_norm * coefficients
     gv = g @ v
-    return _finish(_safe_divide(jnp.sum(gv), v @ gv) * v, n.ok)
+    weights = jnp.where(resolved, _safe_divide(jnp.sum(gv), v @ gv) * v, 0.0)
+    return _finish(weights, n.ok)
 
 
-def _nash_start(q: Array, init) -> Array:
+def _nash_start(q: Array, init: Array | None) -> Array:
     """The best multiple of ``init`` (default ones): ``c init`` with ``c^2 = K / init^T Q init``."""
-    k = q.shape[0]
-    direction = jnp.ones((k,), q.dtype)
+    direction = jnp.ones((q.shape[0],), q.dtype)
     if init is not None:
-        init = jnp.asarray(init).astype(q.dtype)
-        if init.shape != (k,):
-            raise ValueError(f"init must have shape ({k},), got {init.shape}")
         usable = jnp.all(jnp.isfinite(init) & (init > 0))
         direction = jnp.where(usable, init, direction)
-    return direction * jnp.sqrt(k / (direction @ q @ direction))
+    return direction * jnp.sqrt(q.shape[0] / (direction @ q @ direction))
 
 
 def _nash_newton(q: Array, alpha: Array, iterations: int) -> Array:
@@ -679,18 +689,22 @@ def nash_mtl_from_gramian(
     The direction ``d = J^T alpha`` maximises ``sum_i log(g_i . d)`` over the unit ball (up to
     scale); ``alpha`` is the unique minimiser of the strictly convex
     ``F(a) = 1/2 a^T G a - sum_i log a_i``, whose gradient is ``G a - 1/a``. It is found by
-    damped Newton (``iterations`` steps, self-concordant, so no line search) on the
-    trace-normalised ``G_n = G / tr(G)`` plus ``reg_eps * I``, then rescaled:
-    ``alpha = alpha_n / sqrt(tr(G))``. Note ``||J^T alpha||^2 = alpha^T G alpha = K``.
+    damped Newton (``iterations`` steps, self-concordant, so no line search). Since rescaling
+    the gradients, ``G -> S G S`` with ``S`` diagonal, maps ``alpha`` to ``S^-1 alpha``, the
+    problem is solved on the unit-diagonal ``C = D^(-1/2) G D^(-1/2)`` (``D = diag(G)``) plus
+    ``reg_eps * I``, and ``alpha = D^(-1/2) beta``: the iteration count does not depend on the
+    gradients' norms. Note ``||J^T alpha||^2 = alpha^T G alpha = K``.
 
     Departures from the authors' code: they solve the same fixed point with cvxpy (ECOS) by a
     sequence of up to 20 convex approximations (linearising ``log(G a)``), stopping when
     ``||G_n a - 1/a|| < 1e-3``, starting from the previous step's ``alpha``. Damped Newton
     reaches a relative residual ``||G a - 1/a|| / ||1/a||`` of about ``1e-7`` in float32 in
-    under 20 steps on well-posed problems. ``reg_eps`` (relative to the trace) keeps a solution
-    when none exists (``0`` in the conic hull of the gradients, or a zero gradient): ``alpha``
-    then grows to about ``1/sqrt(reg_eps)`` in the offending directions instead of diverging;
-    its effect on well-posed problems is ``O(reg_eps)`` relative. ``max_norm`` rescales
+    under 20 steps on well-posed problems. ``reg_eps`` (relative to each term's squared
+    gradient norm) keeps a solution when none exists (``0`` in the conic hull of the
+    gradients, or a zero gradient): ``alpha`` then grows to about ``1/sqrt(reg_eps)`` (in
+    units of ``1/||g_i||``) in the offending directions instead of diverging; on well-posed
+    problems it changes ``alpha_i (G alpha)_i = 1`` by ``reg_eps * ||g_i||^2 alpha_i^2``,
+    about ``reg_eps`` relative. ``max_norm`` rescales
     ``alpha`` so that ``||J^T alpha|| <= max_norm``, like the authors' gradient clipping
     (``max_norm=1.0`` there and in TorchJD; default here: no clipping).
 
@@ -699,7 +713,7 @@ def nash_mtl_from_gramian(
       init: optional ``(K,)`` warm start, e.g. the previous step's weights; only its direction
         is used (it is rescaled optimally). Ignored unless finite and positive.
       max_norm: optional bound on ``||J^T alpha||`` (``> 0``).
-      reg_eps: ridge added to the trace-normalised Gramian (``>= 0``).
+      reg_eps: ridge added to the unit-diagonal Gramian ``C`` (``>= 0``).
       iterations: Newton steps (static).
 
     Returns:
@@ -726,11 +740,16 @@ def nash_mtl_from_gramian(
         raise ValueError(f"max_norm must be > 0 (or None), got {max_norm!r}")
     n = _normalize(gramian)
     g = n.gramian
-    q = g + reg_eps * jnp.eye(g.shape[0], dtype=g.dtype)
-    alpha = _nash_newton(q, _nash_start(q, init), iterations)
+    # G -> S G S maps alpha to S^-1 alpha, so solve on the unit-diagonal C = D^-1/2 G D^-1/2.
+    diag = jnp.diag(g)
+    root = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))  # a zero gradient keeps scale 1
+    correlation = g / root[:, None] / root[None, :]
+    q = correlation + reg_eps * jnp.eye(g.shape[0], dtype=g.dtype)
+    start = _nash_start(q, None if init is None else root * _vector("init", init, g))
+    beta = _nash_newton(q, start, iterations)
     if max_norm is not None:
-        # ||J^T alpha|| = sqrt(alpha_n^T G_n alpha_n): the normalisation cancels.
-        norm = jnp.sqrt(jnp.maximum(alpha @ g @ alpha, 0.0))
+        # ||J^T alpha|| = sqrt(beta^T C beta): the normalisations cancel.
+        norm = jnp.sqrt(jnp.maximum(beta @ correlation @ beta, 0.0))
         too_long = norm > max_norm
-        alpha = alpha * jnp.where(too_long, max_norm / jnp.where(too_long, norm, 1.0), 1.0)
-    return _finish(alpha / n.root_scale, n.ok)
+        beta = beta * jnp.where(too_long, max_norm / jnp.where(too_long, norm, 1.0), 1.0)
+    return _finish(beta / root / n.root_scale, n.ok)
