@@ -28,7 +28,7 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import lu_factor, lu_solve
+from jax.scipy.linalg import cho_factor, cho_solve
 
 Array = jax.Array
 
@@ -149,8 +149,8 @@ def _nonneg_qp(q: Array, c: Array, *, simplex: bool, iterations: int) -> Array:
     """``argmin_x 1/2 x^T Q x + c^T x`` s.t. ``x >= 0`` (and ``sum(x) = 1`` if ``simplex``).
 
     Mehrotra predictor-corrector interior-point method with a fixed iteration count. Each step
-    factorises the KKT matrix ``Q + Z/X`` (bordered by the constraint ``1^T dx`` for the
-    simplex) once, by LU; ``Q`` may be singular. Once the duality measure falls below
+    factorises ``Q + Z/X`` (plus ``1 1^T`` for the simplex, whose constraint is then
+    eliminated) once, by Cholesky; ``Q`` may be singular. Once the duality measure falls below
     ``eps**2`` the iterate is frozen, so extra iterations cannot degrade it. From the symmetric
     start ``x = 1/K`` (simplex) or ``x = 1``, the method is permutation-equivariant, and for a
     non-unique minimiser it tends to the analytic centre of the optimal face.
@@ -162,29 +162,33 @@ def _nonneg_qp(q: Array, c: Array, *, simplex: bool, iterations: int) -> Array:
 
     def factorise(x, z):
         h = q + jnp.diag(z / x)
-        if simplex:
-            border = ones[:, None]
-            h = jnp.block([[h, border], [border.T, jnp.zeros((1, 1), dtype)]])
-        return lu_factor(h)
+        # Adding 1 1^T (Q has trace 1) keeps the matrix well conditioned on a degenerate
+        # optimal face of the simplex, where Q + Z/X alone is nearly singular.
+        return cho_factor(h + jnp.outer(ones, ones) if simplex else h)
 
-    def direction(lu, x, z, residual, primal, complementarity):
+    def direction(factor, x, z, residual, primal, complementarity):
         rhs = residual + complementarity / x
-        sol = lu_solve(lu, jnp.append(rhs, -primal) if simplex else rhs)
-        dx = sol[:k]
-        return dx, (complementarity - z * dx) / x, sol[k] if simplex else jnp.zeros((), dtype)
+        if simplex:
+            # (H + 1 1^T) dx + 1 (dy + primal) = rhs with 1^T dx = -primal.
+            a, b = cho_solve(factor, jnp.stack([rhs, ones], axis=-1)).T
+            shifted = (jnp.sum(a) + primal) / jnp.sum(b)
+            dx, dy = a - shifted * b, shifted - primal
+        else:
+            dx, dy = cho_solve(factor, rhs), jnp.zeros((), dtype)
+        return dx, (complementarity - z * dx) / x, dy
 
     def step(_, state):
         x, z, y = state
         residual = -(q @ x + c - z + y * ones)
         primal = jnp.sum(x) - 1.0
         mu = x @ z / k
-        lu = factorise(x, z)
+        factor = factorise(x, z)
         # Predictor (affine) step, then a centred corrector with Mehrotra's sigma.
-        dxa, dza, _ = direction(lu, x, z, residual, primal, -x * z)
+        dxa, dza, _ = direction(factor, x, z, residual, primal, -x * z)
         alpha = jnp.minimum(1.0, jnp.minimum(_step_to_boundary(x, dxa), _step_to_boundary(z, dza)))
         mu_affine = (x + alpha * dxa) @ (z + alpha * dza) / k
         sigma = jnp.clip(_safe_divide(mu_affine, mu) ** 3, 0.0, 1.0)
-        dx, dz, dy = direction(lu, x, z, residual, primal, sigma * mu - x * z - dxa * dza)
+        dx, dz, dy = direction(factor, x, z, residual, primal, sigma * mu - x * z - dxa * dza)
         alpha = jnp.minimum(
             1.0, 0.99 * jnp.minimum(_step_to_boundary(x, dx), _step_to_boundary(z, dz))
         )
