@@ -531,6 +531,14 @@ def test_degenerate_cases_follow_the_documentation():
     assert np.all(np.linalg.norm(d, axis=1) <= 1e-5 * np.abs(DEGENERATE_J[opposite]).max())
 
 
+def test_weights_are_constants_for_autodiff():
+    def loss(g):
+        return jnp.sum(gm.imtl_g_from_gramian(g) * jnp.arange(K, dtype=g.dtype))
+
+    grad = jax.jit(jax.grad(loss))(jnp.asarray(WELL_G[0]))
+    np.testing.assert_array_equal(np.asarray(grad), 0.0)
+
+
 # --------------------------------------------------------------------------------- errors
 
 
