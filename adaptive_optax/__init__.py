@@ -14,10 +14,18 @@ from adaptive_optax._src.balancers.dwa import dwa_rule as dwa_rule
 from adaptive_optax._src.balancers.dwa import dwa_weights as dwa_weights
 from adaptive_optax._src.balancers.encodec import encodec_rule as encodec_rule
 from adaptive_optax._src.balancers.encodec import encodec_weights as encodec_weights
+from adaptive_optax._src.balancers.famo import famo_rule as famo_rule
+from adaptive_optax._src.balancers.famo import famo_weights as famo_weights
+from adaptive_optax._src.balancers.gls import gls_rule as gls_rule
+from adaptive_optax._src.balancers.gls import gls_weights as gls_weights
 from adaptive_optax._src.balancers.gradnorm import gradnorm_rule as gradnorm_rule
 from adaptive_optax._src.balancers.gradnorm import gradnorm_weights as gradnorm_weights
+from adaptive_optax._src.balancers.imtl_l import imtl_l_rule as imtl_l_rule
+from adaptive_optax._src.balancers.imtl_l import imtl_l_weights as imtl_l_weights
 from adaptive_optax._src.balancers.relobralo import relobralo_rule as relobralo_rule
 from adaptive_optax._src.balancers.relobralo import relobralo_weights as relobralo_weights
+from adaptive_optax._src.balancers.rlw import rlw_rule as rlw_rule
+from adaptive_optax._src.balancers.rlw import rlw_weights as rlw_weights
 from adaptive_optax._src.balancers.softadapt import softadapt_rule as softadapt_rule
 from adaptive_optax._src.balancers.softadapt import softadapt_weights as softadapt_weights
 from adaptive_optax._src.balancers.uncertainty import uncertainty_rule as uncertainty_rule
@@ -76,11 +84,17 @@ __all__ = (
     "enable",
     "encodec_rule",
     "encodec_weights",
+    "famo_rule",
+    "famo_weights",
     "find_state",
+    "gls_rule",
+    "gls_weights",
     "gradient_statistics",
     "gradnorm_rule",
     "gradnorm_weights",
     "guarded",
+    "imtl_l_rule",
+    "imtl_l_weights",
     "legacy_weights",
     "loss_ratio_rule",
     "lr_annealing_rule",
@@ -90,6 +104,8 @@ __all__ = (
     "relobralo_rule",
     "relobralo_weights",
     "restore",
+    "rlw_rule",
+    "rlw_weights",
     "rollback",
     "softadapt_rule",
     "softadapt_weights",

@@ -160,12 +160,16 @@ def test_uncertainty_weight_stays_finite_for_a_zero_loss():
     np.testing.assert_allclose(out[-1], [math.exp(5.0)], rtol=1e-6)
 
 
-def softadapt_reference(losses, variant, beta):
-    out, slopes, f = [], np.zeros(losses.shape[1]), losses[0]
+def softadapt_reference(losses, variant, beta, order):
+    """Section 3.1 with the authors' forward differences over the last ``order + 1`` losses."""
+    from adaptive_optax._src.balancers.softadapt import forward_difference
+
+    out, slopes = [], np.zeros(losses.shape[1])
     for t in range(len(losses)):
+        window = losses[max(t - order, 0) : t + 1]
         if t > 0:
-            slopes = losses[t] - losses[t - 1]
-            f = (losses[t] + losses[t - 1]) / 2
+            slopes = forward_difference(len(window) - 1) @ window
+        f = window.mean(axis=0)
         s = slopes / max(np.abs(slopes).sum(), 1e-8) if variant == "normalized" else slopes
         e = np.exp(beta * (s - s.max()))
         if variant == "loss_weighted":
@@ -174,16 +178,19 @@ def softadapt_reference(losses, variant, beta):
     return out
 
 
-@pytest.mark.parametrize("variant", ["original", "loss_weighted", "normalized"])
-def test_softadapt_variants_follow_section_3_1(variant):
-    losses = np.array([[1.0, 1.0, 1.0], [2.0, 1.0, 0.5], [2.5, 0.5, 0.5]])
-    weighting = ao.softadapt_weights(BASE, variant=variant, beta=2.0)
+@pytest.mark.parametrize(
+    "variant, order", [("original", 1), ("loss_weighted", 4), ("normalized", 2)]
+)
+def test_softadapt_variants_follow_section_3_1(variant, order):
+    losses = np.array(
+        [[1.0, 1.0, 1.0], [2.0, 1.0, 0.5], [2.5, 0.5, 0.5], [2.0, 0.4, 0.6], [1.0, 0.5, 0.2]]
+    )
+    weighting = ao.softadapt_weights(BASE, variant=variant, beta=2.0, order=order)
     steps = [(dict(zip("abc", map(float, loss), strict=True)), {}) for loss in losses]
     out, _ = run_steps(weighting, steps)
     base = np.array(list(BASE.values()))
-    np.testing.assert_allclose(
-        out, [base * w for w in softadapt_reference(losses, variant, 2.0)], rtol=1e-5
-    )
+    expected = softadapt_reference(losses, variant, 2.0, order)
+    np.testing.assert_allclose(out, [base * w for w in expected], rtol=1e-5)
 
 
 def test_softadapt_rejects_an_unknown_variant():
@@ -247,6 +254,10 @@ FACTORIES = {
     "softadapt_loss_weighted": lambda **g: ao.softadapt_weights(BASE, variant="loss_weighted", **g),
     "softadapt_normalized": lambda **g: ao.softadapt_weights(BASE, variant="normalized", **g),
     "relobralo": lambda **g: ao.relobralo_weights(BASE, expected_rho=0.5, **g),
+    "famo": lambda **g: ao.famo_weights(BASE, min_losses={"a": 0.0, "b": -1.0, "c": 0.0}, **g),
+    "imtl_l": lambda **g: ao.imtl_l_weights(BASE, lr=0.5, **g),
+    "rlw": lambda **g: ao.rlw_weights(BASE, seed=3, **g),
+    "gls": lambda **g: ao.gls_weights(BASE, **g),
     # the loss-ratio rule's step is its max_change: it cannot be None
     "stable": lambda **g: ao.stable_weights(BASE, **(g | {"max_change": g["max_change"] or 0.05})),
     "legacy": lambda **g: ao.legacy_weights(BASE, **g),
@@ -356,6 +367,10 @@ def test_contract_covers_every_public_balancer():
         "uncertainty_weights",
         "softadapt_weights",
         "relobralo_weights",
+        "famo_weights",
+        "imtl_l_weights",
+        "rlw_weights",
+        "gls_weights",
         "stable_weights",
         "legacy_weights",
     }
