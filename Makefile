@@ -3,7 +3,7 @@
 #   make test   lint, format check, every test (notebooks included) and the docs build
 # Also:
 #   make docs     the documentation site, in docs/_build/html (ignored by git)
-#   make figures  regenerates the benchmark outputs committed in results/ (5 to 8 minutes on 2 cores)
+#   make figures  regenerates the benchmark outputs committed in results/ (about 15 minutes on 2 cores)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
