@@ -16,6 +16,24 @@ from adaptive_optax._src.balancers.encodec import encodec_rule as encodec_rule
 from adaptive_optax._src.balancers.encodec import encodec_weights as encodec_weights
 from adaptive_optax._src.balancers.gradnorm import gradnorm_rule as gradnorm_rule
 from adaptive_optax._src.balancers.gradnorm import gradnorm_weights as gradnorm_weights
+from adaptive_optax._src.balancers.gramian_methods import aligned_mtl_rule as aligned_mtl_rule
+from adaptive_optax._src.balancers.gramian_methods import aligned_mtl_weights as aligned_mtl_weights
+from adaptive_optax._src.balancers.gramian_methods import cagrad_rule as cagrad_rule
+from adaptive_optax._src.balancers.gramian_methods import cagrad_weights as cagrad_weights
+from adaptive_optax._src.balancers.gramian_methods import config_rule as config_rule
+from adaptive_optax._src.balancers.gramian_methods import config_weights as config_weights
+from adaptive_optax._src.balancers.gramian_methods import dualproj_rule as dualproj_rule
+from adaptive_optax._src.balancers.gramian_methods import dualproj_weights as dualproj_weights
+from adaptive_optax._src.balancers.gramian_methods import imtl_g_rule as imtl_g_rule
+from adaptive_optax._src.balancers.gramian_methods import imtl_g_weights as imtl_g_weights
+from adaptive_optax._src.balancers.gramian_methods import mgda_rule as mgda_rule
+from adaptive_optax._src.balancers.gramian_methods import mgda_weights as mgda_weights
+from adaptive_optax._src.balancers.gramian_methods import nash_mtl_rule as nash_mtl_rule
+from adaptive_optax._src.balancers.gramian_methods import nash_mtl_weights as nash_mtl_weights
+from adaptive_optax._src.balancers.gramian_methods import pcgrad_rule as pcgrad_rule
+from adaptive_optax._src.balancers.gramian_methods import pcgrad_weights as pcgrad_weights
+from adaptive_optax._src.balancers.gramian_methods import upgrad_rule as upgrad_rule
+from adaptive_optax._src.balancers.gramian_methods import upgrad_weights as upgrad_weights
 from adaptive_optax._src.balancers.relobralo import relobralo_rule as relobralo_rule
 from adaptive_optax._src.balancers.relobralo import relobralo_weights as relobralo_weights
 from adaptive_optax._src.balancers.softadapt import softadapt_rule as softadapt_rule
@@ -100,4 +118,23 @@ __all__ = (
     "unguarded_weights",
     "weight_gradients",
     "weighted_sum",
+    # Gramian methods (adaptive_optax._src.balancers.gramian_methods)
+    "aligned_mtl_rule",
+    "aligned_mtl_weights",
+    "cagrad_rule",
+    "cagrad_weights",
+    "config_rule",
+    "config_weights",
+    "dualproj_rule",
+    "dualproj_weights",
+    "imtl_g_rule",
+    "imtl_g_weights",
+    "mgda_rule",
+    "mgda_weights",
+    "nash_mtl_rule",
+    "nash_mtl_weights",
+    "pcgrad_rule",
+    "pcgrad_weights",
+    "upgrad_rule",
+    "upgrad_weights",
 )
