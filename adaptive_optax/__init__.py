@@ -20,6 +20,24 @@ from adaptive_optax._src.balancers.gls import gls_rule as gls_rule
 from adaptive_optax._src.balancers.gls import gls_weights as gls_weights
 from adaptive_optax._src.balancers.gradnorm import gradnorm_rule as gradnorm_rule
 from adaptive_optax._src.balancers.gradnorm import gradnorm_weights as gradnorm_weights
+from adaptive_optax._src.balancers.gramian_methods import aligned_mtl_rule as aligned_mtl_rule
+from adaptive_optax._src.balancers.gramian_methods import aligned_mtl_weights as aligned_mtl_weights
+from adaptive_optax._src.balancers.gramian_methods import cagrad_rule as cagrad_rule
+from adaptive_optax._src.balancers.gramian_methods import cagrad_weights as cagrad_weights
+from adaptive_optax._src.balancers.gramian_methods import config_rule as config_rule
+from adaptive_optax._src.balancers.gramian_methods import config_weights as config_weights
+from adaptive_optax._src.balancers.gramian_methods import dualproj_rule as dualproj_rule
+from adaptive_optax._src.balancers.gramian_methods import dualproj_weights as dualproj_weights
+from adaptive_optax._src.balancers.gramian_methods import imtl_g_rule as imtl_g_rule
+from adaptive_optax._src.balancers.gramian_methods import imtl_g_weights as imtl_g_weights
+from adaptive_optax._src.balancers.gramian_methods import mgda_rule as mgda_rule
+from adaptive_optax._src.balancers.gramian_methods import mgda_weights as mgda_weights
+from adaptive_optax._src.balancers.gramian_methods import nash_mtl_rule as nash_mtl_rule
+from adaptive_optax._src.balancers.gramian_methods import nash_mtl_weights as nash_mtl_weights
+from adaptive_optax._src.balancers.gramian_methods import pcgrad_rule as pcgrad_rule
+from adaptive_optax._src.balancers.gramian_methods import pcgrad_weights as pcgrad_weights
+from adaptive_optax._src.balancers.gramian_methods import upgrad_rule as upgrad_rule
+from adaptive_optax._src.balancers.gramian_methods import upgrad_weights as upgrad_weights
 from adaptive_optax._src.balancers.imtl_l import imtl_l_rule as imtl_l_rule
 from adaptive_optax._src.balancers.imtl_l import imtl_l_weights as imtl_l_weights
 from adaptive_optax._src.balancers.relobralo import relobralo_rule as relobralo_rule
@@ -75,10 +93,18 @@ __all__ = (
     "Signals",
     "SpikeStats",
     "WeightGradientsState",
+    "aligned_mtl_rule",
+    "aligned_mtl_weights",
     "apply_gradients",
     "apply_if_finite",
+    "cagrad_rule",
+    "cagrad_weights",
     "checked",
+    "config_rule",
+    "config_weights",
     "disable",
+    "dualproj_rule",
+    "dualproj_weights",
     "dwa_rule",
     "dwa_weights",
     "enable",
@@ -93,6 +119,8 @@ __all__ = (
     "gradnorm_rule",
     "gradnorm_weights",
     "guarded",
+    "imtl_g_rule",
+    "imtl_g_weights",
     "imtl_l_rule",
     "imtl_l_weights",
     "legacy_weights",
@@ -100,6 +128,12 @@ __all__ = (
     "lr_annealing_rule",
     "lr_annealing_weights",
     "metrics",
+    "mgda_rule",
+    "mgda_weights",
+    "nash_mtl_rule",
+    "nash_mtl_weights",
+    "pcgrad_rule",
+    "pcgrad_weights",
     "relative_ratio_rule",
     "relobralo_rule",
     "relobralo_weights",
@@ -114,6 +148,8 @@ __all__ = (
     "uncertainty_rule",
     "uncertainty_weights",
     "unguarded_weights",
+    "upgrad_rule",
+    "upgrad_weights",
     "weight_gradients",
     "weighted_sum",
 )

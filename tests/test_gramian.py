@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.optimize import minimize
 
+import adaptive_optax as ao
 from adaptive_optax._src import gramian as gm
 
 METHODS = {
@@ -255,7 +256,7 @@ def test_pcgrad_on_two_terms_is_upgrad_of_the_sum():
 def test_pcgrad_with_key_follows_its_random_orders():
     @jax.jit
     def run(g, key):  # the orders PCGrad draws: one permutation per term
-        orders = jax.vmap(lambda k: jax.random.permutation(k, K))(jax.random.split(key, K))
+        orders = jnp.argsort(jax.random.uniform(key, (K, K)), axis=1)
         return gm.pcgrad_from_gramian(g, key=key), orders
 
     got, orders = run(jnp.asarray(WELL_G[0]), jax.random.key(3))
@@ -554,8 +555,176 @@ def test_weights_are_constants_for_autodiff():
         (lambda: gm.cagrad_from_gramian(jnp.eye(2), c=-0.1), "c must"),
         (lambda: gm.nash_mtl_from_gramian(jnp.eye(2), max_norm=0.0), "max_norm"),
         (lambda: gm.nash_mtl_from_gramian(jnp.eye(2), init=jnp.ones(3)), "init"),
+        (lambda: gm.mgda_from_gramian(jnp.eye(2), mask=jnp.ones(3, bool)), "mask"),
     ],
 )
 def test_bad_settings_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ------------------------------------------- the rules end to end, through weight_gradients
+
+# Five terms with unequal base weights; per-term gradients on two parameter leaves, some in
+# conflict. Steps 1 to 3 see the same gradients; at step 3 the loss of "c" is NaN (its
+# gradient finite, as an L1 loss of a NaN target gives), so the rules leave "c" out: the other
+# four get the method's weights on their own four-term problem (the shape of the property
+# batches above: no new compilation). At step 4 the gradient of "c" is NaN too.
+TERMS = ("a", "b", "c", "d", "e")
+E2E_BASE = dict(zip(TERMS, [1.0, 2.0, 0.5, 1.5, 1.0], strict=True))
+LEFT_OUT = TERMS.index("c")
+
+
+def e2e_jacobian() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    jac = rng.normal(size=(len(TERMS), 10)) * 10 ** rng.uniform(-1, 1, size=(len(TERMS), 1))
+    jac[1] = -0.8 * jac[0] + 0.3 * jac[1]  # a strong conflict
+    return jac
+
+
+def e2e_weightings():
+    """Every Gramian weighting, bare, with the solvers' defaults (PCGrad in the fixed order)."""
+    factories = {
+        "mgda": ao.mgda_weights,
+        "upgrad": ao.upgrad_weights,
+        "dualproj": ao.dualproj_weights,
+        "imtl_g": ao.imtl_g_weights,
+        "aligned_mtl": ao.aligned_mtl_weights,
+        "cagrad": ao.cagrad_weights,
+        "pcgrad": functools.partial(ao.pcgrad_weights, seed=None),
+        "config": ao.config_weights,
+        "nash_mtl": ao.nash_mtl_weights,
+    }
+    assert tuple(factories) == NAMES
+    return {name: factory(E2E_BASE) for name, factory in factories.items()}
+
+
+def per_term_gradients(jac: np.ndarray) -> dict:
+    """``jax.jacrev``'s layout: {term: {"w": (3, 2), "v": (4,)}}."""
+    return {
+        t: {"w": jnp.asarray(row[:6].reshape(3, 2), jnp.float32), "v": jnp.asarray(row[6:])}
+        for t, row in zip(TERMS, jac.astype(np.float32), strict=True)
+    }
+
+
+def flat(tree: dict) -> np.ndarray:
+    return np.concatenate([np.ravel(tree["w"]), np.ravel(tree["v"])]).astype(np.float64)
+
+
+@functools.cache
+def e2e_run():
+    """For every method, four steps of ``weight_gradients`` in one ``lax.scan``, all in one
+    jit: the aggregates and the weights after each step."""
+    jac = e2e_jacobian()
+    bad = jac.copy()
+    bad[LEFT_OUT] = np.nan
+    jacobians = (jac, jac, jac, bad)
+    grads = jax.tree.map(lambda *x: jnp.stack(x), *map(per_term_gradients, jacobians))
+    losses = {t: jnp.asarray([1.0, 0.9, 0.8, 0.7], jnp.float32) for t in TERMS}
+    losses["c"] = jnp.asarray([1.0, 0.9, np.nan, np.nan], jnp.float32)
+    params = {"w": jnp.zeros((3, 2)), "v": jnp.zeros(4)}
+    transforms = {name: ao.weight_gradients(w) for name, w in e2e_weightings().items()}
+
+    @jax.jit
+    def run(grads, losses):
+        out = {}
+        for name, tx in transforms.items():
+
+            def step(state, inputs, tx=tx):
+                g, loss = inputs
+                aggregate, state = tx.update(g, state, params, losses=loss)
+                return state, (aggregate, ao.find_state(state).weights)
+
+            _, out[name] = jax.lax.scan(step, tx.init(params), (grads, losses))
+        return out
+
+    out = run(grads, losses)
+    return {
+        name: (
+            np.stack([flat(jax.tree.map(lambda x, t=t: x[t], aggregate)) for t in range(4)]),
+            np.stack([[float(weights[term][t]) for term in TERMS] for t in range(4)]),
+        )
+        for name, (aggregate, weights) in out.items()
+    }
+
+
+def solver_weights(gramian: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """The documented convention: ``b * w(D_b G D_b)`` for every method, shape (methods, K),
+    clipped at 0 as the guards do (the library's weights are non-negative)."""
+    scaled = (base[:, None] * gramian * base[None, :]).astype(np.float32)
+    if scaled.shape[0] == K:  # the property batches' shape: reuse their compilation
+        weights = run_all(np.broadcast_to(scaled, (BATCH, K, K)))[0]
+    else:
+        weights = run_all(scaled[None])[0]
+    return np.maximum(base * weights, 0.0)
+
+
+def test_rules_through_weight_gradients_give_the_solvers_aggregates():
+    jac = e2e_jacobian()
+    base = np.array(list(E2E_BASE.values()))
+    expected = solver_weights(jac @ jac.T, base)
+    # ConFIG proposes a negative weight for "c" on this problem: it lands as 0
+    assert expected[INDEX["config"], LEFT_OUT] == 0.0
+    keep = np.arange(len(TERMS)) != LEFT_OUT
+    sub = jac[keep]
+    expected_kept = solver_weights(sub @ sub.T, base[keep])
+    for name, (aggregates, weights) in e2e_run().items():
+        i = INDEX[name]
+        tol = 5 * TOLERANCE[name]  # the Gramian of the float32 gradients is rounded apart
+        # step 1 is weighted with the state's weights, the base weights (the library's
+        # convention: update's weights weight the next step); the Gramian of this step's
+        # per-term gradients gives the method's weights, which weight step 2.
+        np.testing.assert_allclose(aggregates[0], base @ jac, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(weights[0], expected[i], rtol=tol, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(aggregates[1], weights[0] @ jac, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(weights[1], weights[0], rtol=1e-6, err_msg=name)
+        # step 3: the loss of "c" is NaN (ao.apply_if_finite skips such a step): "c" keeps
+        # its weight, the others get the method's weights on the four finite terms.
+        assert weights[2][LEFT_OUT] == weights[1][LEFT_OUT]
+        np.testing.assert_allclose(
+            weights[2][keep], expected_kept[i], rtol=tol, atol=1e-6, err_msg=name
+        )
+        # step 4: the gradient of "c" is NaN too: the aggregate is NaN, the weights stay
+        # finite and "c" keeps its weight. (The core judges each term from its whole Gramian
+        # row, which holds G[i, c] = NaN: every term counts as non-finite and holds.)
+        assert not np.all(np.isfinite(aggregates[3]))
+        np.testing.assert_array_equal(weights[3], weights[2])
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad"])
+def test_aggregates_through_weight_gradients_do_not_conflict(name):
+    jac = e2e_jacobian()
+    assert np.min(jac @ jac.T) < 0  # a problem with conflicts
+    assert np.min(jac @ (np.array(list(E2E_BASE.values())) @ jac)) < 0  # which the sum keeps
+    aggregates, _ = e2e_run()[name]
+    products = jac @ aggregates[1]
+    # UPGrad: up to its reg_eps = 1e-4 of the trace (see test_non_conflicting_aggregates)
+    assert np.all(products >= -1.1e-4 * np.trace(jac @ jac.T) * np.abs(aggregates[1]).max())
+
+
+def test_nash_mtl_rule_keeps_alpha_in_its_state_and_every_k_holds_it():
+    weighting = ao.nash_mtl_weights({"a": 1.0, "b": 4.0}, every=3)
+    assert set(ao.metrics(weighting.init())) >= {"rule/alpha/a", "rule/alpha/b"}
+    rng = np.random.default_rng(8)
+    jacobians = rng.normal(size=(7, 2, 3))
+    gramians = jnp.asarray(gramians_of(jacobians), jnp.float32)
+
+    @jax.jit
+    def run(gramians):
+        def step(state, gramian):
+            weights, state = weighting.update(
+                {"a": 1.0, "b": 1.0}, state, grad_stats={"gramian": gramian}
+            )
+            return state, (jnp.stack(jax.tree.leaves(weights)), state.rule_state.alpha)
+
+        return jax.lax.scan(step, weighting.init(), gramians)[1]
+
+    weights, alpha = map(np.asarray, run(gramians))
+    # consulted at steps 1, 4, 7 only; held in between
+    changed = np.any(weights[1:] != weights[:-1], axis=1)
+    np.testing.assert_array_equal(changed, [False, False, True, False, False, True])
+    np.testing.assert_array_equal(alpha, weights)
+    # the base weights do not change Nash-MTL: alpha solves G alpha = 1 / alpha
+    for t in (0, 3, 6):
+        g = gramians_of(jacobians[t])
+        np.testing.assert_allclose(g @ weights[t] * weights[t], 1.0, rtol=1e-3)

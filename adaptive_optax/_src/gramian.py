@@ -16,6 +16,10 @@ Shared conventions:
 - Invalid input (a non-finite entry, or a trace that is not positive, e.g. the zero matrix)
   gives uniform weights ``1 / K``, and so does any non-finite result; the output is always
   finite. Method-specific degenerate cases are documented with each method.
+- ``mask`` (every method): the terms to solve for. The others are left out, as if their rows
+  and columns were absent (their entries are not read, so they may be NaN), and get weight
+  0; defaults that depend on ``K`` (a preference ``1/K``, uniform weights) use the number of
+  terms kept. The rules of ``adaptive_optax`` pass the terms whose inputs were finite.
 - The weights are constants for autodiff (the Gramian goes through ``jax.lax.stop_gradient``),
   as TorchJD computes them without gradient tracking: differentiate the aggregate
   ``w^T J`` (or the weighted loss) through ``J`` only.
@@ -52,9 +56,10 @@ ScaleMode = Literal["min", "median", "rmse"]
 class _Normalized(NamedTuple):
     """A Gramian divided by ``scale = max|G_ij| * trace(G / max|G_ij|)`` (its trace)."""
 
-    gramian: Array  # (K, K), trace 1 when ``ok``
+    gramian: Array  # (K, K), trace 1 when ``ok``; rows and columns of left-out terms zeroed
     ok: Array  # bool scalar: finite entries and a positive trace
     root_scale: Array  # sqrt(scale), computed without overflow
+    active: Array  # (K,) bool: the terms solved for (``mask``)
 
 
 def _compute_dtype(dtype) -> jnp.dtype:
@@ -62,12 +67,22 @@ def _compute_dtype(dtype) -> jnp.dtype:
     return jnp.dtype(jnp.float64 if jnp.dtype(dtype).itemsize > 4 else jnp.float32)
 
 
-def _normalize(gramian) -> _Normalized:
-    """Symmetrises ``gramian`` and divides it by its trace; see :class:`_Normalized`."""
+def _normalize(gramian, mask=None) -> _Normalized:
+    """Symmetrises ``gramian``, zeroes the rows and columns of the terms left out by ``mask``
+    and divides it by its trace; see :class:`_Normalized`."""
     g = jnp.asarray(gramian)
     if g.ndim != 2 or g.shape[0] != g.shape[1] or g.shape[0] == 0:
         raise ValueError(f"gramian must be a non-empty square (K, K) matrix, got {g.shape}")
     g = jax.lax.stop_gradient(g.astype(_compute_dtype(g.dtype)))
+    k = g.shape[0]
+    if mask is None:
+        active = jnp.ones((k,), bool)
+    else:
+        active = jnp.asarray(mask)
+        if active.shape != (k,):
+            raise ValueError(f"mask must have shape ({k},), got {active.shape}")
+        active = jax.lax.stop_gradient(active).astype(bool)
+        g = jnp.where(active[:, None] & active[None, :], g, 0.0)
     finite = jnp.all(jnp.isfinite(g))
     g = jnp.where(finite, 0.5 * g + 0.5 * g.T, 0.0)
     # Dividing by the largest entry first keeps the trace from overflowing.
@@ -76,17 +91,21 @@ def _normalize(gramian) -> _Normalized:
     trace = jnp.trace(g)
     ok = finite & (trace > 0)
     g = g / jnp.where(ok, trace, 1.0)
-    return _Normalized(g, ok, jnp.sqrt(peak) * jnp.sqrt(jnp.where(ok, trace, 1.0)))
+    return _Normalized(g, ok, jnp.sqrt(peak) * jnp.sqrt(jnp.where(ok, trace, 1.0)), active)
 
 
-def _uniform(k: int, dtype) -> Array:
-    return jnp.full((k,), 1.0 / k, dtype)
+def _uniform(active: Array, dtype) -> Array:
+    """``1 / k`` on the ``k`` active terms, 0 elsewhere (all zero when none is active)."""
+    ones = active.astype(dtype)
+    return ones / jnp.maximum(jnp.sum(ones), 1.0)
 
 
-def _finish(weights: Array, ok: Array) -> Array:
-    """``weights`` where the input was valid and the result is finite, else uniform."""
-    good = ok & jnp.all(jnp.isfinite(weights))
-    return jnp.where(good, weights, _uniform(weights.shape[0], weights.dtype))
+def _finish(weights: Array, n: _Normalized) -> Array:
+    """``weights`` (0 on left-out terms) where the input was valid and the result is finite,
+    else uniform over the active terms."""
+    weights = jnp.where(n.active, weights, 0.0)
+    good = n.ok & jnp.all(jnp.isfinite(weights))
+    return jnp.where(good, weights, _uniform(n.active, weights.dtype))
 
 
 def _safe_divide(numerator: Array, denominator: Array) -> Array:
@@ -103,11 +122,12 @@ def _vector(name: str, value, g: Array) -> Array:
     return vector.astype(g.dtype)
 
 
-def _preference(pref_vector, g: Array, default: float) -> Array:
-    """The preference vector (``default`` everywhere when None)."""
+def _preference(pref_vector, n: _Normalized, *, mean: bool) -> Array:
+    """The preference vector, 0 on left-out terms; by default ``1/k`` on the ``k`` active
+    terms (``mean``) or ones."""
     if pref_vector is None:
-        return jnp.full((g.shape[0],), default, g.dtype)
-    return _vector("pref_vector", pref_vector, g)
+        return _uniform(n.active, n.gramian.dtype) if mean else n.active.astype(n.gramian.dtype)
+    return jnp.where(n.active, _vector("pref_vector", pref_vector, n.gramian), 0.0)
 
 
 def _check(name: str, value, *, low: float = 0.0) -> None:
@@ -148,7 +168,9 @@ def _step_to_boundary(value: Array, delta: Array) -> Array:
     return jnp.min(jnp.where(falling, -value / jnp.where(falling, delta, -1.0), jnp.inf))
 
 
-def _nonneg_qp(q: Array, c: Array, *, simplex: bool, iterations: int) -> Array:
+def _nonneg_qp(
+    q: Array, c: Array, *, simplex: bool, iterations: int, active: Array | None = None
+) -> Array:
     """``argmin_x 1/2 x^T Q x + c^T x`` s.t. ``x >= 0`` (and ``sum(x) = 1`` if ``simplex``).
 
     Mehrotra predictor-corrector interior-point method with a fixed iteration count. Each step
@@ -157,9 +179,19 @@ def _nonneg_qp(q: Array, c: Array, *, simplex: bool, iterations: int) -> Array:
     ``eps**2`` the iterate is frozen, so extra iterations cannot degrade it. From the symmetric
     start ``x = 1/K`` (simplex) or ``x = 1``, the method is permutation-equivariant, and for a
     non-unique minimiser it tends to the analytic centre of the optimal face.
+
+    With ``active``, the other variables are held at 0: their rows and columns of ``Q`` are
+    replaced by the identity's and their ``c`` by a cost larger than any multiplier of the
+    active problem, so their optimum is 0 with a strictly positive dual (the interior-point
+    iterate goes to 0 at the method's rate), and the result is set to exactly 0 there.
     """
     k = q.shape[0]
     dtype = q.dtype
+    if active is not None:
+        pair = active[:, None] & active[None, :]
+        q = jnp.where(pair, q, 0.0) + jnp.diag(jnp.where(active, 0.0, 1.0).astype(dtype))
+        largest = jnp.max(jnp.abs(q)) + jnp.max(jnp.where(active, jnp.abs(c), 0.0))
+        c = jnp.where(active, c, 1.0 + 2.0 * largest)
     ones = jnp.ones((k,), dtype)
     mu_floor = jnp.finfo(dtype).eps ** 2
 
@@ -205,29 +237,37 @@ def _nonneg_qp(q: Array, c: Array, *, simplex: bool, iterations: int) -> Array:
 
     start = (ones / k if simplex else ones, ones, jnp.zeros((), dtype))
     x, _, _ = jax.lax.fori_loop(0, iterations, step, start)
+    if active is None:
+        return x
+    x = jnp.where(active, x, 0.0)
+    if simplex:  # back onto the simplex of the active terms, exactly
+        total = jnp.sum(x)
+        x = x / jnp.where(total > 0, total, 1.0)
     return x
 
 
-def _min_norm_weights(g: Array, iterations: int, shift: Array | None = None) -> Array:
+def _min_norm_weights(
+    g: Array, iterations: int, shift: Array | None = None, active: Array | None = None
+) -> Array:
     """``argmin_{w in simplex} 1/2 w^T G w + shift^T w``: the min-norm point when no shift."""
     c = jnp.zeros((g.shape[0],), g.dtype) if shift is None else shift
-    return _nonneg_qp(g, c, simplex=True, iterations=iterations)
+    return _nonneg_qp(g, c, simplex=True, iterations=iterations, active=active)
 
 
-def _dual_cone_weights(g: Array, u: Array, reg_eps, iterations: int) -> Array:
+def _dual_cone_weights(g: Array, u: Array, reg_eps, iterations: int, active: Array) -> Array:
     """Weights ``v`` of the projection of ``J^T u`` onto the dual cone ``{d : J d >= 0}``.
 
     Proposition 1 of Quinton & Rey: ``v = argmin_v v^T G v`` s.t. ``v >= u``, solved here as
     ``v = u + x`` with ``x >= 0``, on ``G + reg_eps * I`` as TorchJD does.
     """
     q = g + reg_eps * jnp.eye(g.shape[0], dtype=g.dtype)
-    return u + _nonneg_qp(q, q @ u, simplex=False, iterations=iterations)
+    return u + _nonneg_qp(q, q @ u, simplex=False, iterations=iterations, active=active)
 
 
 # --------------------------------------------------------------------------------- weightings
 
 
-def mgda_from_gramian(gramian, *, iterations: int = QP_ITERATIONS) -> Array:
+def mgda_from_gramian(gramian, *, iterations: int = QP_ITERATIONS, mask=None) -> Array:
     """MGDA: the weights of the min-norm point of the convex hull of the gradients.
 
     ``w = argmin_{w >= 0, sum(w) = 1} w^T G w``. The aggregate ``d = J^T w`` satisfies
@@ -243,6 +283,7 @@ def mgda_from_gramian(gramian, *, iterations: int = QP_ITERATIONS) -> Array:
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
       iterations: interior-point iterations (static).
+      mask: optional ``(K,)`` bools, the terms to solve for (see the module's conventions).
 
     Returns:
       ``(K,)`` weights on the simplex; uniform for invalid input.
@@ -259,8 +300,8 @@ def mgda_from_gramian(gramian, *, iterations: int = QP_ITERATIONS) -> Array:
       2012; Sener & Koltun, *Multi-Task Learning as Multi-Objective Optimization*, NeurIPS 2018.
     """
     iterations = _check_iterations("iterations", iterations)
-    n = _normalize(gramian)
-    return _finish(_min_norm_weights(n.gramian, iterations), n.ok)
+    n = _normalize(gramian, mask)
+    return _finish(_min_norm_weights(n.gramian, iterations, active=n.active), n)
 
 
 def upgrad_from_gramian(
@@ -269,6 +310,7 @@ def upgrad_from_gramian(
     pref_vector=None,
     reg_eps: float = 1e-4,
     iterations: int = QP_ITERATIONS,
+    mask=None,
 ) -> Array:
     """UPGrad: project each gradient onto the dual cone of all gradients, and average.
 
@@ -289,6 +331,7 @@ def upgrad_from_gramian(
       pref_vector: ``(K,)`` preference weights; default ``1/K`` each.
       reg_eps: ridge added to the trace-normalised Gramian (``>= 0``).
       iterations: interior-point iterations (static).
+      mask: optional ``(K,)`` bools, the terms to solve for (see the module's conventions).
 
     Returns:
       ``(K,)`` weights; uniform for invalid input.
@@ -306,12 +349,13 @@ def upgrad_from_gramian(
     """
     iterations = _check_iterations("iterations", iterations)
     _check("reg_eps", reg_eps)
-    n = _normalize(gramian)
-    k = n.gramian.shape[0]
-    pref = _preference(pref_vector, n.gramian, 1.0 / k)
+    n = _normalize(gramian, mask)
+    pref = _preference(pref_vector, n, mean=True)
     rows = jnp.diag(pref)
-    projected = jax.vmap(lambda u: _dual_cone_weights(n.gramian, u, reg_eps, iterations))(rows)
-    return _finish(jnp.sum(projected, axis=0), n.ok)
+    projected = jax.vmap(lambda u: _dual_cone_weights(n.gramian, u, reg_eps, iterations, n.active))(
+        rows
+    )
+    return _finish(jnp.sum(projected, axis=0), n)
 
 
 def dualproj_from_gramian(
@@ -320,6 +364,7 @@ def dualproj_from_gramian(
     pref_vector=None,
     reg_eps: float = 1e-4,
     iterations: int = QP_ITERATIONS,
+    mask=None,
 ) -> Array:
     """DualProj: project the mean gradient onto the dual cone of the gradients.
 
@@ -333,6 +378,7 @@ def dualproj_from_gramian(
       pref_vector: ``(K,)`` weights of the vector to project; default ``1/K`` each.
       reg_eps: ridge added to the trace-normalised Gramian (``>= 0``).
       iterations: interior-point iterations (static).
+      mask: optional ``(K,)`` bools, the terms to solve for (see the module's conventions).
 
     Returns:
       ``(K,)`` weights; uniform for invalid input.
@@ -350,13 +396,12 @@ def dualproj_from_gramian(
     """
     iterations = _check_iterations("iterations", iterations)
     _check("reg_eps", reg_eps)
-    n = _normalize(gramian)
-    k = n.gramian.shape[0]
-    pref = _preference(pref_vector, n.gramian, 1.0 / k)
-    return _finish(_dual_cone_weights(n.gramian, pref, reg_eps, iterations), n.ok)
+    n = _normalize(gramian, mask)
+    pref = _preference(pref_vector, n, mean=True)
+    return _finish(_dual_cone_weights(n.gramian, pref, reg_eps, iterations, n.active), n)
 
 
-def imtl_g_from_gramian(gramian) -> Array:
+def imtl_g_from_gramian(gramian, *, mask=None) -> Array:
     """IMTL-G: the aggregate has the same projection on every unit gradient.
 
     Closed form (TorchJD's generalisation to linearly dependent gradients)::
@@ -371,6 +416,7 @@ def imtl_g_from_gramian(gramian) -> Array:
 
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
+      mask: optional ``(K,)`` bools, the terms to solve for (see the module's conventions).
 
     Returns:
       ``(K,)`` weights summing to 1 (or zeros, see above); uniform for invalid input.
@@ -386,12 +432,13 @@ def imtl_g_from_gramian(gramian) -> Array:
       Liu et al., *Towards Impartial Multi-task Learning*, ICLR 2021; TorchJD
       ``IMTLGWeighting``.
     """
-    n = _normalize(gramian)
+    n = _normalize(gramian, mask)
     g = n.gramian
     v, _ = _pinv_solve(g, jnp.sqrt(jnp.maximum(jnp.diag(g), 0.0)))
+    v = jnp.where(n.active, v, 0.0)
     total = jnp.sum(v)
     significant = jnp.abs(total) > jnp.finfo(g.dtype).eps * jnp.sum(jnp.abs(v))
-    return _finish(jnp.where(significant, v / jnp.where(significant, total, 1.0), 0.0), n.ok)
+    return _finish(jnp.where(significant, v / jnp.where(significant, total, 1.0), 0.0), n)
 
 
 def _aligned_scale(lam: Array, keep: Array, mode: ScaleMode) -> Array:
@@ -404,7 +451,9 @@ def _aligned_scale(lam: Array, keep: Array, mode: ScaleMode) -> Array:
     return jnp.sum(jnp.where(keep, lam, 0.0)) / jnp.maximum(rank, 1).astype(lam.dtype)
 
 
-def aligned_mtl_from_gramian(gramian, *, pref_vector=None, scale_mode: ScaleMode = "min") -> Array:
+def aligned_mtl_from_gramian(
+    gramian, *, pref_vector=None, scale_mode: ScaleMode = "min", mask=None
+) -> Array:
     """Aligned-MTL: align the gradients' principal components, then combine them.
 
     With ``G = V diag(lambda) V^T`` restricted to the ``r`` eigenvalues above
@@ -421,6 +470,7 @@ def aligned_mtl_from_gramian(gramian, *, pref_vector=None, scale_mode: ScaleMode
       gramian: ``(K, K)`` Gramian ``J J^T``.
       pref_vector: ``(K,)`` preference weights; default ``1/K`` each.
       scale_mode: ``"min"``, ``"median"`` or ``"rmse"`` (static).
+      mask: optional ``(K,)`` bools, the terms to solve for (see the module's conventions).
 
     Returns:
       ``(K,)`` weights; uniform for invalid input.
@@ -438,18 +488,19 @@ def aligned_mtl_from_gramian(gramian, *, pref_vector=None, scale_mode: ScaleMode
     """
     if scale_mode not in ("min", "median", "rmse"):
         raise ValueError(f"scale_mode must be 'min', 'median' or 'rmse', got {scale_mode!r}")
-    n = _normalize(gramian)
-    k = n.gramian.shape[0]
-    pref = _preference(pref_vector, n.gramian, 1.0 / k)
+    n = _normalize(gramian, mask)
+    pref = _preference(pref_vector, n, mean=True)
     lam, vec, keep = _spectrum(n.gramian)
     inverse_root = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
     scale = _aligned_scale(lam, keep, scale_mode)
     balance = jnp.sqrt(jnp.maximum(scale, 0.0)) * (vec * inverse_root) @ vec.T
-    return _finish(jnp.where(jnp.any(keep), balance @ pref, pref), n.ok)
+    return _finish(jnp.where(jnp.any(keep), balance @ pref, pref), n)
 
 
-def _cagrad_direction_weights(g: Array, s: Array, norm_eps, iterations, qp_iterations):
-    """``argmin_{w in simplex} w^T G 1/K + s sqrt(w^T G w)`` and a stationarity flag.
+def _cagrad_direction_weights(
+    g: Array, mean: Array, s: Array, norm_eps, iterations, qp_iterations, active: Array
+):
+    """``argmin_{w in simplex} w^T G mean + s sqrt(w^T G w)`` and a stationarity flag.
 
     Since ``sqrt(q) = min_t (q / t + t) / 2``, the minimiser is ``w(t*)`` with
     ``w(t) = argmin_simplex (t / s) (G 1/K)^T w + 1/2 w^T G w`` and ``t* = ||J^T w(t*)||``;
@@ -458,38 +509,48 @@ def _cagrad_direction_weights(g: Array, s: Array, norm_eps, iterations, qp_itera
     the Illinois method in ``log t``. ``psi(norm_eps) <= 0`` means ``||J^T w*|| <= norm_eps``:
     the gradients are (nearly) Pareto-stationary.
     """
-    b = jnp.mean(g, axis=1)
+    b = g @ mean
 
     def evaluate(log_t):
-        w = _min_norm_weights(g, qp_iterations, shift=b * jnp.exp(log_t) / s)
+        w = _min_norm_weights(g, qp_iterations, shift=b * jnp.exp(log_t) / s, active=active)
         return jnp.log(jnp.sqrt(jnp.maximum(w @ g @ w, jnp.finfo(g.dtype).tiny))) - log_t, w
 
-    def step(_, state):
+    def step(t, state):
+        # Steps 0 and 1 evaluate the ends of the bracket, the others its secant point, so that
+        # the graph holds one QP (it compiles in about half the time of two).
         lo, f_lo, w_lo, hi, f_hi, w_hi, side = state
         secant = (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
         mid = jnp.where(jnp.isfinite(secant), jnp.clip(secant, lo, hi), 0.5 * (lo + hi))
-        f_mid, w_mid = evaluate(mid)
+        f_mid, w_mid = evaluate(jnp.where(t == 0, lo, jnp.where(t == 1, hi, mid)))
         low_side = f_mid > 0  # the root lies above mid
         # Illinois: halve the value kept at an end that survives twice in a row.
-        f_hi = jnp.where(low_side & (side == 1), 0.5 * f_hi, f_hi)
-        f_lo = jnp.where(~low_side & (side == -1), 0.5 * f_lo, f_lo)
-        return (
+        halved_hi = jnp.where(low_side & (side == 1), 0.5 * f_hi, f_hi)
+        halved_lo = jnp.where(~low_side & (side == -1), 0.5 * f_lo, f_lo)
+        secant_step = (
             jnp.where(low_side, mid, lo),
-            jnp.where(low_side, f_mid, f_lo),
+            jnp.where(low_side, f_mid, halved_lo),
             jnp.where(low_side, w_mid, w_lo),
             jnp.where(low_side, hi, mid),
-            jnp.where(low_side, f_hi, f_mid),
+            jnp.where(low_side, halved_hi, f_mid),
             jnp.where(low_side, w_hi, w_mid),
             jnp.where(low_side, jnp.int32(1), jnp.int32(-1)),
+        )
+        low_end = (lo, f_mid, w_mid, hi, f_hi, w_hi, side)
+        high_end = (lo, f_lo, w_lo, hi, f_mid, w_mid, side)
+        return jax.tree.map(
+            lambda a, b, c: jnp.where(t == 0, a, jnp.where(t == 1, b, c)),
+            low_end,
+            high_end,
+            secant_step,
         )
 
     # In float32, ||J^T w|| is only resolved down to about sqrt(eps) of the normalised scale.
     floor = jnp.maximum(norm_eps, 10.0 * jnp.sqrt(jnp.finfo(g.dtype).eps))
     lo = jnp.log(jnp.asarray(floor, g.dtype))
     hi = jnp.maximum(0.5 * jnp.log(jnp.max(jnp.diag(g))), lo)
-    f_ends, w_ends = jax.vmap(evaluate)(jnp.stack([lo, hi]))  # one QP in the graph, not two
-    start = (lo, f_ends[0], w_ends[0], hi, f_ends[1], w_ends[1], jnp.zeros((), jnp.int32))
-    lo, f_lo, w_lo, hi, f_hi, w_hi, _ = jax.lax.fori_loop(0, iterations, step, start)
+    zero, weights = jnp.zeros((), g.dtype), jnp.zeros_like(mean)
+    start = (lo, zero, weights, hi, zero, weights, jnp.zeros((), jnp.int32))
+    lo, f_lo, w_lo, hi, f_hi, w_hi, _ = jax.lax.fori_loop(0, iterations + 2, step, start)
     return jnp.where(jnp.abs(f_lo) < jnp.abs(f_hi), w_lo, w_hi), f_lo <= 0
 
 
@@ -501,6 +562,7 @@ def cagrad_from_gramian(
     norm_eps: float = 1e-4,
     iterations: int = CAGRAD_ITERATIONS,
     qp_iterations: int = QP_ITERATIONS,
+    mask=None,
 ) -> Array:
     """CAGrad: the best worst-case improvement within a ball around the mean gradient.
 
@@ -526,6 +588,7 @@ def cagrad_from_gramian(
       norm_eps: relative norm of ``J^T w*`` below which the weights are zero.
       iterations: root-finding steps (static).
       qp_iterations: interior-point iterations of each QP (static).
+      mask: optional ``(K,)`` bools, the terms to solve for (see the module's conventions).
 
     Returns:
       ``(K,)`` weights; uniform for invalid input.
@@ -545,21 +608,23 @@ def cagrad_from_gramian(
     _check("norm_eps", norm_eps)
     iterations = _check_iterations("iterations", iterations)
     qp_iterations = _check_iterations("qp_iterations", qp_iterations)
-    n = _normalize(gramian)
+    n = _normalize(gramian, mask)
     g = n.gramian
-    k = g.shape[0]
-    s = c * jnp.sqrt(jnp.maximum(jnp.mean(g), 0.0))
+    mean = _uniform(n.active, g.dtype)
+    s = c * jnp.sqrt(jnp.maximum(mean @ g @ mean, 0.0))
     safe_s = jnp.where(s > 0, s, 1.0)
-    w, stationary = _cagrad_direction_weights(g, safe_s, norm_eps, iterations, qp_iterations)
+    w, stationary = _cagrad_direction_weights(
+        g, mean, safe_s, norm_eps, iterations, qp_iterations, n.active
+    )
     norm = jnp.sqrt(jnp.maximum(w @ g @ w, 0.0))
-    weights = 1.0 / k + _safe_divide(s, norm) * w
-    weights = jnp.where(s > 0, jnp.where(stationary, 0.0, weights), 1.0 / k)
+    weights = mean + _safe_divide(s, norm) * w
+    weights = jnp.where(s > 0, jnp.where(stationary, 0.0, weights), mean)
     if rescale:
         weights = weights / (1.0 + c**2)
-    return _finish(weights, n.ok)
+    return _finish(weights, n)
 
 
-def pcgrad_from_gramian(gramian, *, key: Array | None = None) -> Array:
+def pcgrad_from_gramian(gramian, *, key: Array | None = None, mask=None) -> Array:
     """PCGrad as coefficients: project away conflicts, one gradient after another.
 
     For each term ``i``, start from ``g_i^PC = g_i`` and for each other term ``j`` in order: if
@@ -576,6 +641,7 @@ def pcgrad_from_gramian(gramian, *, key: Array | None = None) -> Array:
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
       key: optional PRNG key for random orders.
+      mask: optional ``(K,)`` bools, the terms to solve for (see the module's conventions).
 
     Returns:
       ``(K,)`` weights; uniform for invalid input.
@@ -591,14 +657,15 @@ def pcgrad_from_gramian(gramian, *, key: Array | None = None) -> Array:
       Yu et al., *Gradient Surgery for Multi-Task Learning*, NeurIPS 2020; TorchJD
       ``PCGradWeighting``.
     """
-    n = _normalize(gramian)
+    n = _normalize(gramian, mask)
     g = n.gramian
     k = g.shape[0]
     terms = jnp.arange(k)
     if key is None:
         order = jnp.broadcast_to(terms, (k, k))
     else:
-        order = jax.vmap(lambda sub: jax.random.permutation(sub, k))(jax.random.split(key, k))
+        # One uniformly random order per term: the ranks of i.i.d. uniform draws.
+        order = jnp.argsort(jax.random.uniform(key, (k, k), g.dtype), axis=1)
     diag = jnp.diag(g)
 
     def project(t, w):
@@ -608,10 +675,10 @@ def pcgrad_from_gramian(gramian, *, key: Array | None = None) -> Array:
         return w.at[terms, j].add(jnp.where(conflict, -inner / jnp.where(conflict, diag[j], 1), 0))
 
     w = jax.lax.fori_loop(0, k, project, jnp.eye(k, dtype=g.dtype))
-    return _finish(jnp.sum(w, axis=0), n.ok)
+    return _finish(jnp.sum(w, axis=0), n)
 
 
-def config_from_gramian(gramian, *, pref_vector=None) -> Array:
+def config_from_gramian(gramian, *, pref_vector=None, mask=None) -> Array:
     """ConFIG: the direction with equal-weighted alignment to every unit gradient.
 
     With ``U = D^(-1/2) J`` the unit gradients (``D = diag(G)``; zero gradients give zero rows)
@@ -631,6 +698,7 @@ def config_from_gramian(gramian, *, pref_vector=None) -> Array:
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
       pref_vector: ``(K,)`` target alignments; default ones (their scale does not matter).
+      mask: optional ``(K,)`` bools, the terms to solve for (see the module's conventions).
 
     Returns:
       ``(K,)`` weights; uniform for invalid input.
@@ -646,9 +714,9 @@ def config_from_gramian(gramian, *, pref_vector=None) -> Array:
       Liu et al., *ConFIG: Towards Conflict-free Training of Physics Informed Neural
       Networks*, ICLR 2025 (https://arxiv.org/abs/2408.11104); TorchJD ``ConFIG``.
     """
-    n = _normalize(gramian)
+    n = _normalize(gramian, mask)
     g = n.gramian
-    pref = _preference(pref_vector, g, 1.0)
+    pref = _preference(pref_vector, n, mean=False)
     diag = jnp.diag(g)
     inverse_norm = jnp.where(diag > 0, 1.0 / jnp.sqrt(jnp.where(diag > 0, diag, 1.0)), 0.0)
     units = g * inverse_norm[:, None] * inverse_norm[None, :]
@@ -656,7 +724,7 @@ def config_from_gramian(gramian, *, pref_vector=None) -> Array:
     v = inverse_norm * coefficients
     gv = g @ v
     weights = jnp.where(resolved, _safe_divide(jnp.sum(gv), v @ gv) * v, 0.0)
-    return _finish(weights, n.ok)
+    return _finish(weights, n)
 
 
 def _nash_start(q: Array, init: Array | None) -> Array:
@@ -690,6 +758,7 @@ def nash_mtl_from_gramian(
     max_norm: float | None = None,
     reg_eps: float = 1e-5,
     iterations: int = NASH_ITERATIONS,
+    mask=None,
 ) -> Array:
     """Nash-MTL: the Nash bargaining solution ``alpha > 0`` with ``G alpha = 1 / alpha``.
 
@@ -722,6 +791,7 @@ def nash_mtl_from_gramian(
       max_norm: optional bound on ``||J^T alpha||`` (``> 0``).
       reg_eps: ridge added to the unit-diagonal Gramian ``C`` (``>= 0``).
       iterations: Newton steps (static).
+      mask: optional ``(K,)`` bools, the terms to solve for (see the module's conventions).
 
     Returns:
       ``(K,)`` positive weights; uniform for invalid input.
@@ -745,18 +815,21 @@ def nash_mtl_from_gramian(
     _check("reg_eps", reg_eps)
     if isinstance(max_norm, (int, float)) and not max_norm > 0:
         raise ValueError(f"max_norm must be > 0 (or None), got {max_norm!r}")
-    n = _normalize(gramian)
+    n = _normalize(gramian, mask)
     g = n.gramian
     # G -> S G S maps alpha to S^-1 alpha, so solve on the unit-diagonal C = D^-1/2 G D^-1/2.
     diag = jnp.diag(g)
     root = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))  # a zero gradient keeps scale 1
     correlation = g / root[:, None] / root[None, :]
-    q = correlation + reg_eps * jnp.eye(g.shape[0], dtype=g.dtype)
+    eye = jnp.eye(g.shape[0], dtype=g.dtype)
+    # A left-out term is a decoupled unit gradient: it does not move the others' solution.
+    q = jnp.where(n.active[:, None] & n.active[None, :], correlation, eye) + reg_eps * eye
     start = _nash_start(q, None if init is None else root * _vector("init", init, g))
     beta = _nash_newton(q, start, iterations)
+    beta = jnp.where(n.active, beta, 0.0)
     if max_norm is not None:
         # ||J^T alpha|| = sqrt(beta^T C beta): the normalisations cancel.
         norm = jnp.sqrt(jnp.maximum(beta @ correlation @ beta, 0.0))
         too_long = norm > max_norm
         beta = beta * jnp.where(too_long, max_norm / jnp.where(too_long, norm, 1.0), 1.0)
-    return _finish(beta / root / n.root_scale, n.ok)
+    return _finish(beta / root / n.root_scale, n)
