@@ -25,6 +25,7 @@ demo: install
 figures: install
 	$(BIN)/python -m benchmarks.stability --out results
 	$(BIN)/python -m benchmarks.demo --out results
+	$(BIN)/python -m benchmarks.toy --out results
 
 docs: install
 	$(BIN)/sphinx-build $(SPHINX_OPTS) -b html docs docs/_build/html
