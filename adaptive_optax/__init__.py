@@ -14,10 +14,36 @@ from adaptive_optax._src.balancers.dwa import dwa_rule as dwa_rule
 from adaptive_optax._src.balancers.dwa import dwa_weights as dwa_weights
 from adaptive_optax._src.balancers.encodec import encodec_rule as encodec_rule
 from adaptive_optax._src.balancers.encodec import encodec_weights as encodec_weights
+from adaptive_optax._src.balancers.famo import famo_rule as famo_rule
+from adaptive_optax._src.balancers.famo import famo_weights as famo_weights
+from adaptive_optax._src.balancers.gls import gls_rule as gls_rule
+from adaptive_optax._src.balancers.gls import gls_weights as gls_weights
 from adaptive_optax._src.balancers.gradnorm import gradnorm_rule as gradnorm_rule
 from adaptive_optax._src.balancers.gradnorm import gradnorm_weights as gradnorm_weights
+from adaptive_optax._src.balancers.gramian_methods import aligned_mtl_rule as aligned_mtl_rule
+from adaptive_optax._src.balancers.gramian_methods import aligned_mtl_weights as aligned_mtl_weights
+from adaptive_optax._src.balancers.gramian_methods import cagrad_rule as cagrad_rule
+from adaptive_optax._src.balancers.gramian_methods import cagrad_weights as cagrad_weights
+from adaptive_optax._src.balancers.gramian_methods import config_rule as config_rule
+from adaptive_optax._src.balancers.gramian_methods import config_weights as config_weights
+from adaptive_optax._src.balancers.gramian_methods import dualproj_rule as dualproj_rule
+from adaptive_optax._src.balancers.gramian_methods import dualproj_weights as dualproj_weights
+from adaptive_optax._src.balancers.gramian_methods import imtl_g_rule as imtl_g_rule
+from adaptive_optax._src.balancers.gramian_methods import imtl_g_weights as imtl_g_weights
+from adaptive_optax._src.balancers.gramian_methods import mgda_rule as mgda_rule
+from adaptive_optax._src.balancers.gramian_methods import mgda_weights as mgda_weights
+from adaptive_optax._src.balancers.gramian_methods import nash_mtl_rule as nash_mtl_rule
+from adaptive_optax._src.balancers.gramian_methods import nash_mtl_weights as nash_mtl_weights
+from adaptive_optax._src.balancers.gramian_methods import pcgrad_rule as pcgrad_rule
+from adaptive_optax._src.balancers.gramian_methods import pcgrad_weights as pcgrad_weights
+from adaptive_optax._src.balancers.gramian_methods import upgrad_rule as upgrad_rule
+from adaptive_optax._src.balancers.gramian_methods import upgrad_weights as upgrad_weights
+from adaptive_optax._src.balancers.imtl_l import imtl_l_rule as imtl_l_rule
+from adaptive_optax._src.balancers.imtl_l import imtl_l_weights as imtl_l_weights
 from adaptive_optax._src.balancers.relobralo import relobralo_rule as relobralo_rule
 from adaptive_optax._src.balancers.relobralo import relobralo_weights as relobralo_weights
+from adaptive_optax._src.balancers.rlw import rlw_rule as rlw_rule
+from adaptive_optax._src.balancers.rlw import rlw_weights as rlw_weights
 from adaptive_optax._src.balancers.softadapt import softadapt_rule as softadapt_rule
 from adaptive_optax._src.balancers.softadapt import softadapt_weights as softadapt_weights
 from adaptive_optax._src.balancers.uncertainty import uncertainty_rule as uncertainty_rule
@@ -47,6 +73,7 @@ from adaptive_optax._src.integration import apply_gradients as apply_gradients
 from adaptive_optax._src.integration import apply_if_finite as apply_if_finite
 from adaptive_optax._src.integration import weight_gradients as weight_gradients
 from adaptive_optax._src.rules import loss_ratio_rule as loss_ratio_rule
+from adaptive_optax._src.rules import relative_ratio_rule as relative_ratio_rule
 from adaptive_optax._src.rules import tanh_rule as tanh_rule
 from adaptive_optax._src.weightings import legacy_weights as legacy_weights
 from adaptive_optax._src.weightings import stable_weights as stable_weights
@@ -66,28 +93,53 @@ __all__ = (
     "Signals",
     "SpikeStats",
     "WeightGradientsState",
+    "aligned_mtl_rule",
+    "aligned_mtl_weights",
     "apply_gradients",
     "apply_if_finite",
+    "cagrad_rule",
+    "cagrad_weights",
     "checked",
+    "config_rule",
+    "config_weights",
     "disable",
+    "dualproj_rule",
+    "dualproj_weights",
     "dwa_rule",
     "dwa_weights",
     "enable",
     "encodec_rule",
     "encodec_weights",
+    "famo_rule",
+    "famo_weights",
     "find_state",
+    "gls_rule",
+    "gls_weights",
     "gradient_statistics",
     "gradnorm_rule",
     "gradnorm_weights",
     "guarded",
+    "imtl_g_rule",
+    "imtl_g_weights",
+    "imtl_l_rule",
+    "imtl_l_weights",
     "legacy_weights",
     "loss_ratio_rule",
     "lr_annealing_rule",
     "lr_annealing_weights",
     "metrics",
+    "mgda_rule",
+    "mgda_weights",
+    "nash_mtl_rule",
+    "nash_mtl_weights",
+    "pcgrad_rule",
+    "pcgrad_weights",
+    "relative_ratio_rule",
     "relobralo_rule",
     "relobralo_weights",
     "restore",
+    "rlw_rule",
+    "rlw_weights",
     "rollback",
     "softadapt_rule",
     "softadapt_weights",
@@ -96,6 +148,8 @@ __all__ = (
     "uncertainty_rule",
     "uncertainty_weights",
     "unguarded_weights",
+    "upgrad_rule",
+    "upgrad_weights",
     "weight_gradients",
     "weighted_sum",
 )

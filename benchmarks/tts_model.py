@@ -37,6 +37,21 @@ import adaptive_optax as ao
 BASE_WEIGHTS = {"mel": 2.5, "stop": 1.0, "attention": 0.1, "duration": 0.1}
 TERMS = tuple(BASE_WEIGHTS)
 
+FLOOR = 0.4  # the lower bound of the adaptive controllers, a factor of the base weight
+# The best fixed mel weight of ``python -m benchmarks.stability --sweep-mel`` (fixed weights,
+# calibration seeds, the comfortable learning rate, lowest median held-out mel loss, of 0.5, 1,
+# 1.5, 2.5 and 4: ``results/stability_sweep_mel.md``). It is the floor: best_fixed and
+# fixed_floor train alike.
+BEST_FIXED_MEL = 1.0
+# Fixed-weight strategies: the mel weight each trains with (the other terms keep their base).
+FIXED_MEL = {
+    "fixed": BASE_WEIGHTS["mel"],  # the seed's weights
+    "fixed_floor": FLOOR * BASE_WEIGHTS["mel"],  # the floor the adaptive controllers reach
+    "best_fixed": BEST_FIXED_MEL,
+}
+SPIKE_THRESHOLD = 3.0  # the spike guard of the seed and relative strategies
+SPIKE_FACTOR = 0.5
+
 VOCAB = 12
 TOKENS = 6
 MAX_DURATION = 4
@@ -151,20 +166,34 @@ def losses_of(params: Any, batch: Batch) -> dict[str, jax.Array]:
     }
 
 
-def make_weighting(strategy: str) -> ao.LossWeighting | None:
-    """The weighting of a strategy; None for fixed weights. Only the mel weight adapts."""
-    if strategy == "fixed":
+def make_weighting(
+    strategy: str,
+    *,
+    spike_threshold: Any = SPIKE_THRESHOLD,
+    spike_factor: Any = SPIKE_FACTOR,
+) -> ao.LossWeighting | None:
+    """The weighting of a strategy; None for fixed weights. Only the mel weight adapts.
+
+    ``seed`` is the seed's rule under every guard of the library, spike guard included (today's
+    ``ao.stable_weights``); ``relative`` is ``ao.relative_ratio_rule`` under the same guards.
+    ``spike_threshold`` and ``spike_factor`` (may be traced) set their spike guard.
+    """
+    if strategy in FIXED_MEL:
         return None
     if strategy == "legacy":
         return ao.legacy_weights(BASE_WEIGHTS, adapt="mel")
     if strategy == "unguarded":
         return ao.unguarded_weights(BASE_WEIGHTS, adapt="mel")
-    if strategy == "stable":
-        return ao.stable_weights(BASE_WEIGHTS, adapt=("mel",))
-    raise ValueError(f"strategy must be fixed, legacy, unguarded or stable, got {strategy!r}")
+    spike = dict(spike_threshold=spike_threshold, spike_factor=spike_factor)
+    if strategy == "seed":
+        return ao.guarded(ao.loss_ratio_rule(), BASE_WEIGHTS, adapt="mel", **spike)
+    if strategy == "relative":
+        return ao.guarded(ao.relative_ratio_rule(), BASE_WEIGHTS, adapt="mel", **spike)
+    raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
 
 
-STRATEGIES = ("fixed", "legacy", "unguarded", "stable")
+STRATEGIES = ("fixed", "fixed_floor", "best_fixed", "legacy", "unguarded", "seed", "relative")
+ADAPTIVE = ("seed", "relative")  # the candidates for the library's default
 
 OPTIMIZERS: dict[str, Callable[[Any], optax.GradientTransformation]] = {
     "adam": lambda lr: optax.adam(lr),
@@ -185,7 +214,8 @@ class Result(NamedTuple):
     finished: jax.Array  # bool: every step's total loss and the final parameters finite
     first_nonfinite: jax.Array  # int32: first step with a non-finite total loss, or -1
     eval_mel: jax.Array  # mel loss (L1 + L2) on the held-out batch with the final parameters
-    adjustments: jax.Array  # int32: adjustments of the mel weight
+    adjustments: jax.Array  # int32: adjustments of the mel weight (spike cuts not included)
+    spikes: jax.Array  # int32: spikes of the mel loss or gradient norm (each cuts the weight)
     nonfinite_inputs: jax.Array  # int32: non-finite losses the weighting saw and skipped
     rollbacks: jax.Array  # int32: automatic rollbacks of the mel weight
     trace: Trace
@@ -224,24 +254,41 @@ def train(
     dataset: Batch,
     held_out: Batch,
     indices: jax.Array,
+    *,
+    mel_weight: Any = None,
+    spike_threshold: Any = SPIKE_THRESHOLD,
+    spike_factor: Any = SPIKE_FACTOR,
 ) -> Result:
-    """Trains one model with one strategy; pure and jittable (``vmap`` over seeds or rates).
+    """Trains one model with one strategy; pure and jittable (``vmap`` over seeds or settings).
+
+    The step is plain optax (no ``ao.apply_if_finite``): a non-finite loss reaches the
+    parameters, so that what keeps a run finite is the weighting alone.
 
     Args:
-      strategy: "fixed", "legacy", "unguarded" or "stable" (static).
+      strategy: a name from ``STRATEGIES`` (static).
       optimizer: a key of ``OPTIMIZERS`` (static).
       learning_rate: a scalar, may be traced.
       params: the initial parameters.
       dataset: the training sentences.
       held_out: the batch on which the final mel loss is measured.
       indices: ``(steps, BATCH)`` indices into ``dataset``, one row per step.
+      mel_weight: fixed-weight strategies only: the mel weight, instead of the strategy's
+        (may be traced; the mel-weight sweep).
+      spike_threshold, spike_factor: the spike guard of ``seed`` and ``relative`` (may be
+        traced); ignored by the other strategies.
 
     Returns:
       A :class:`Result`.
     """
-    weighting = make_weighting(strategy)
+    weighting = make_weighting(strategy, spike_threshold=spike_threshold, spike_factor=spike_factor)
+    if weighting is not None and mel_weight is not None:
+        raise ValueError(f"mel_weight is for fixed-weight strategies, not {strategy!r}")
     tx = OPTIMIZERS[optimizer](learning_rate)
     base = {name: jnp.float32(w) for name, w in BASE_WEIGHTS.items()}
+    if weighting is None:
+        base["mel"] = jnp.asarray(
+            FIXED_MEL[strategy] if mel_weight is None else mel_weight, jnp.float32
+        )
 
     def step(carry, rows):
         params, opt_state, weight_state, first_bad, i = carry
@@ -269,16 +316,17 @@ def train(
 
     params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
     zero = jnp.int32(0)
-    counts = (zero, zero, zero)
+    counts = (zero, zero, zero, zero)
     if weighting is not None:
         m = ao.metrics(weight_state)
-        counts = (m["adjustments/mel"], m["nonfinite/mel"], m["rollbacks/mel"])
+        counts = (m["adjustments/mel"], m["spikes/mel"], m["nonfinite/mel"], m["rollbacks/mel"])
     return Result(
         finished=(first_bad < 0) & params_finite,
         first_nonfinite=first_bad,
         eval_mel=losses_of(params, held_out)["mel"],
         adjustments=counts[0],
-        nonfinite_inputs=counts[1],
-        rollbacks=counts[2],
+        spikes=counts[1],
+        nonfinite_inputs=counts[2],
+        rollbacks=counts[3],
         trace=trace,
     )

@@ -160,12 +160,16 @@ def test_uncertainty_weight_stays_finite_for_a_zero_loss():
     np.testing.assert_allclose(out[-1], [math.exp(5.0)], rtol=1e-6)
 
 
-def softadapt_reference(losses, variant, beta):
-    out, slopes, f = [], np.zeros(losses.shape[1]), losses[0]
+def softadapt_reference(losses, variant, beta, order):
+    """Section 3.1 with the authors' forward differences over the last ``order + 1`` losses."""
+    from adaptive_optax._src.balancers.softadapt import forward_difference
+
+    out, slopes = [], np.zeros(losses.shape[1])
     for t in range(len(losses)):
+        window = losses[max(t - order, 0) : t + 1]
         if t > 0:
-            slopes = losses[t] - losses[t - 1]
-            f = (losses[t] + losses[t - 1]) / 2
+            slopes = forward_difference(len(window) - 1) @ window
+        f = window.mean(axis=0)
         s = slopes / max(np.abs(slopes).sum(), 1e-8) if variant == "normalized" else slopes
         e = np.exp(beta * (s - s.max()))
         if variant == "loss_weighted":
@@ -174,16 +178,19 @@ def softadapt_reference(losses, variant, beta):
     return out
 
 
-@pytest.mark.parametrize("variant", ["original", "loss_weighted", "normalized"])
-def test_softadapt_variants_follow_section_3_1(variant):
-    losses = np.array([[1.0, 1.0, 1.0], [2.0, 1.0, 0.5], [2.5, 0.5, 0.5]])
-    weighting = ao.softadapt_weights(BASE, variant=variant, beta=2.0)
+@pytest.mark.parametrize(
+    "variant, order", [("original", 1), ("loss_weighted", 4), ("normalized", 2)]
+)
+def test_softadapt_variants_follow_section_3_1(variant, order):
+    losses = np.array(
+        [[1.0, 1.0, 1.0], [2.0, 1.0, 0.5], [2.5, 0.5, 0.5], [2.0, 0.4, 0.6], [1.0, 0.5, 0.2]]
+    )
+    weighting = ao.softadapt_weights(BASE, variant=variant, beta=2.0, order=order)
     steps = [(dict(zip("abc", map(float, loss), strict=True)), {}) for loss in losses]
     out, _ = run_steps(weighting, steps)
     base = np.array(list(BASE.values()))
-    np.testing.assert_allclose(
-        out, [base * w for w in softadapt_reference(losses, variant, 2.0)], rtol=1e-5
-    )
+    expected = softadapt_reference(losses, variant, 2.0, order)
+    np.testing.assert_allclose(out, [base * w for w in expected], rtol=1e-5)
 
 
 def test_softadapt_rejects_an_unknown_variant():
@@ -247,6 +254,20 @@ FACTORIES = {
     "softadapt_loss_weighted": lambda **g: ao.softadapt_weights(BASE, variant="loss_weighted", **g),
     "softadapt_normalized": lambda **g: ao.softadapt_weights(BASE, variant="normalized", **g),
     "relobralo": lambda **g: ao.relobralo_weights(BASE, expected_rho=0.5, **g),
+    "famo": lambda **g: ao.famo_weights(BASE, min_losses={"a": 0.0, "b": -1.0, "c": 0.0}, **g),
+    "imtl_l": lambda **g: ao.imtl_l_weights(BASE, lr=0.5, **g),
+    "rlw": lambda **g: ao.rlw_weights(BASE, seed=3, **g),
+    "gls": lambda **g: ao.gls_weights(BASE, **g),
+    # the Gramian methods (tests/test_gramian.py checks their values)
+    "mgda": lambda **g: ao.mgda_weights(BASE, **g),
+    "upgrad": lambda **g: ao.upgrad_weights(BASE, **g),
+    "dualproj": lambda **g: ao.dualproj_weights(BASE, **g),
+    "imtl_g": lambda **g: ao.imtl_g_weights(BASE, **g),
+    "aligned_mtl": lambda **g: ao.aligned_mtl_weights(BASE, **g),
+    "cagrad": lambda **g: ao.cagrad_weights(BASE, c=0.4, **g),
+    "pcgrad": lambda **g: ao.pcgrad_weights(BASE, seed=2, **g),
+    "config": lambda **g: ao.config_weights(BASE, **g),
+    "nash_mtl": lambda **g: ao.nash_mtl_weights(BASE, max_norm=1.0, **g),
     # the loss-ratio rule's step is its max_change: it cannot be None
     "stable": lambda **g: ao.stable_weights(BASE, **(g | {"max_change": g["max_change"] or 0.05})),
     "legacy": lambda **g: ao.legacy_weights(BASE, **g),
@@ -268,6 +289,15 @@ SEQUENCE = st.lists(st.lists(VALUE, min_size=N, max_size=N), min_size=STEPS, max
 )
 
 
+def gramian_of(norm, max_abs, mean_abs):
+    """A symmetric ``(N, N)`` matrix linear in the three statistics (so that averaging over
+    replicas commutes with it): diagonal ``norm + max_abs``, off-diagonal entries
+    ``-(mean_abs_i + mean_abs_j) / 4`` (conflicting terms for positive inputs)."""
+    off = -(mean_abs[:, None] + mean_abs[None, :]) / 4
+    eye = jnp.eye(norm.shape[0], dtype=norm.dtype)
+    return eye * (norm + max_abs)[:, None] + (1 - eye) * off
+
+
 def inputs(weighting, loss, norm, max_abs, mean_abs):
     """``update``'s arguments for one step, with the statistics the weighting needs."""
     kwargs = {}
@@ -278,6 +308,8 @@ def inputs(weighting, loss, norm, max_abs, mean_abs):
         kwargs["grad_stats"] = {
             k: dict(zip(BASE, stats[k], strict=True)) for k in weighting.needs if k in stats
         }
+    if "gramian" in weighting.needs:
+        kwargs["grad_stats"] = {"gramian": gramian_of(norm, max_abs, mean_abs)}
     return dict(zip(BASE, loss, strict=True)), kwargs
 
 
@@ -356,6 +388,19 @@ def test_contract_covers_every_public_balancer():
         "uncertainty_weights",
         "softadapt_weights",
         "relobralo_weights",
+        "famo_weights",
+        "imtl_l_weights",
+        "rlw_weights",
+        "gls_weights",
+        "mgda_weights",
+        "upgrad_weights",
+        "dualproj_weights",
+        "imtl_g_weights",
+        "aligned_mtl_weights",
+        "cagrad_weights",
+        "pcgrad_weights",
+        "config_weights",
+        "nash_mtl_weights",
         "stable_weights",
         "legacy_weights",
     }
@@ -424,6 +469,13 @@ def test_no_recompilation_checkpoint_disable_and_axis_name(name):
         (lambda: ao.lr_annealing_weights(BASE, main="a", interval=0), "interval"),
         (lambda: ao.uncertainty_weights(BASE, lr=-1.0), "lr"),
         (lambda: ao.softadapt_weights(BASE, beta=math.nan), "beta"),
+        (lambda: ao.mgda_weights(BASE, iterations=0), "iterations"),
+        (lambda: ao.upgrad_weights(BASE, reg_eps=-1.0), "reg_eps"),
+        (lambda: ao.aligned_mtl_weights(BASE, scale_mode="max"), "scale_mode"),
+        (lambda: ao.cagrad_weights(BASE, c=-0.5), "c"),
+        (lambda: ao.cagrad_weights(BASE, qp_iterations=2.5), "qp_iterations"),
+        (lambda: ao.pcgrad_weights(BASE, seed=1.5), "seed"),
+        (lambda: ao.nash_mtl_weights(BASE, max_norm=0.0), "max_norm"),
     ],
 )
 def test_bad_settings_fail_at_construction(make, match):

@@ -113,3 +113,42 @@ def test_rules_read_one_loss_history_through_signals():
     assert history[2] == [3.0, 3.0, 1.0]
     assert history[3] == [3.0, 5.0, 2.0]
     assert int(state.stats.loss_count[0]) == 3 and float(state.stats.previous_loss[0]) == 7.0
+
+
+SEED_GATES = dict(warmup_steps=10, cooling_period=5, min_stable_steps=2, spike_threshold=None)
+
+
+def test_the_seed_rule_drifts_down_while_every_term_improves():
+    weighting = ao.guarded(ao.loss_ratio_rule(), TTS_BASE, adapt="mel", **SEED_GATES)
+    _, trace = run(weighting, {name: falling(300) for name in TTS_BASE})
+    assert trace["weights"]["mel"][-1] == pytest.approx(1.0)  # its floor, 0.4 x base
+
+
+def test_the_relative_rule_holds_while_every_term_improves_alike():
+    weighting = ao.guarded(ao.relative_ratio_rule(), TTS_BASE, adapt="mel", **SEED_GATES)
+    _, trace = run(weighting, {name: falling(300) for name in TTS_BASE})
+    np.testing.assert_array_equal(trace["weights"]["mel"], 2.5)
+
+
+def test_the_relative_rule_raises_a_lagging_term_and_returns_to_base():
+    weighting = ao.guarded(ao.relative_ratio_rule(), TTS_BASE, adapt="mel", **SEED_GATES)
+    losses = {"mel": rising(150, rate=0.02), "stop": falling(150), "attention": falling(150)}
+    state, trace = run(weighting, losses)
+    raised = trace["weights"]["mel"][-1]
+    assert raised > 2.5  # mel rose while the others fell: more weight on mel
+    # then every loss stays where it is: the weight steps back to its base, within the gates
+    flat = {name: np.full(400, loss[-1], np.float32) for name, loss in losses.items()}
+    _, trace = run(weighting, flat, state=state)
+    mel = trace["weights"]["mel"]
+    assert np.all(np.diff(mel) <= 0) and mel[-1] == pytest.approx(2.5)
+
+
+def test_every_consults_the_rule_only_every_k_steps():
+    weighting = ao.dwa_weights({"a": 1.0, "b": 1.0}, every=3)
+    wobbling = np.array([1.0, 0.5, 0.9, 0.3, 0.8, 0.2, 0.7, 0.4, 1.0, 0.1, 0.6, 0.3], np.float32)
+    state, trace = run(weighting, {"a": wobbling, "b": np.ones(12, np.float32)})
+    moves = change_steps(trace["weights"]["a"])
+    np.testing.assert_array_equal(moves, [3, 6, 9])  # steps 4, 7, 10 (step 1 has no ratio)
+    assert int(state.stats.loss_count[0]) == 12  # the statistics see every step
+    with pytest.raises(ValueError, match=r"every must be in \[1, inf\], got 0"):
+        ao.dwa_weights({"a": 1.0}, every=0)

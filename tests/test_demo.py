@@ -32,16 +32,17 @@ def test_default_outputs_are_ignored_and_untracked():
 
 
 def test_demo_writes_only_its_two_files_under_out(tmp_path, monkeypatch, capsys):
-    def fake_benchmark(*, settings, seeds, steps, progress):
+    def fake_benchmark(*, rates, seeds, steps, progress):
         progress.update(progress.total)
-        return [], {}
+        return {}
 
-    def fake_figure(results, path):
+    def fake_figure(groups, path, settings):
         path.write_bytes(b"png")
         return path
 
     monkeypatch.setattr(stability, "run_benchmark", fake_benchmark)
     monkeypatch.setattr(stability, "figure", fake_figure)
+    monkeypatch.setattr(demo, "rescue", lambda groups: "rescue")
     monkeypatch.chdir(tmp_path)
     demo.main(["--steps", "1", "--seeds", "1"])
 

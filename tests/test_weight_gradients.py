@@ -295,3 +295,46 @@ def test_wrapping_the_whole_chain_fails_at_trace_time(wrap):
     params = init_params()
     with pytest.raises((TypeError, ValueError)):
         jax.jit(tx.update)(term_grads(params), tx.init(params), params, losses=losses_fn(params))
+
+
+def test_the_gramian_is_computed_in_one_pass_and_checked_per_term():
+    tx = ao.weight_gradients(spy(("gramian", "norm")))
+    params = init_params()
+    grads = term_grads(params)
+    _, state = jax.jit(tx.update)(grads, tx.init(params), losses=losses_fn(params))
+    _, grad_stats, _ = state.weighting_state.rule_state
+    flat = {
+        name: jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(g)])
+        for name, g in grads.items()
+    }
+    names = sorted(flat)
+    expected = jnp.array([[flat[i] @ flat[j] for j in names] for i in names])
+    chex.assert_trees_all_close(grad_stats["gramian"], expected, rtol=1e-6)
+    # passed by hand: a non-finite row marks that term's step non-finite
+    weighting = ao.stable_weights(BASE)
+    gramian = np.array([[1.0, np.nan], [np.nan, np.nan]], np.float32)  # g_smooth has a NaN
+    _, weight_state = weighting.update(
+        {"fit": 1.0, "smooth": 1.0}, weighting.init(), grad_stats={"gramian": gramian}
+    )
+    np.testing.assert_array_equal(weight_state.counters.nonfinite, [0, 1])
+    with pytest.raises(ValueError, match=r"grad_stats\['gramian'\] must be an \(2, 2\) matrix"):
+        weighting.update({"fit": 1.0, "smooth": 1.0}, weighting.init(), grad_stats={"gramian": 1.0})
+
+
+def test_gramian_rules_weight_the_gradients_with_the_weights_computed_from_them():
+    params = init_params()
+    losses, grads = losses_fn(params), term_grads(params)
+    tx = ao.weight_gradients(ao.mgda_weights(BASE))
+    updates, state = jax.jit(tx.update)(grads, tx.init(params), losses=losses)
+    assert float(state.weighting_state.weights["fit"]) != BASE["fit"]  # the solve moved them
+    chex.assert_trees_all_close(updates, combine(state.weighting_state.weights, grads), rtol=1e-5)
+    # every other weighting uses the state's weights, one step old, unless asked
+    weighting = ao.unguarded_weights(BASE)
+    for this_step in (False, True):
+        tx = ao.weight_gradients(weighting, this_steps_weights=this_step)
+        state = tx.init(params)
+        _, state = tx.update(grads, state, losses=losses)
+        before = state.weighting_state.weights
+        updates, state = tx.update(grads, state, losses=losses)
+        used = state.weighting_state.weights if this_step else before
+        chex.assert_trees_all_close(updates, combine(used, grads), rtol=1e-6)

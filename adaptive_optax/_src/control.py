@@ -175,7 +175,10 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
     # per-term leaves of the rule's state (learned weights, factors): "rule/<field>/<term>"
     per_term_shape = (*jnp.shape(state.step), len(names))
     for path, leaf in jax.tree_util.tree_flatten_with_path(state.rule_state)[0]:
-        if jnp.shape(leaf) == per_term_shape:
+        # a PRNG key's raw data (unsigned) is no per-term quantity, whatever its length
+        if jnp.shape(leaf) == per_term_shape and not jnp.issubdtype(
+            leaf.dtype, jnp.unsignedinteger
+        ):
             field = jax.tree_util.keystr(path, simple=True, separator="/") or "state"
             per_term[f"rule/{field}"] = leaf
     out = {"step": state.step, "enabled": state.enabled}

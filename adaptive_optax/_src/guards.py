@@ -18,7 +18,7 @@ import optax
 
 from adaptive_optax._src import config
 from adaptive_optax._src.base import AdaptiveState, Counters, LossWeighting, PyTree, Rule, Signals
-from adaptive_optax._src.gradients import check_statistics
+from adaptive_optax._src.gradients import GRAMIAN, check_statistics
 from adaptive_optax._src.spikes import detect_spikes, init_spike_stats
 from adaptive_optax._src.statistics import at_least_float32, count_where, init_stats, update_stats
 from adaptive_optax._src.terms import Terms, select, terms_of
@@ -56,6 +56,7 @@ class Settings(NamedTuple):
     spike_threshold: Any
     spike_factor: Any
     spike_decay: Any
+    every: Any
 
 
 def guarded(
@@ -77,6 +78,7 @@ def guarded(
     spike_threshold: float | None = None,
     spike_factor: float = 0.5,
     spike_decay: float = 0.97,
+    every: int = 1,
     axis_name: Hashable | None = None,
     dtype: Any = jnp.float32,
 ) -> LossWeighting:
@@ -132,6 +134,10 @@ def guarded(
       spike_factor: factor a spike cuts the weight by, in ``(0, 1)``.
       spike_decay: decay of the spike guard's log-scale statistics, in ``[0, 1)`` (0.97 as in
         ZClip: a span of about 65 steps).
+      every: consult the rule only every ``every`` steps (steps 1, 1 + every, ...), holding
+        the weights in between: for a rule whose solver is expensive. In-graph
+        (``lax.cond``): the rule's computation is skipped, not masked; the statistics and the
+        spike guard still see every step.
       axis_name: a mapped axis (``shard_map``, ``pmap``) over which losses and gradient
         statistics are averaged before deciding, so that every replica takes the same decisions.
       dtype: floating dtype of the weights; statistics use at least float32.
@@ -165,6 +171,7 @@ def guarded(
         spike_threshold=spike_threshold,
         spike_factor=spike_factor,
         spike_decay=spike_decay,
+        every=every,
     )
     try:
         if not jnp.issubdtype(dtype, jnp.floating):
@@ -221,7 +228,9 @@ def guarded(
             window=settings.window,
         )
         spiked, spike_stats = _spikes(settings, state, loss, gradients, finite)
-        proposal, rule_state = _propose(rule, signals, weights, base, state.rule_state)
+        proposal, rule_state = _propose(
+            rule, settings.every, signals, weights, base, state.rule_state
+        )
 
         active = state.enabled & adaptive
         stable, open_gate = _gate(settings, state, signals, active)
@@ -282,6 +291,7 @@ def _check_settings(**values: Any) -> Settings:
         "spike_factor", values["spike_factor"], low=0, high=1, low_open=True, high_open=True
     )
     config.check_number("spike_decay", values["spike_decay"], low=0, high=1, high_open=True)
+    config.check_number("every", values["every"], low=1, integer=True)
     values["auto_rollback"] = config.check_flag("auto_rollback", values["auto_rollback"])
     return Settings(**values)
 
@@ -355,7 +365,9 @@ def _read_inputs(terms: Terms, losses, grad_norms, grad_stats, axis_name, dtype)
         named["norm"] = grad_norms
     check_statistics(named)
     gradients = {
-        name: terms.per_term(
+        name: _gramian_matrix(terms, value, dtype)
+        if name == GRAMIAN
+        else terms.per_term(
             value, "grad_norms" if name == "norm" else f"grad_stats[{name!r}]", dtype
         )
         for name, value in named.items()
@@ -363,9 +375,23 @@ def _read_inputs(terms: Terms, losses, grad_norms, grad_stats, axis_name, dtype)
     if axis_name is not None:
         loss, gradients = jax.lax.pmean((loss, gradients), axis_name)
     finite = jnp.isfinite(loss)
-    for value in gradients.values():
-        finite &= jnp.isfinite(value)
+    for name, value in gradients.items():
+        if name == GRAMIAN:  # a NaN in g_i fills row and column i; the diagonal tells whose
+            finite &= jnp.isfinite(jnp.diagonal(value))
+        else:
+            finite &= jnp.isfinite(value)
     return loss, gradients, finite
+
+
+def _gramian_matrix(terms: Terms, value, dtype) -> jax.Array:
+    """The ``(n, n)`` Gramian given as ``grad_stats["gramian"]``, in the terms' leaf order."""
+    if np.shape(value) != (terms.size, terms.size):
+        raise ValueError(
+            f"grad_stats['gramian'] must be an ({terms.size}, {terms.size}) matrix of the inner "
+            f"products of the per-term gradients, in the order of terms {list(terms.names)}; "
+            f"got shape {np.shape(value)}"
+        )
+    return jnp.asarray(value).astype(dtype)
 
 
 def _heal(terms: Terms, state: AdaptiveState, initial_base, dtype):
@@ -400,16 +426,28 @@ def _spikes(settings: Settings, state: AdaptiveState, loss, gradients, finite):
     )
 
 
-def _propose(rule: Rule, signals: Signals, weights, base, rule_state):
-    """The rule's proposal; a non-finite leaf of its new state keeps its previous value."""
-    proposal, new_rule_state = rule.propose(signals, weights, base, rule_state)
+def _propose(rule: Rule, every, signals: Signals, weights, base, rule_state):
+    """The rule's proposal, on the steps it is consulted (the current weights on the others).
 
-    def keep_finite(new, old):
-        if jnp.issubdtype(jnp.result_type(new), jnp.inexact):
-            return jnp.where(jnp.isfinite(new), new, old)
-        return new
+    A non-finite leaf of the rule's new state keeps its previous value.
+    """
 
-    return proposal, jax.tree.map(keep_finite, new_rule_state, rule_state)
+    def consult():
+        proposal, new_rule_state = rule.propose(signals, weights, base, rule_state)
+        new_rule_state = jax.tree.map(_keep_finite, new_rule_state, rule_state)
+        return proposal.astype(weights.dtype), new_rule_state
+
+    if isinstance(every, int) and every == 1:
+        return consult()
+    due = (signals.step - 1) % every == 0
+    return jax.lax.cond(due, consult, lambda: (weights, rule_state))
+
+
+def _keep_finite(new, old):
+    """``new`` where finite, else ``old``, in ``old``'s dtype (a rule may compute wider)."""
+    if jnp.issubdtype(jnp.result_type(new), jnp.inexact):
+        return jnp.where(jnp.isfinite(new), new, old).astype(jnp.result_type(old))
+    return jnp.asarray(new).astype(jnp.result_type(old))
 
 
 def _gate(settings: Settings, state: AdaptiveState, signals: Signals, active):

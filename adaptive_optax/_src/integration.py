@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adaptive_optax._src import config
 from adaptive_optax._src.base import AdaptiveState, LossWeighting, PyTree
-from adaptive_optax._src.gradients import gradient_statistics
+from adaptive_optax._src.gradients import GRAMIAN, gradient_statistics
 from adaptive_optax._src.terms import term_names
 
 
@@ -32,16 +33,19 @@ def weight_gradients(
     *,
     gradient_filter: Callable[[PyTree], PyTree] | None = None,
     skip_nonfinite: bool = False,
+    this_steps_weights: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Weights per-term gradients with adaptive loss weights, as the first link of an optax chain.
 
     ``update`` takes per-term gradients: a pytree keyed like the base weights whose values are
     parameter-shaped gradient pytrees (what ``jax.jacrev`` of a dict-valued loss function
-    gives), and the keyword ``losses`` (one scalar per term). It returns
-    ``sum(weight[t] * grads[t])`` over the terms ``t`` with this step's weights (those in the
-    state before the update), then advances the weighting with ``losses`` and the gradient
-    statistics its rule needs (``weighting.needs``: ``"norm"``, ``"max_abs"``, ...), computed
-    per term; nothing else is computed. Other extra arguments are ignored, as in optax.
+    gives), and the keyword ``losses`` (one scalar per term). It advances the weighting with
+    ``losses`` and the gradient statistics its rule needs (``weighting.needs``: ``"norm"``,
+    ``"max_abs"``, ``"gramian"``, ...; nothing else is computed) and returns
+    ``sum(weight[t] * grads[t])`` over the terms ``t``: with the weights in the state before
+    this step, as the training-step pattern has them, or with the weights the update just
+    computed from this step's gradients (``this_steps_weights``), as the Gramian methods'
+    algorithms do. Other extra arguments are ignored, as in optax.
 
     Under data parallelism, average the per-term gradients over devices before this transform
     (as for any optimiser), or build the weighting with ``axis_name``.
@@ -62,6 +66,9 @@ def weight_gradients(
         counts the non-finite term (``nonfinite/<term>`` in :func:`adaptive_optax.metrics`),
         keeps that term's statistics and weight, and with ``auto_rollback`` undoes a recent
         adjustment.
+      this_steps_weights: weight this step's gradients with the weights computed from them;
+        default: True when the rule reads the Gramian (MGDA, UPGrad, ...: their weights are a
+        function of the current gradients), else False (the state's weights, one step old).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -88,7 +95,11 @@ def weight_gradients(
     """
     if gradient_filter is not None and not callable(gradient_filter):
         raise ValueError(f"gradient_filter must be callable or None, got {gradient_filter!r}")
+    skip_nonfinite = config.check_flag("skip_nonfinite", skip_nonfinite)
     needs = tuple(weighting.needs)
+    if this_steps_weights is None:
+        this_steps_weights = GRAMIAN in needs
+    this_steps_weights = config.check_flag("this_steps_weights", this_steps_weights)
 
     def init_fn(params: PyTree) -> WeightGradientsState:
         del params
@@ -114,18 +125,18 @@ def weight_gradients(
         inner = state.weighting_state
         treedef = jax.tree.structure(inner.weights)
         term_grads = _split_terms(updates, inner.weights)
-        weights = treedef.flatten_up_to(inner.weights)
+        statistics = {}
+        if needs:
+            filtered = [g if gradient_filter is None else gradient_filter(g) for g in term_grads]
+            statistics = gradient_statistics(jax.tree.unflatten(treedef, filtered), needs, treedef)
+        new_weights, new_inner = weighting.update(losses, inner, grad_stats=statistics or None)
+        weights = treedef.flatten_up_to(new_weights if this_steps_weights else inner.weights)
         combined = jax.tree.map(
             lambda *grads: sum(
                 jnp.asarray(w, g.dtype) * g for w, g in zip(weights, grads, strict=True)
             ),
             *term_grads,
         )
-        statistics = {}
-        if needs:
-            filtered = [g if gradient_filter is None else gradient_filter(g) for g in term_grads]
-            statistics = gradient_statistics(jax.tree.unflatten(treedef, filtered), needs, treedef)
-        _, new_inner = weighting.update(losses, inner, grad_stats=statistics or None)
         if skip_nonfinite:
             # The weighting's own count says whether an input was not finite: it saw the losses
             # and statistics averaged over its axis_name, so every replica agrees.

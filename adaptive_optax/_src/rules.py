@@ -38,6 +38,75 @@ def loss_ratio_rule(
       >>> import adaptive_optax as ao
       >>> weighting = ao.guarded(ao.loss_ratio_rule(step_size=0.1), {"a": 1.0, "b": 1.0})
     """
+    decide = _check_decision(step_size, high_ratio, low_ratio, grad_growth)
+
+    def propose(signals: Signals, weights, base_weights, rule_state):
+        del base_weights
+        factor = decide(signals, signals.deviation)
+        return weights * factor.astype(weights.dtype), rule_state
+
+    return Rule(init=lambda base_weights: (), propose=propose, needs=("norm",))
+
+
+def relative_ratio_rule(
+    *,
+    step_size: float = 0.05,
+    high_ratio: float = 1.1,
+    low_ratio: float = 0.9,
+    grad_growth: float = 1.5,
+    toward_base: bool = True,
+) -> Rule:
+    """The seed's decision on a term's deviation relative to the other terms': no drift.
+
+    The seed's rule (:func:`adaptive_optax.loss_ratio_rule`) lowers the weight of every term
+    whose loss is below its running mean, that is, of every term that is improving, so its
+    weights drift down in any training run that works. This rule takes the same decision on
+    ``r = d - mean(d)``, a term's relative deviation ``d`` from its running mean minus the mean
+    deviation of all terms with a finite loss this step: a term is "high" when it falls slower
+    than the others (or rises), "low" when it falls faster. When all terms improve at the same
+    rate, nothing moves. Gradients growing still lower the weight, as in the seed. When the
+    decision is to hold and ``toward_base``, the weight moves one step back toward its base
+    weight, so a weight cut by the spike guard, or moved for a reason that has passed, recovers
+    slowly (through the guards' cooling period and stability gate).
+
+    Args:
+      step_size: relative size of one move, in ``(0, 1)``.
+      high_ratio: ``1 + r`` above which the term is "high" (> ``low_ratio``).
+      low_ratio: ``1 + r`` below which the term is "low".
+      grad_growth: factor over the recent mean gradient norm that counts as growing (> 0).
+      toward_base: step back toward the base weight when holding.
+
+    Returns:
+      A stateless :class:`adaptive_optax.Rule` that reads ``"norm"`` when it is given.
+
+    Examples:
+      >>> import adaptive_optax as ao
+      >>> rule = ao.relative_ratio_rule()
+      >>> weighting = ao.guarded(rule, {"mel": 2.5, "stop": 1.0}, spike_threshold=3.0)
+    """
+    decide = _check_decision(step_size, high_ratio, low_ratio, grad_growth)
+    toward_base = config.check_flag("toward_base", toward_base)
+
+    def propose(signals: Signals, weights, base_weights, rule_state):
+        n_finite = jnp.maximum(jnp.sum(signals.finite), 1).astype(signals.deviation.dtype)
+        mean = jnp.sum(jnp.where(signals.finite, signals.deviation, 0.0)) / n_finite
+        factor = decide(signals, signals.deviation - mean)
+        proposal = weights * factor.astype(weights.dtype)
+        if toward_base:
+            step = step_size * weights
+            back = weights + jnp.clip(base_weights - weights, -step, step)
+            proposal = jnp.where(factor == 1, back, proposal)
+        return proposal, rule_state
+
+    return Rule(init=lambda base_weights: (), propose=propose, needs=("norm",))
+
+
+def _check_decision(step_size, high_ratio, low_ratio, grad_growth):
+    """Validates the seed decision's settings; returns ``decide(signals, deviation) -> factor``.
+
+    The factor is ``1 + step_size`` (up: high and gradients not growing), ``1 - step_size``
+    (down: low or gradients growing) or 1 (hold).
+    """
     config.check_number("step_size", step_size, low=0, high=1, low_open=True, high_open=True)
     for name, value in (("high_ratio", high_ratio), ("low_ratio", low_ratio)):
         config.check_number(name, value, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True)
@@ -49,21 +118,17 @@ def loss_ratio_rule(
             f"high_ratio={high_ratio}"
         )
 
-    def propose(signals: Signals, weights, base_weights, rule_state):
-        del base_weights
+    def decide(signals: Signals, deviation):
         growing = jnp.zeros_like(signals.finite)
         if signals.grad_norms is not None:
             growing = signals.has_grad_history & (
                 signals.grad_norms > grad_growth * signals.grad_mean
             )
-        high = signals.deviation > high_ratio - 1
-        low = signals.deviation < low_ratio - 1
-        up = high & ~growing
-        down = ~up & (low | growing)
-        factor = jnp.where(up, 1 + step_size, jnp.where(down, 1 - step_size, 1.0))
-        return weights * factor.astype(weights.dtype), rule_state
+        up = (deviation > high_ratio - 1) & ~growing
+        down = ~up & ((deviation < low_ratio - 1) | growing)
+        return jnp.where(up, 1 + step_size, jnp.where(down, 1 - step_size, 1.0))
 
-    return Rule(init=lambda base_weights: (), propose=propose, needs=("norm",))
+    return decide
 
 
 def tanh_rule() -> Rule:

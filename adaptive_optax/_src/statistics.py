@@ -73,6 +73,14 @@ def relative_deviation(value: jax.Array, mean: jax.Array) -> jax.Array:
     return jnp.clip(deviation, -MAX_DEVIATION, MAX_DEVIATION)
 
 
+def _zero_where_not(finite: jax.Array, value: jax.Array) -> jax.Array:
+    """``value`` with the entries of non-finite terms zeroed: a vector's, or a matrix's rows
+    and columns (the Gramian)."""
+    if value.ndim == 2:
+        return jnp.where(finite[:, None] & finite[None, :], value, 0.0)
+    return jnp.where(finite, value, 0.0)
+
+
 def update_stats(
     stats: RunningStats,
     losses: jax.Array,
@@ -111,7 +119,7 @@ def update_stats(
     first = jnp.where(seen, stats.first_loss, losses)
     previous = jnp.where(seen, stats.previous_loss, losses)
 
-    grad_stats = {name: jnp.where(finite, value, 0.0) for name, value in grad_stats.items()}
+    grad_stats = {name: _zero_where_not(finite, value) for name, value in grad_stats.items()}
     grad_mean, grad_count = stats.grad_mean, stats.grad_count
     norm = grad_stats.get("norm")
     if norm is not None:

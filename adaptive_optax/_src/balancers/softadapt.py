@@ -2,53 +2,101 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any, NamedTuple
 
 import chex
 import jax.numpy as jnp
+import numpy as np
 
 from adaptive_optax._src import config
 from adaptive_optax._src.balancers._common import bare, float_dtype, safe_divide, scaled_softmax
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
 VARIANTS = ("original", "loss_weighted", "normalized")
+MAX_ORDER = 10
 
 
 class SoftAdaptState(NamedTuple):
     """State of :func:`softadapt_rule`.
 
     Attributes:
+      history: ``(order + 1, n)`` the last ``order + 1`` finite losses of each term, oldest
+        first (a term's column moves on only at its finite steps).
+      count: int32 ``(n,)`` how many losses ``history`` holds, at most ``order + 1``.
       slopes: ``(n,)`` the last rates of change ``s_i`` (0 until known).
       averages: ``(n,)`` the mean of the losses the last slope was taken over.
     """
 
+    history: chex.Array
+    count: chex.Array
     slopes: chex.Array
     averages: chex.Array
 
 
-def softadapt_rule(variant: str = "original", *, beta: float = 0.1, eps: float = 1e-8) -> Rule:
+def forward_difference(order: int) -> np.ndarray:
+    """The ``order + 1`` coefficients of the forward difference of accuracy ``order``.
+
+    ``f'(x_0) ~ sum_k c_k f(x_0 + k)``, exact for polynomials of degree ``order``: (-1, 1),
+    (-3/2, 2, -1/2), (-11/6, 3, -3/2, 1/3), (-25/12, 4, -3, 4/3, -1/4), ... (the authors'
+    constants for orders 1, 3 and 5, and ``findiff``'s for the even orders). ``c_k`` is the
+    derivative at 0 of the Lagrange polynomial of node ``k`` on the nodes ``0, ..., order``,
+    computed in exact rational arithmetic.
+    """
+    coefficients = [Fraction(0)] * (order + 1)
+    for k in range(1, order + 1):
+        c = Fraction(1, k)
+        for j in range(1, order + 1):
+            if j != k:
+                c *= Fraction(-j, k - j)
+        coefficients[k] = c
+    coefficients[0] = -sum(coefficients[1:])
+    return np.array([float(c) for c in coefficients])
+
+
+def softadapt_rule(
+    variant: str = "original", *, beta: float = 0.1, order: int = 4, eps: float = 1e-8
+) -> Rule:
     """Weights from a softmax of each loss's rate of change.
 
-    With ``s_i = L_i(t) - L_i(t - 1)`` the rate of change of term ``i`` (section 3.1, a first
-    order finite difference; 0 until two losses are known), the variants of section 3.1 are::
+    With ``s_i`` the rate of change of term ``i`` over its last ``order + 1`` losses (below),
+    the variants of section 3.1 are::
 
         original       alpha_i = exp(beta s_i) / sum_j exp(beta s_j)
         loss_weighted  alpha_i = f_i exp(beta s_i) / sum_j f_j exp(beta s_j)
         normalized     alpha_i = exp(beta ns_i) / sum_j exp(beta ns_j),  ns_i = s_i / sum_j |s_j|
 
-    where ``f_i`` is the mean of the losses the slope is taken over (``(L_i(t) + L_i(t-1))/2``).
-    ``beta > 0`` favours the term that decreases slowest. The paper's ``alpha`` sum to 1; the
-    proposed weight is ``n * alpha_i * base_i``, so that equal slopes give the base weights
-    (a constant factor ``n`` on the total loss). The normalised variant divides by the L1 norm
-    ``sum_j |s_j|``, so the normalised slopes lie in ``[-1, 1]``; the authors' code divides by the
-    signed sum ``sum_j s_j``, which flips every slope when the sum is negative and divides by 0
-    when slopes cancel, so we do not follow it there. The code's slopes also use higher-order
-    finite differences over several past losses; we take the paper's first difference. A term
-    with a non-finite loss keeps its last slope and mean.
+    where ``f_i`` is the mean of the losses the slope is taken over. ``beta > 0`` favours the
+    term that decreases slowest. The paper's ``alpha`` sum to 1; the proposed weight is
+    ``n * alpha_i * base_i``, so that equal slopes give the base weights (a constant factor
+    ``n`` on the total loss).
+
+    The slope, as the authors' code computes it: the forward finite difference of accuracy
+    ``order`` over the last ``order + 1`` losses ``L(t - order), ..., L(t)``, oldest first
+    (``forward_difference``; ``order=1`` is the paper's ``L(t) - L(t - 1)``). Their code
+    takes the order from the number of losses it is given, and their README gives it five:
+    fourth order, the default here. A forward difference estimates the slope at the window's
+    oldest loss, from all of them. Until ``order + 1`` losses are known, the order is the
+    number of losses known minus 1, and the slope is 0 with one loss. The last ``order + 1``
+    losses are kept in the rule's state (the shared history holds only the previous one).
+
+    Where we depart from the authors' code: the normalised variant divides by the L1 norm
+    ``sum_j |s_j|``, so the normalised slopes lie in ``[-1, 1]``; their code divides by the
+    signed sum ``sum_j s_j``, which flips every slope when the sum is negative (when the
+    losses fall overall, the usual case, it gives the fastest-falling term the largest weight,
+    the opposite of the variant's intent: their README's own normalised examples show it) and
+    divides by 0 when slopes cancel. Their softmax adds 1e-8 to its denominator; we normalise
+    exactly. A term with a non-finite loss keeps its history, last slope and mean.
+
+    Recommended guards: those of :func:`adaptive_optax.softadapt_weights` (bounds near the base
+    weight, a change limit, a cooling period, the spike guard): with the raw slopes of the
+    original variant a term whose loss falls fast is switched almost off.
 
     Args:
       variant: ``"original"``, ``"loss_weighted"`` or ``"normalized"``.
       beta: the focus ``beta`` (any real; 0 gives equal weights).
+      order: accuracy order of the finite difference, 1 to 10 (the authors' default: 4,
+        over five losses).
       eps: floor of ``sum_j |s_j|`` in the normalised variant (> 0).
 
     Returns:
@@ -63,29 +111,50 @@ def softadapt_rule(variant: str = "original", *, beta: float = 0.1, eps: float =
 
     References:
       Heydari, Thompson & Mehmood, "SoftAdapt: Techniques for Adaptive Loss Weighting of Neural
-      Networks with Multi-Part Loss Functions", 2019 (arXiv:1912.12355), section 3.1.
+      Networks with Multi-Part Loss Functions", 2019 (arXiv:1912.12355), section 3.1; code:
+      github.com/dr-aheydari/SoftAdapt (``utilities/_finite_difference.py``).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     config.check_number("beta", beta, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True)
+    config.check_number("order", order, low=1, high=MAX_ORDER, integer=True)
     config.check_number("eps", eps, low=0, low_open=True)
+    order = int(order)
+    size = order + 1
+    # Row p: the slope (and the mean) over the last p + 1 losses of the history; row 0 unused.
+    differences = np.zeros((size, size))
+    means = np.zeros((size, size))
+    for p in range(size):
+        differences[p, size - p - 1 :] = forward_difference(p) if p else 0.0
+        means[p, size - p - 1 :] = 1.0 / (p + 1)
 
     def init(base_weights: chex.Array) -> SoftAdaptState:
-        zeros = jnp.zeros(base_weights.shape, float_dtype(base_weights))
-        return SoftAdaptState(zeros, zeros)
+        dtype = float_dtype(base_weights)
+        zeros = jnp.zeros(base_weights.shape, dtype)
+        return SoftAdaptState(
+            history=jnp.zeros((size, *base_weights.shape), dtype),
+            count=jnp.zeros(base_weights.shape, jnp.int32),
+            slopes=zeros,
+            averages=zeros,
+        )
 
     def propose(signals: Signals, weights, base_weights, state: SoftAdaptState):
         del weights
         dtype = state.slopes.dtype
+        finite = signals.finite
         losses = signals.losses.astype(dtype)
-        previous = signals.previous_loss.astype(dtype)
-        known = signals.finite & (signals.loss_count > 0)
-        slope = losses - previous
-        average = 0.5 * losses + 0.5 * previous
-        slopes = jnp.where(known & jnp.isfinite(slope), slope, state.slopes)
-        averages = jnp.where(signals.finite & ~known, losses, state.averages)
-        averages = jnp.where(known & jnp.isfinite(average), average, averages)
-        new_state = SoftAdaptState(slopes=slopes, averages=averages)
+        shifted = jnp.concatenate([state.history[1:], losses[None]])
+        history = jnp.where(finite[None], shifted, state.history)
+        count = jnp.where(finite, jnp.minimum(state.count + 1, size), state.count)
+        # elementwise products, not a matmul: exact on every backend
+        row = jnp.maximum(count - 1, 0)[None]
+        slope = jnp.sum(jnp.asarray(differences, dtype)[:, :, None] * history[None], axis=1)
+        average = jnp.sum(jnp.asarray(means, dtype)[:, :, None] * history[None], axis=1)
+        slope = jnp.take_along_axis(slope, row, axis=0)[0]
+        average = jnp.take_along_axis(average, row, axis=0)[0]
+        slopes = jnp.where(finite & (count > 1) & jnp.isfinite(slope), slope, state.slopes)
+        averages = jnp.where(finite & jnp.isfinite(average), average, state.averages)
+        new_state = SoftAdaptState(history, count, slopes, averages)
         if variant == "normalized":
             total = jnp.sum(jnp.abs(slopes))
             slopes = safe_divide(slopes, jnp.maximum(total, eps))
@@ -101,6 +170,7 @@ def softadapt_weights(
     *,
     variant: str = "original",
     beta: float = 0.1,
+    order: int = 4,
     eps: float = 1e-8,
     **guards: Any,
 ) -> LossWeighting:
@@ -108,7 +178,9 @@ def softadapt_weights(
 
     Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
     non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards``. See :func:`adaptive_optax.softadapt_rule` for the formulas.
+    passed through ``guards``. See :func:`adaptive_optax.softadapt_rule` for the formulas, the
+    finite differences (fourth order over the last five losses by default, as the authors'
+    code) and where we depart from that code.
 
     Recommended guards: ``bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10,
     spike_threshold=3.0``. Slopes of minibatch losses are noisy; a large ``beta`` turns that noise
@@ -128,6 +200,8 @@ def softadapt_weights(
       base_weights: a pytree of positive floats, one per loss term (prior factors).
       variant: ``"original"``, ``"loss_weighted"`` or ``"normalized"``.
       beta: the focus ``beta``.
+      order: accuracy order of the finite difference of the slopes, 1 to 10 (default 4, the
+        authors': five losses).
       eps: floor of the slopes' L1 norm in the normalised variant.
       **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
@@ -140,12 +214,16 @@ def softadapt_weights(
       >>> state = weighting.init()
       >>> _, state = weighting.update({"a": 1.0, "b": 1.0}, state)
       >>> weights, state = weighting.update({"a": 2.0, "b": 1.0}, state)
-      >>> round(float(weights["a"]), 4)  # 2 e / (e + 1)
+      >>> round(float(weights["a"]), 4)  # two losses: first order, 2 e / (e + 1)
       1.4621
+      >>> weights, state = weighting.update({"a": 2.0, "b": 1.5}, state)
+      >>> # three: second order, s = -3/2 L(t-2) + 2 L(t-1) - 1/2 L(t) = (1.5, -0.25)
+      >>> round(float(weights["a"]), 4)  # 2 e^1.5 / (e^1.5 + e^-0.25)
+      1.7039
       >>> safe = ao.softadapt_weights({"a": 1.0, "b": 1.0}, bounds=(0.2, 2.0), max_change=0.1,
       ...                             warmup_steps=100, cooling_period=10, spike_threshold=3.0)
 
     References:
       Heydari, Thompson & Mehmood, 2019 (arXiv:1912.12355), section 3.1.
     """
-    return bare(softadapt_rule(variant, beta=beta, eps=eps), base_weights, guards)
+    return bare(softadapt_rule(variant, beta=beta, order=order, eps=eps), base_weights, guards)
