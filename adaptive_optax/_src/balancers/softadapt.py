@@ -188,7 +188,7 @@ def softadapt_weights(
     to the next, and with SGD a term whose weight is ``n`` times its base takes ``n`` times its
     step. In the failure gym (``python -m benchmarks.failures``, ``results/failures.md``;
     ``beta=100``, SGD) every bare run went non-finite and no guarded run did. These guards do not
-    rescue a learning rate past the stable edge (the gym's ``learning rate past the edge``: 8 of 10
+    rescue a learning rate past the stable edge (the gym's ``learning rate past the edge``: 5 of 10
     guarded runs went non-finite); a sensitive spike guard with deep cuts does, at twice the error
     where nothing fails: lower the learning rate instead. The spike guard halves a weight whose loss
     or gradient norm jumps; it also fires on ordinary minibatch outliers, and in the gym's control
