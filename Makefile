@@ -3,7 +3,7 @@
 #   make test   lint, format check, every test (notebooks included) and the docs build
 # Also:
 #   make docs     the documentation site, in docs/_build/html (ignored by git)
-#   make figures  regenerates the benchmark outputs committed in results/ (about 15 minutes on 2 cores)
+#   make figures  regenerates the benchmark outputs committed in results/ (10 to 15 minutes on 2 cores)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,6 +26,7 @@ figures: install
 	$(BIN)/python -m benchmarks.stability --out results
 	$(BIN)/python -m benchmarks.demo --out results
 	$(BIN)/python -m benchmarks.toy --out results
+	$(BIN)/python -m benchmarks.failures --out results
 
 docs: install
 	$(BIN)/sphinx-build $(SPHINX_OPTS) -b html docs docs/_build/html

@@ -8,8 +8,8 @@ learned slowly. Three runs share the network, data, optimiser and seed:
 
 - ``fixed``: weights 1 and 1;
 - ``annealing``: :func:`adaptive_optax.lr_annealing_weights`, bare (the paper's algorithm);
-- ``annealing+guards``: the same rule under warmup, a change limit, a cooling period, a
-  maximum weight and rollback.
+- ``annealing+guards``: the same rule under the guards its docstring recommends (a maximum
+  weight, a cooling period and rollback; see ``python -m benchmarks.failures``).
 
 Each prints the relative L2 error of ``u`` on a fine grid. Run::
 
@@ -80,10 +80,8 @@ def weightings(interval: int) -> dict[str, ao.LossWeighting | None]:
             BASE,
             main="residual",
             interval=interval,
-            warmup_steps=100,
-            max_change=0.5,
+            max_weight=1e3,
             cooling_period=interval,
-            max_weight=1e4,
             auto_rollback=True,
         ),
     }
