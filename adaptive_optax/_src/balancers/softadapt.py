@@ -179,7 +179,7 @@ def softadapt_weights(
     non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
     passed through ``guards``. See :func:`adaptive_optax.softadapt_rule` for the formulas, the
     finite differences (fourth order over the last five losses by default, as the authors'
-    code) and where we depart from that code. Recommended guards: ``bounds``.
+    code) and where we depart from that code.
 
     Recommended guards: ``bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10,
     spike_threshold=3.0``. Slopes of minibatch losses are noisy; a large ``beta`` turns that noise
