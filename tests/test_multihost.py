@@ -1,0 +1,367 @@
+"""Many hosts: two JAX processes of four CPU devices each, joined by `jax.distributed` and Gloo.
+
+The test starts its own processes: one with 8 CPU devices (the reference), and two with 4 each
+that form one 8-device mesh, as two hosts would. All three run the same data-parallel training
+(`shard_map` over the mesh, per-term gradients averaged over it, `ao.weight_gradients` with
+`ao.stable_weights(..., axis_name="data")` and then with `ao.upgrad_weights`, and
+`ao.apply_if_finite(..., axis_name="data")`); every process feeds only the rows of the global
+batch that live on its own devices. Each process writes the training state after every step;
+the test asserts that the two hosts agree bit for bit at every step, and with the one-process
+run. One step's batch holds a NaN on a row of the second host only: every host skips it alike
+and counts it once. The two hosts save the run half way through with orbax, each writing its
+part of one checkpoint, restore it in a fresh state and train on: bit-identical to the run
+that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+DEVICES = 8  # the global mesh: 1 process x 8 devices, or 2 processes x 4
+ROWS = 8  # rows of the batch per device
+STEPS = {"stable": 24, "upgrad": 12}
+NAN_STEP = 9  # one row of the second host's part of this step's batch is NaN
+SAVE_AT = 14  # the stable run is checkpointed after this many steps and resumed from there
+TIMEOUT = 240  # seconds, for one launch of the processes
+STARTED = "multi-process runtime up"  # what a process prints once its runtime works
+
+
+def test_two_processes_agree_with_one_process_every_step(tmp_path):
+    reference = _launch(tmp_path / "reference", processes=1)
+    hosts = _launch(tmp_path / "hosts", processes=2)
+    for run, steps in STEPS.items():
+        first, second = (_load(hosts / f"{run}_{p}.npz") for p in range(2))
+        single = _load(reference / f"{run}_0.npz")
+        for leaf in first:
+            assert first[leaf].shape[0] == steps + 1, leaf
+        _assert_same_bits(first, second, run, "process 0 and process 1")
+        _assert_same_bits(first, single, run, "2 processes x 4 devices and 1 x 8")
+        _check_nan_step(first, run)
+
+    stable = _load(hosts / "stable_0.npz")
+    adjustments = _weighting(stable, "counters.adjustments").sum(axis=1)
+    assert 0 < adjustments[SAVE_AT] < adjustments[-1], adjustments  # decisions, before and after
+    for p in range(2):
+        resumed = _load(hosts / f"resumed_{p}.npz")
+        after_save = {leaf: values[SAVE_AT:] for leaf, values in stable.items()}
+        _assert_same_bits(resumed, after_save, "resumed", f"process {p} and the unbroken run")
+
+
+def _check_nan_step(run: dict[str, np.ndarray], name: str) -> None:
+    """The NaN step moved neither the parameters nor Adam's state, was counted once on every
+    term, and training went on."""
+    skipped = _leaves(run, "total_notfinite")
+    assert skipped.shape[1:] == (), skipped.shape
+    assert skipped[NAN_STEP] == 0 and (skipped[NAN_STEP + 1 :] == 1).all(), (name, skipped)
+    for leaf, values in run.items():
+        if leaf.startswith("params") or "inner_state" in leaf:
+            np.testing.assert_array_equal(values[NAN_STEP + 1], values[NAN_STEP], err_msg=leaf)
+            assert not np.array_equal(values[NAN_STEP + 2], values[NAN_STEP + 1]), leaf
+    # The NaN row makes "fit" and "l1" NaN, and every term's gradient: jax.jacrev's backward
+    # pass of "smooth" multiplies the NaN activations by a zero cotangent.
+    nonfinite = _weighting(run, "counters.nonfinite")
+    assert (nonfinite[: NAN_STEP + 1] == 0).all(), nonfinite
+    assert (nonfinite[NAN_STEP + 1 :] == 1).all(), (name, nonfinite)
+
+
+def _weighting(run: dict[str, np.ndarray], field: str) -> np.ndarray:
+    return _leaves(run, f"weighting_state.{field}")
+
+
+def _leaves(run: dict[str, np.ndarray], suffix: str) -> np.ndarray:
+    (leaf,) = (key for key in run if key.endswith(suffix))
+    return run[leaf]
+
+
+def _assert_same_bits(run_a, run_b, name, what) -> None:
+    """Every leaf of two recorded runs, bit for bit; else the first step that differs, and
+    which leaves differ there and by how much."""
+    assert run_a.keys() == run_b.keys()
+    for step in range(len(next(iter(run_a.values())))):
+        differ = {
+            leaf: float(np.max(np.abs(run_a[leaf][step] - run_b[leaf][step].astype(float))))
+            for leaf in run_a
+            if run_a[leaf][step].tobytes() != run_b[leaf][step].tobytes()
+            or run_a[leaf].dtype != run_b[leaf].dtype
+        }
+        assert not differ, f"{name} run, after step {step}: {what} differ in {differ}"
+
+
+def _load(path: pathlib.Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return dict(data)
+
+
+# Launching the processes -------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    """A local TCP port free at this moment (the coordinator binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def _launch(out: pathlib.Path, processes: int) -> pathlib.Path:
+    """Runs `main` in `processes` processes; skips the test when the runtime cannot start.
+
+    A port taken between `_free_port` and the coordinator's bind gets two more tries.
+    """
+    out.mkdir(parents=True)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)  # the device count is set by jax_num_cpu_devices
+    reason = ""
+    for _ in range(3):
+        try:
+            port = _free_port()
+        except OSError as error:
+            pytest.skip(f"no free local port for jax.distributed's coordinator: {error}")
+        args = [sys.executable, __file__, str(out), str(processes), str(port)]
+        running = [
+            subprocess.Popen(
+                [*args, str(p)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            for p in range(processes)
+        ]
+        codes, logs = _wait(running)
+        if all(code == 0 for code in codes):
+            return out
+        if all(STARTED in log for log in logs):
+            pytest.fail(f"{processes}-process run failed, exit status {codes}:\n" + "\n".join(logs))
+        # a process failed before the runtime was up: the runtime, not the library, failed
+        reason = " | ".join(_why(log) for log in logs if STARTED not in log)
+    pytest.skip(f"JAX's multi-process CPU runtime (Gloo) does not start here: {reason}")
+
+
+def _why(log: str) -> str:
+    """What a process that could not start the runtime said: its SKIP line, or its last."""
+    lines = [line for line in log.splitlines() if line.strip() and "[Gloo]" not in line]
+    said = [line for line in lines if line.startswith("SKIP")]
+    return (said or lines or ["no output"])[-1]
+
+
+def _wait(running: list[subprocess.Popen]) -> tuple[list[int], list[str]]:
+    """Waits for every process; when one fails (or time runs out), ends the others, which
+    would otherwise wait for it in a collective."""
+    deadline = time.monotonic() + TIMEOUT
+    while any(p.poll() is None for p in running):
+        failed = any(p.poll() not in (None, 0) for p in running)
+        if failed or time.monotonic() > deadline:
+            for p in running:
+                if p.poll() is None:
+                    p.kill()
+            break
+        time.sleep(0.2)
+    logs = [p.communicate()[0].decode(errors="replace") for p in running]
+    return [p.wait() for p in running], logs
+
+
+# One process: the training runs, its states written after every step ----------------------
+
+
+def main(out: str, processes: int, port: int, process: int) -> None:
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", DEVICES // processes)
+    _start_runtime(processes, port, process)
+    assert jax.device_count() == DEVICES and jax.process_count() == processes
+
+    for run, steps in STEPS.items():
+        trainer = Trainer(run, processes)
+        checkpoint = pathlib.Path(out, "checkpoint").absolute()
+        state = trainer.initial()
+        record = Record([state])
+        for step in range(steps):
+            state = trainer.step(state, step)
+            record.append(state)
+            if run == "stable" and step + 1 == SAVE_AT:
+                trainer.save(checkpoint, state)
+        record.save(pathlib.Path(out, f"{run}_{process}.npz"))
+        if run == "stable":  # resume from the checkpoint, in a state that was never trained
+            state = trainer.restore(checkpoint)
+            record = Record([state])
+            for step in range(SAVE_AT, steps):
+                state = trainer.step(state, step)
+                record.append(state)
+            record.save(pathlib.Path(out, f"resumed_{process}.npz"))
+    print(json.dumps({"process": process, "done": True}))
+
+
+def _start_runtime(processes: int, port: int, process: int) -> None:
+    """`jax.distributed.initialize` with Gloo's CPU collectives, and one all-reduce across
+    the processes to show that they work; says SKIP and why, and exits, where they do not."""
+    import jax
+    import jax.numpy as jnp
+
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            f"localhost:{port}",
+            num_processes=processes,
+            process_id=process,
+            initialization_timeout=60,
+        )
+        mesh = jax.make_mesh((DEVICES,), ("data",))
+        ones = jax.make_array_from_callback(
+            (DEVICES,), jax.NamedSharding(mesh, jax.P("data")), lambda i: np.ones(DEVICES)[i]
+        )
+        total = jax.jit(jnp.sum, out_shardings=jax.NamedSharding(mesh, jax.P()))(ones)
+        assert float(total.addressable_data(0)) == DEVICES, total
+    except Exception as error:  # noqa: BLE001  nothing of the library has run yet
+        print(f"SKIP: process {process}: {type(error).__name__}: {error}", flush=True)
+        sys.exit(1)
+    print(STARTED, flush=True)
+
+
+class Record:
+    """The training state after every step, as this process holds it (one copy, after
+    checking that its devices' copies agree)."""
+
+    def __init__(self, states):
+        self.steps = []
+        for state in states:
+            self.append(state)
+
+    def append(self, state) -> None:
+        import jax
+
+        leaves = {}
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+            copies = [np.asarray(shard.data) for shard in leaf.addressable_shards]
+            name = jax.tree_util.keystr(path, simple=True, separator=".")
+            for copy in copies[1:]:
+                assert copy.tobytes() == copies[0].tobytes(), f"devices disagree on {name}"
+            leaves[name] = copies[0]
+        self.steps.append(leaves)
+
+    def save(self, path: pathlib.Path) -> None:
+        np.savez(path, **{key: np.stack([s[key] for s in self.steps]) for key in self.steps[0]})
+
+
+class Trainer:
+    """Data-parallel training of a small two-layer model on three loss terms."""
+
+    def __init__(self, run: str, processes: int):
+        import jax
+        import optax
+
+        import adaptive_optax as ao
+
+        self.mesh = jax.make_mesh((DEVICES,), ("data",))
+        self.replicated = jax.NamedSharding(self.mesh, jax.P())
+        self.rows = jax.NamedSharding(self.mesh, jax.P("data"))
+        base = {"fit": 1.0, "l1": 0.5, "smooth": 0.1}
+        if run == "upgrad":
+            weighting = ao.upgrad_weights(base, axis_name="data")
+        else:
+            weighting = ao.stable_weights(
+                base,
+                axis_name="data",
+                warmup_steps=4,
+                cooling_period=2,
+                min_stable_steps=1,
+                variance_threshold=5.0,
+                max_change=0.2,
+            )
+        self.tx = optax.chain(
+            ao.weight_gradients(weighting),
+            ao.apply_if_finite(optax.adam(1e-2), axis_name="data"),
+        )
+        self.processes = processes
+        self._step = jax.jit(
+            jax.shard_map(
+                self._per_device,
+                mesh=self.mesh,
+                in_specs=(jax.P(), jax.P("data"), jax.P("data")),
+                out_specs=jax.P(),
+            ),
+            donate_argnums=0,
+        )
+
+    @staticmethod
+    def losses(params, x, y):
+        import jax.numpy as jnp
+
+        hidden = jnp.tanh(x @ params["w1"])
+        pred = hidden @ params["w2"]
+        return {
+            "fit": jnp.mean((pred[:, 0] - y[:, 0]) ** 2),
+            "l1": jnp.mean(jnp.abs(pred[:, 1] - y[:, 1])),
+            "smooth": jnp.sum(params["w1"] ** 2) * 1e-2,
+        }
+
+    def _per_device(self, state, x, y):
+        import jax
+        import optax
+
+        params, opt_state = state["params"], state["opt_state"]
+        grads, losses = jax.jacrev(lambda p: (self.losses(p, x, y),) * 2, has_aux=True)(params)
+        grads = jax.lax.pmean(grads, "data")
+        updates, opt_state = self.tx.update(grads, opt_state, params, losses=losses)
+        return {"params": optax.apply_updates(params, updates), "opt_state": opt_state}
+
+    def initial(self):
+        import jax
+
+        def build():
+            k1, k2 = jax.random.split(jax.random.key(0))
+            params = {
+                "w1": jax.random.normal(k1, (4, 8)) * 0.5,
+                "w2": jax.random.normal(k2, (8, 2)) * 0.5,
+            }
+            return {"params": params, "opt_state": self.tx.init(params)}
+
+        return jax.jit(build, out_shardings=self.replicated)()
+
+    def batch(self, step: int):
+        """This step's global batch, fed by each process for its own devices' rows only."""
+        import jax
+
+        rng = np.random.default_rng(step)
+        x = rng.normal(size=(DEVICES * ROWS, 4)).astype(np.float32)
+        y = np.stack([np.sin(x.sum(axis=1)), x[:, 0] - x[:, 1]], axis=1).astype(np.float32)
+        if step == NAN_STEP:
+            row = DEVICES * ROWS - 1  # on the mesh's last device
+            owner = {
+                d.process_index
+                for d, i in self.rows.devices_indices_map(x.shape).items()
+                if row in range(*i[0].indices(x.shape[0]))
+            }
+            assert owner == {self.processes - 1}, owner  # the second host's, where there are two
+            x[row, 2] = np.nan
+        return tuple(
+            jax.make_array_from_callback(a.shape, self.rows, lambda index, a=a: a[index])
+            for a in (x, y)
+        )
+
+    def step(self, state, step: int):
+        return self._step(state, *self.batch(step))
+
+    def save(self, path: pathlib.Path, state) -> None:
+        import orbax.checkpoint as ocp
+
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(path, state)
+        checkpointer.wait_until_finished()
+
+    def restore(self, path: pathlib.Path):
+        import orbax.checkpoint as ocp
+
+        import adaptive_optax as ao
+
+        target = self.initial()  # what this code builds, never trained: its shardings
+        restored = ocp.StandardCheckpointer().restore(path, target)
+        return ao.restore(target, restored)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], *map(int, sys.argv[2:]))
