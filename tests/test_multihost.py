@@ -16,23 +16,24 @@ that never stopped.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import socket
-import subprocess
 import sys
-import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-DEVICES = 8  # the global mesh: 1 process x 8 devices, or 2 processes x 4
+import adaptive_optax as ao
+from benchmarks import multihost
+
+DEVICES = multihost.DEVICES  # the global mesh: 1 process x 8 devices, or 2 processes x 4
 ROWS = 8  # rows of the batch per device
 STEPS = {"stable": 24, "upgrad": 12}
 NAN_STEP = 9  # one row of the second host's part of this step's batch is NaN
 SAVE_AT = 14  # the stable run is checkpointed after this many steps and resumed from there
 TIMEOUT = 240  # seconds, for one launch of the processes
-STARTED = "multi-process runtime up"  # what a process prints once its runtime works
 
 
 def test_two_processes_agree_with_one_process_every_step(tmp_path):
@@ -104,79 +105,26 @@ def _load(path: pathlib.Path) -> dict[str, np.ndarray]:
 # Launching the processes -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    """A local TCP port free at this moment (the coordinator binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("localhost", 0))
-        return probe.getsockname()[1]
-
-
 def _launch(out: pathlib.Path, processes: int) -> pathlib.Path:
-    """Runs `main` in `processes` processes; skips the test when the runtime cannot start.
-
-    A port taken between `_free_port` and the coordinator's bind gets two more tries.
-    """
+    """Runs `main` in `processes` processes; skips the test when the runtime cannot start."""
     out.mkdir(parents=True)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)  # the device count is set by jax_num_cpu_devices
-    reason = ""
-    for _ in range(3):
-        try:
-            port = _free_port()
-        except OSError as error:
-            pytest.skip(f"no free local port for jax.distributed's coordinator: {error}")
-        args = [sys.executable, __file__, str(out), str(processes), str(port)]
-        running = [
-            subprocess.Popen(
-                [*args, str(p)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
-            for p in range(processes)
-        ]
-        codes, logs = _wait(running)
-        if all(code == 0 for code in codes):
-            return out
-        if all(STARTED in log for log in logs):
-            pytest.fail(f"{processes}-process run failed, exit status {codes}:\n" + "\n".join(logs))
-        # a process failed before the runtime was up: the runtime, not the library, failed
-        reason = " | ".join(_why(log) for log in logs if STARTED not in log)
-    pytest.skip(f"JAX's multi-process CPU runtime (Gloo) does not start here: {reason}")
-
-
-def _why(log: str) -> str:
-    """What a process that could not start the runtime said: its SKIP line, or its last."""
-    lines = [line for line in log.splitlines() if line.strip() and "[Gloo]" not in line]
-    said = [line for line in lines if line.startswith("SKIP")]
-    return (said or lines or ["no output"])[-1]
-
-
-def _wait(running: list[subprocess.Popen]) -> tuple[list[int], list[str]]:
-    """Waits for every process; when one fails (or time runs out), ends the others, which
-    would otherwise wait for it in a collective."""
-    deadline = time.monotonic() + TIMEOUT
-    while any(p.poll() is None for p in running):
-        failed = any(p.poll() not in (None, 0) for p in running)
-        if failed or time.monotonic() > deadline:
-            for p in running:
-                if p.poll() is None:
-                    p.kill()
-            break
-        time.sleep(0.2)
-    logs = [p.communicate()[0].decode(errors="replace") for p in running]
-    return [p.wait() for p in running], logs
+    try:
+        logs = multihost.launch([sys.executable, __file__, str(out)], processes, TIMEOUT)
+    except multihost.RuntimeUnavailable as error:
+        pytest.skip(str(error))
+    for log in logs:  # the processes ran the package under test
+        assert json.dumps({"package": ao.__file__}) in log, log
+    return out
 
 
 # One process: the training runs, its states written after every step ----------------------
 
 
 def main(out: str, processes: int, port: int, process: int) -> None:
-    import jax
-
-    jax.config.update("jax_num_cpu_devices", DEVICES // processes)
-    _start_runtime(processes, port, process)
-    assert jax.device_count() == DEVICES and jax.process_count() == processes
+    multihost.start_runtime(processes, port, process)
 
     for run, steps in STEPS.items():
-        trainer = Trainer(run, processes)
+        trainer = Trainer(run)
         checkpoint = pathlib.Path(out, "checkpoint").absolute()
         state = trainer.initial()
         record = Record([state])
@@ -193,33 +141,7 @@ def main(out: str, processes: int, port: int, process: int) -> None:
                 state = trainer.step(state, step)
                 record.append(state)
             record.save(pathlib.Path(out, f"resumed_{process}.npz"))
-    print(json.dumps({"process": process, "done": True}))
-
-
-def _start_runtime(processes: int, port: int, process: int) -> None:
-    """`jax.distributed.initialize` with Gloo's CPU collectives, and one all-reduce across
-    the processes to show that they work; says SKIP and why, and exits, where they do not."""
-    import jax
-    import jax.numpy as jnp
-
-    try:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(
-            f"localhost:{port}",
-            num_processes=processes,
-            process_id=process,
-            initialization_timeout=60,
-        )
-        mesh = jax.make_mesh((DEVICES,), ("data",))
-        ones = jax.make_array_from_callback(
-            (DEVICES,), jax.NamedSharding(mesh, jax.P("data")), lambda i: np.ones(DEVICES)[i]
-        )
-        total = jax.jit(jnp.sum, out_shardings=jax.NamedSharding(mesh, jax.P()))(ones)
-        assert float(total.addressable_data(0)) == DEVICES, total
-    except Exception as error:  # noqa: BLE001  nothing of the library has run yet
-        print(f"SKIP: process {process}: {type(error).__name__}: {error}", flush=True)
-        sys.exit(1)
-    print(STARTED, flush=True)
+    print(json.dumps({"package": ao.__file__}))
 
 
 class Record:
@@ -232,8 +154,6 @@ class Record:
             self.append(state)
 
     def append(self, state) -> None:
-        import jax
-
         leaves = {}
         for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
             copies = [np.asarray(shard.data) for shard in leaf.addressable_shards]
@@ -250,12 +170,7 @@ class Record:
 class Trainer:
     """Data-parallel training of a small two-layer model on three loss terms."""
 
-    def __init__(self, run: str, processes: int):
-        import jax
-        import optax
-
-        import adaptive_optax as ao
-
+    def __init__(self, run: str):
         self.mesh = jax.make_mesh((DEVICES,), ("data",))
         self.replicated = jax.NamedSharding(self.mesh, jax.P())
         self.rows = jax.NamedSharding(self.mesh, jax.P("data"))
@@ -276,7 +191,6 @@ class Trainer:
             ao.weight_gradients(weighting),
             ao.apply_if_finite(optax.adam(1e-2), axis_name="data"),
         )
-        self.processes = processes
         self._step = jax.jit(
             jax.shard_map(
                 self._per_device,
@@ -286,11 +200,10 @@ class Trainer:
             ),
             donate_argnums=0,
         )
+        self._initial = jax.jit(self._build, out_shardings=self.replicated)
 
     @staticmethod
     def losses(params, x, y):
-        import jax.numpy as jnp
-
         hidden = jnp.tanh(x @ params["w1"])
         pred = hidden @ params["w2"]
         return {
@@ -300,32 +213,26 @@ class Trainer:
         }
 
     def _per_device(self, state, x, y):
-        import jax
-        import optax
-
         params, opt_state = state["params"], state["opt_state"]
         grads, losses = jax.jacrev(lambda p: (self.losses(p, x, y),) * 2, has_aux=True)(params)
         grads = jax.lax.pmean(grads, "data")
         updates, opt_state = self.tx.update(grads, opt_state, params, losses=losses)
         return {"params": optax.apply_updates(params, updates), "opt_state": opt_state}
 
+    def _build(self):
+        k1, k2 = jax.random.split(jax.random.key(0))
+        params = {
+            "w1": jax.random.normal(k1, (4, 8)) * 0.5,
+            "w2": jax.random.normal(k2, (8, 2)) * 0.5,
+        }
+        return {"params": params, "opt_state": self.tx.init(params)}
+
     def initial(self):
-        import jax
-
-        def build():
-            k1, k2 = jax.random.split(jax.random.key(0))
-            params = {
-                "w1": jax.random.normal(k1, (4, 8)) * 0.5,
-                "w2": jax.random.normal(k2, (8, 2)) * 0.5,
-            }
-            return {"params": params, "opt_state": self.tx.init(params)}
-
-        return jax.jit(build, out_shardings=self.replicated)()
+        """The initial training state, computed on the devices: the same on every process."""
+        return self._initial()
 
     def batch(self, step: int):
         """This step's global batch, fed by each process for its own devices' rows only."""
-        import jax
-
         rng = np.random.default_rng(step)
         x = rng.normal(size=(DEVICES * ROWS, 4)).astype(np.float32)
         y = np.stack([np.sin(x.sum(axis=1)), x[:, 0] - x[:, 1]], axis=1).astype(np.float32)
@@ -336,7 +243,9 @@ class Trainer:
                 for d, i in self.rows.devices_indices_map(x.shape).items()
                 if row in range(*i[0].indices(x.shape[0]))
             }
-            assert owner == {self.processes - 1}, owner  # the second host's, where there are two
+            assert owner == {jax.process_count() - 1}, (
+                owner
+            )  # the second host's, where there are two
             x[row, 2] = np.nan
         return tuple(
             jax.make_array_from_callback(a.shape, self.rows, lambda index, a=a: a[index])
@@ -355,8 +264,6 @@ class Trainer:
 
     def restore(self, path: pathlib.Path):
         import orbax.checkpoint as ocp
-
-        import adaptive_optax as ao
 
         target = self.initial()  # what this code builds, never trained: its shardings
         restored = ocp.StandardCheckpointer().restore(path, target)
