@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.experimental import multihost_utils
 
 import adaptive_optax as ao
 from benchmarks import multihost
@@ -33,7 +34,8 @@ ROWS = 8  # rows of the batch per device
 STEPS = {"stable": 24, "upgrad": 12}
 NAN_STEP = 9  # one row of the second host's part of this step's batch is NaN
 SAVE_AT = 14  # the stable run is checkpointed after this many steps and resumed from there
-TIMEOUT = 240  # seconds, for one launch of the processes
+METRICS = jax.jit(ao.metrics)
+TIMEOUT = 600  # seconds, for one launch of the processes (a guard against a hang)
 
 
 def test_two_processes_agree_with_one_process_every_step(tmp_path):
@@ -131,6 +133,7 @@ def main(out: str, processes: int, port: int, process: int) -> None:
         for step in range(steps):
             state = trainer.step(state, step)
             record.append(state)
+            _replicas_agree(state)
             if run == "stable" and step + 1 == SAVE_AT:
                 trainer.save(checkpoint, state)
         record.save(pathlib.Path(out, f"{run}_{process}.npz"))
@@ -141,7 +144,22 @@ def main(out: str, processes: int, port: int, process: int) -> None:
                 state = trainer.step(state, step)
                 record.append(state)
             record.save(pathlib.Path(out, f"resumed_{process}.npz"))
+    if processes > 1:  # the guide's check sees a difference: one process's copy made to differ
+        try:
+            _replicas_agree(state, differ=process)
+        except AssertionError:
+            pass
+        else:
+            raise AssertionError("multihost_utils.assert_equal missed a difference between hosts")
     print(json.dumps({"package": ao.__file__}))
+
+
+def _replicas_agree(state, differ: int = 0) -> None:
+    """The guide's check: each process's own copy of `ao.metrics`, the same on every process
+    (`differ` is added to this process's copy of the step count)."""
+    own = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), METRICS(state["opt_state"]))
+    own["step"] = own["step"] + differ
+    multihost_utils.assert_equal(own, "the replicas' weighting states differ")
 
 
 class Record:
