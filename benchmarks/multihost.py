@@ -190,7 +190,8 @@ def _steps(mesh, weighting):
     @jax.shard_map(mesh=mesh, in_specs=(jax.P(), jax.P(), jax.P("data")), out_specs=jax.P())
     def step(params, opt_state, batch):
         grads, step_losses = jax.jacrev(lambda p: (losses(p, *batch),) * 2, has_aux=True)(params)
-        grads = jax.lax.pmean(grads, "data")
+        # summed over the devices by JAX already (params are replicated): divide for the mean
+        grads = jax.tree.map(lambda g: g / jax.lax.axis_size("data"), grads)
         if weighting is None:  # the same per-term gradients, summed with the base weights
             grads = jax.tree.map(
                 lambda *g: sum(BASE[n] * gi for n, gi in zip(BASE, g, strict=True)),

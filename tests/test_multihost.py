@@ -1,7 +1,9 @@
 """Many hosts: two JAX processes of four CPU devices each, joined by `jax.distributed` and Gloo.
 
 The test starts its own processes: one with 8 CPU devices (the reference), and two with 4 each
-that form one 8-device mesh, as two hosts would. All three run the same data-parallel training
+that form one 8-device mesh, as two hosts would; all use Gloo's collectives (XLA's in-process
+all-reduce adds in another order, so a run on it differs in the last bits: see
+`benchmarks/multihost.py`). All three run the same data-parallel training
 (`shard_map` over the mesh, per-term gradients averaged over it, `ao.weight_gradients` with
 `ao.stable_weights(..., axis_name="data")` and then with `ao.upgrad_weights`, and
 `ao.apply_if_finite(..., axis_name="data")`); every process feeds only the rows of the global
@@ -10,7 +12,10 @@ the test asserts that the two hosts agree bit for bit at every step, and with th
 run. One step's batch holds a NaN on a row of the second host only: every host skips it alike
 and counts it once. The two hosts save the run half way through with orbax, each writing its
 part of one checkpoint, restore it in a fresh state and train on: bit-identical to the run
-that never stopped.
+that never stopped. Each process also runs the guide's check that the replicas agree
+(`multihost_utils.assert_equal` of its own copy of `ao.metrics`) after every step, and sees it
+fail when one copy differs, and checks the guide's note that a replicated parameter's
+gradient in `shard_map` comes back summed over the devices.
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ def _launch(out: pathlib.Path, processes: int) -> pathlib.Path:
 
 def main(out: str, processes: int, port: int, process: int) -> None:
     multihost.start_runtime(processes, port, process)
+    _gradients_come_back_summed()
 
     for run, steps in STEPS.items():
         trainer = Trainer(run)
@@ -152,6 +158,27 @@ def main(out: str, processes: int, port: int, process: int) -> None:
         else:
             raise AssertionError("multihost_utils.assert_equal missed a difference between hosts")
     print(json.dumps({"package": ao.__file__}))
+
+
+def _gradients_come_back_summed() -> None:
+    """The guide's note: in `jax.shard_map`, the gradient of a replicated parameter is the sum
+    over the devices, which `pmean` leaves as it is; divided by the axis size, the mean."""
+    mesh = jax.make_mesh((DEVICES,), ("data",))
+    x = np.arange(DEVICES, dtype=np.float32)[:, None]  # one row per device
+    rows = jax.make_array_from_callback(
+        x.shape, jax.NamedSharding(mesh, jax.P("data")), x.__getitem__
+    )
+
+    @jax.jit
+    @jax.shard_map(mesh=mesh, in_specs=(jax.P(), jax.P("data")), out_specs=jax.P())
+    def gradients(w, x):
+        g = jax.grad(lambda w: jnp.mean((x @ w) ** 2))(w)
+        return g, jax.lax.pmean(g, "data"), g / jax.lax.axis_size("data")
+
+    w = jax.device_put(np.ones(1, np.float32), jax.NamedSharding(mesh, jax.P()))
+    summed, pmeaned, divided = (float(g.addressable_data(0)[0]) for g in gradients(w, rows))
+    mean = float(np.mean(2 * x[:, 0] ** 2))  # the gradient of the global batch's loss
+    assert (summed, pmeaned, divided) == (DEVICES * mean, DEVICES * mean, mean), (summed, mean)
 
 
 def _replicas_agree(state, differ: int = 0) -> None:
@@ -233,7 +260,8 @@ class Trainer:
     def _per_device(self, state, x, y):
         params, opt_state = state["params"], state["opt_state"]
         grads, losses = jax.jacrev(lambda p: (self.losses(p, x, y),) * 2, has_aux=True)(params)
-        grads = jax.lax.pmean(grads, "data")
+        # summed over the devices by JAX already (params are replicated): divide for the mean
+        grads = jax.tree.map(lambda g: g / jax.lax.axis_size("data"), grads)
         updates, opt_state = self.tx.update(grads, opt_state, params, losses=losses)
         return {"params": optax.apply_updates(params, updates), "opt_state": opt_state}
 
