@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -296,21 +295,48 @@ def solver_times(k: int, rounds: int) -> dict:
 # -------------------------------------------------------------------------------------- memory
 
 
-def memory_arm(arm: str, k: int, steps: int) -> None:
-    """Runs ``steps`` steps of one arm and prints its peak resident set size in MiB.
+def _status_mib(field: str) -> float:
+    """A field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``: the peak), in MiB."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
 
-    Both frameworks are imported in every such process, so that they share one baseline
-    (``imports only`` runs no step)."""
+
+def _reset_peak() -> None:
+    """Returns freed heap to the system (``malloc_trim``), then resets the peak."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM, the peak resident set size, to the current one
+
+
+def memory_arm(arm: str, k: int, steps: int) -> None:
+    """Runs ``steps`` steps of one arm; prints, in MiB, the rise of the peak resident size
+    above the resident size after the imports, over the first step (compilation included)
+    and over the later steps (Linux).
+
+    Both frameworks are imported in every such process, so that they share one baseline;
+    the peak is reset after the imports and after the first step (``/proc/self/clear_refs``),
+    once the heap freed by then (the compiler's, for JAX) is given back (``malloc_trim``).
+    """
     import torch  # noqa: F401
 
+    before = _status_mib("VmRSS")
+    _reset_peak()
+    first = later = before
     if arm != "imports only":
         arms = jax_steps(k) if arm.startswith(("jax", "ours")) else torch_steps(k)
         fn, carry = arms[arm]
         del arms
+        carry = _ready(fn(carry))
+        first = _status_mib("VmHWM")
+        _reset_peak()
         for _ in range(steps):
             carry = fn(carry)
         _ready(carry)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        later = _status_mib("VmHWM")
+    print(f"{before} {first - before} {later - before}")
 
 
 MEMORY_ARMS = (
@@ -323,8 +349,8 @@ MEMORY_ARMS = (
 )
 
 
-def peak_memory(arm: str, k: int, steps: int) -> float:
-    """Peak resident MiB of ``arm`` run alone in a fresh process."""
+def peak_memory(arm: str, k: int, steps: int) -> tuple[float, float, float]:
+    """What :func:`memory_arm` prints for ``arm``, run alone in a fresh process."""
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.peers", "--memory-arm", arm, "-k", str(k)],
         capture_output=True,
@@ -333,7 +359,8 @@ def peak_memory(arm: str, k: int, steps: int) -> float:
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         env={**os.environ, "PEERS_STEPS": str(steps)},
     )
-    return float(out.stdout.strip().splitlines()[-1])
+    before, first, later = out.stdout.strip().splitlines()[-1].split()
+    return float(before), float(first), float(later)
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -368,7 +395,15 @@ def main() -> None:
         return
     rounds = 3 if args.quick else args.rounds
     ks = [int(k) for k in args.ks.split(",")]
-    lines = [f"Machine: {machine()}.", ""]
+    command = "python -m benchmarks.peers " + " ".join(sys.argv[1:])
+    lines = [
+        "# TorchJD's UPGrad step beside ours",
+        "",
+        f"Command: `{command}` (`benchmarks/peers.py`), {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"Machine: {machine()}.",
+        "",
+    ]
 
     def emit(line=""):
         print(line, flush=True)
@@ -437,12 +472,18 @@ def main() -> None:
     emit()
 
     if args.memory:
-        emit("4. Peak resident memory, MiB, K=8, 20 steps, each arm alone in a fresh process")
+        emit(
+            "4. Peak resident memory, K=8, each arm alone in a fresh process with both "
+            "frameworks imported: MiB above the resident size after the imports, during the "
+            "first step (compilation included) and during the 20 steps after it (freed heap "
+            "returned to the system first)"
+        )
         emit()
-        emit("| arm | peak MiB |")
-        emit("|---|---|")
+        emit("| arm | resident after imports | first step | later steps |")
+        emit("|---|---|---|---|")
         for arm in MEMORY_ARMS:
-            emit(f"| {arm} | {peak_memory(arm, 8, 20):.0f} |")
+            before, first, later = peak_memory(arm, 8, 20)
+            emit(f"| {arm} | {before:.0f} | +{first:.0f} | +{later:.0f} |")
         emit()
     if args.markdown:
         with open(args.markdown, "w") as f:
