@@ -56,7 +56,7 @@ def per_term_grads(
     under ``jax.jit``, XLA computes the forward pass they share once, and each backward pass
     skips what its term does not depend on (the other heads). This is the layout measured
     fastest on CPU (``benchmarks/peers.py``): about ``K`` backward passes for ``K`` terms,
-    where ``jax.jacrev`` (a ``vmap`` over the terms) costs 2 to 3 times more and leaves a
+    where ``jax.jacrev`` (a ``vmap`` over the terms) costs 1.7 to 2.3 times more and leaves a
     stacked layout that makes the weighted sum and the Gramian copy every gradient. Call it
     inside ``jax.jit``: called eagerly, each pass is compiled and run on its own.
 
