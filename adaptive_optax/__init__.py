@@ -72,6 +72,9 @@ from adaptive_optax._src.integration import WeightGradientsState as WeightGradie
 from adaptive_optax._src.integration import apply_gradients as apply_gradients
 from adaptive_optax._src.integration import apply_if_finite as apply_if_finite
 from adaptive_optax._src.integration import weight_gradients as weight_gradients
+from adaptive_optax._src.per_term import per_term_grads as per_term_grads
+from adaptive_optax._src.representation import RepresentationGrads as RepresentationGrads
+from adaptive_optax._src.representation import representation_grads as representation_grads
 from adaptive_optax._src.rules import loss_ratio_rule as loss_ratio_rule
 from adaptive_optax._src.rules import relative_ratio_rule as relative_ratio_rule
 from adaptive_optax._src.rules import tanh_rule as tanh_rule
@@ -88,6 +91,7 @@ __all__ = (
     "Counters",
     "LogStats",
     "LossWeighting",
+    "RepresentationGrads",
     "Rule",
     "RunningStats",
     "Signals",
@@ -134,9 +138,11 @@ __all__ = (
     "nash_mtl_weights",
     "pcgrad_rule",
     "pcgrad_weights",
+    "per_term_grads",
     "relative_ratio_rule",
     "relobralo_rule",
     "relobralo_weights",
+    "representation_grads",
     "restore",
     "rlw_rule",
     "rlw_weights",

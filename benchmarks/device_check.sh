@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The device check: the test suite (notebooks, docs and README blocks aside) and the overhead
-# benchmark on an accelerator, with results under results/device/ (or $OUT/ when set, as on
+# The device check: the test suite (notebooks, docs and README blocks aside), the overhead
+# benchmark and, where torch and torchjd are installed (pip install '.[peers]'), the peers
+# benchmark (per-term gradients, the UPGrad step beside TorchJD's) on an accelerator, with results under results/device/ (or $OUT/ when set, as on
 # the project's device machine). Run from anywhere: bash benchmarks/device_check.sh
 #
 # GPU ops are made deterministic (--xla_gpu_deterministic_ops), as bit-exact resume from a
@@ -21,5 +22,11 @@ $python -m pytest -q "${workers[@]}" -p no:cacheprovider tests \
 tests_status=${PIPESTATUS[0]}
 $python -m benchmarks.overhead 2>&1 | tee "$out/overhead.txt"
 bench_status=${PIPESTATUS[0]}
-echo "tests exit $tests_status, overhead benchmark exit $bench_status" | tee -a "$out/devices.txt"
-exit $((tests_status || bench_status))
+peers_status=0
+if $python -c "import torch, torchjd" 2>/dev/null; then
+  $python -m benchmarks.peers --rounds 9 --markdown "$out/peers.md" 2>&1 | tee "$out/peers.txt"
+  peers_status=${PIPESTATUS[0]}
+fi
+echo "tests exit $tests_status, overhead benchmark exit $bench_status," \
+  "peers benchmark exit $peers_status" | tee -a "$out/devices.txt"
+exit $((tests_status || bench_status || peers_status))

@@ -61,13 +61,12 @@ def create_state(seed: int = 0, learning_rate: float = 1e-2) -> train_state.Trai
 def train_step(state: train_state.TrainState, x, y_sine, y_product):
     def per_term(params):
         sine, product = state.apply_fn(params, x)
-        losses = {
+        return {
             "sine": jnp.mean((sine - y_sine) ** 2),
             "product": jnp.mean((product - y_product) ** 2),
         }
-        return losses, losses
 
-    grads, losses = jax.jacrev(per_term, has_aux=True)(state.params)  # {"sine": grads, ...}
+    losses, grads = ao.per_term_grads(per_term)(state.params)  # {"sine": grads, ...}
     total = ao.weighted_sum(losses, ao.find_state(state).weights)  # this step's weights
     state = ao.apply_gradients(state, grads=grads, losses=losses)  # not state.apply_gradients
     return state, total, ao.metrics(state)

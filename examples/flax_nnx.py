@@ -63,10 +63,9 @@ def train_step(model: TwoHeads, optimizer: nnx.Optimizer, x, y_sine, y_product):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def per_term(params):
-        losses = losses_fn(nnx.merge(graphdef, params, rest), x, y_sine, y_product)
-        return losses, losses
+        return losses_fn(nnx.merge(graphdef, params, rest), x, y_sine, y_product)
 
-    grads, losses = jax.jacrev(per_term, has_aux=True)(params)  # {"sine": grads, ...}
+    losses, grads = ao.per_term_grads(per_term)(params)  # {"sine": grads, ...}
     weights = ao.find_state(nnx.as_pure(optimizer.opt_state)).weights  # this step's weights
     optimizer.update(model, grads, losses=losses)
     return ao.weighted_sum(losses, weights), ao.metrics(nnx.as_pure(optimizer.opt_state))

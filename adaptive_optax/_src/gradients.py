@@ -76,7 +76,7 @@ def gradient_statistics(term_grads: PyTree, names: Iterable[str], terms_treedef)
 
     Args:
       term_grads: a pytree keyed like the base weights whose values are gradient pytrees
-        (what ``jax.jacrev`` of a dict-valued loss function gives).
+        (what :func:`adaptive_optax.per_term_grads` of a dict-valued loss function gives).
       names: statistics to compute, keys of :data:`GRADIENT_STATISTICS`.
       terms_treedef: the tree structure of the base weights.
 

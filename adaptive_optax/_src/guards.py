@@ -185,7 +185,7 @@ def guarded(
     def init() -> AdaptiveState:
         zeros = jnp.zeros((terms.size,), jnp.int32)
         weights = terms.tree(initial_base)
-        return AdaptiveState(
+        state = AdaptiveState(
             step=jnp.zeros([], jnp.int32),
             enabled=jnp.ones([], bool),
             weights=weights,
@@ -198,6 +198,9 @@ def guarded(
             spike_stats=init_spike_stats(terms.size, stats_dtype),
             rule_state=rule.init(initial_base),
         )
+        # Every leaf its own buffer, so that a jitted step can donate the state (leaves above
+        # share buffers, and a rule's state may hold this closure's base weights).
+        return jax.tree.map(jnp.copy, state)
 
     def update(
         losses: PyTree,

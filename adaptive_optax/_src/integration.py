@@ -38,13 +38,14 @@ def weight_gradients(
     """Weights per-term gradients with adaptive loss weights, as the first link of an optax chain.
 
     ``update`` takes per-term gradients: a pytree keyed like the base weights whose values are
-    parameter-shaped gradient pytrees (what ``jax.jacrev`` of a dict-valued loss function
-    gives), and the keyword ``losses`` (one scalar per term). It advances the weighting with
-    ``losses`` and the gradient statistics its rule needs (``weighting.needs``: ``"norm"``,
-    ``"max_abs"``, ``"gramian"``, ...; nothing else is computed) and returns
-    ``sum(weight[t] * grads[t])`` over the terms ``t``: with the weights in the state before
-    this step, as the training-step pattern has them, or with the weights the update just
-    computed from this step's gradients (``this_steps_weights``), as the Gramian methods'
+    parameter-shaped gradient pytrees (what :func:`adaptive_optax.per_term_grads` of a
+    dict-valued loss function gives; ``jax.jacrev`` gives the same, slower), and the keyword
+    ``losses`` (one scalar per term). It advances the weighting with ``losses`` and the
+    gradient statistics its rule needs (``weighting.needs``: ``"norm"``, ``"max_abs"``,
+    ``"gramian"``, ...; nothing else is computed) and returns ``sum(weight[t] * grads[t])``
+    over the terms ``t``: with the weights in the state before this step, as the
+    training-step pattern has them, or with the weights the update just computed from this
+    step's gradients (``this_steps_weights``), as the Gramian methods'
     algorithms do. Other extra arguments are ignored, as in optax.
 
     Under data parallelism, average the per-term gradients over devices before this transform
@@ -87,7 +88,7 @@ def weight_gradients(
       >>> def losses_fn(params):
       ...     return {"fit": jnp.sum((params - 1.0) ** 2), "smooth": jnp.sum(jnp.diff(params) ** 2)}
       >>> opt_state = tx.init(params)
-      >>> losses, grads = losses_fn(params), jax.jacrev(losses_fn)(params)
+      >>> losses, grads = ao.per_term_grads(losses_fn)(params)
       >>> updates, opt_state = tx.update(grads, opt_state, params, losses=losses)
       >>> params = optax.apply_updates(params, updates)
       >>> int(ao.metrics(opt_state)["step"])
@@ -265,7 +266,7 @@ def _split_terms(updates: PyTree, weights: PyTree) -> list[PyTree]:
     names = term_names(weights)
     message = (
         f"updates must be per-term gradients keyed like the base weights, terms {names} "
-        f"(what jax.jacrev of a dict-valued loss function gives), got "
+        f"(what ao.per_term_grads of a dict-valued loss function gives), got "
         f"{jax.tree.structure(updates)}"
     )
     terms = []
@@ -307,8 +308,8 @@ def apply_gradients(train_state: Any, *, grads: PyTree, **extra_args: Any) -> An
       ...                  optax.sgd(0.1))
       >>> state = train_state.TrainState.create(apply_fn=None, params=jnp.ones(2), tx=tx)
       >>> losses_fn = lambda p: {"a": jnp.sum(p**2), "b": jnp.sum((p - 1) ** 2)}
-      >>> grads = jax.jacrev(losses_fn)(state.params)
-      >>> state = ao.apply_gradients(state, grads=grads, losses=losses_fn(state.params))
+      >>> losses, grads = ao.per_term_grads(losses_fn)(state.params)
+      >>> state = ao.apply_gradients(state, grads=grads, losses=losses)
       >>> int(state.step), int(ao.metrics(state)["step"])
       (1, 1)
     """

@@ -1,0 +1,494 @@
+"""TorchJD's UPGrad step beside ours, on the same problem and the same machine.
+
+Install (a separate virtual environment keeps torch out of the test environment; torch's CPU
+build, since a plain ``torch`` requirement pulls the CUDA build, several GB)::
+
+    python3 -m venv /work/venv-peers
+    /work/venv-peers/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+    /work/venv-peers/bin/pip install -e '.[peers]'
+
+Run: ``/work/venv-peers/bin/python -m benchmarks.peers`` (``--quick`` for a smoke run; add
+``--markdown results/peers_cpu.md`` to write the tables). Not part of the test command.
+
+The problem: an MLP trunk (256 -> 1024 -> 640, ReLU, 0.92M parameters) with K linear heads
+(640 -> 16), one mean-squared-error term per head, batch 64, Adam. Every arm runs in this
+process, single-threaded on a CPU (``torch.set_num_threads(1)`` and XLA's CPU client without
+Eigen's thread pool; on a device machine JAX runs on the GPU, and torch too if its build has
+CUDA), timed in interleaved rounds: blocked (the host waits for each step) and
+pipelined (``--pipeline`` steps dispatched back to back, one wait). Medians, and ratios within
+one run. Printed:
+
+1. ms per training step, K in {2, 4, 8}: JAX's plain step (one ``grad`` of the summed
+   losses), torch's, TorchJD's (``autojac.backward`` + ``jac_to_grad(UPGrad())``), ours
+   (``ao.per_term_grads`` -> ``ao.weight_gradients(ao.upgrad_weights(...))`` -> Adam), the
+   old pattern with ``jax.jacrev``, and the representation-level path
+   (``ao.representation_grads`` at the trunk's output);
+2. the per-term gradients alone against one ``grad`` of the sum (``per_term_grads`` and
+   ``jax.jacrev``);
+3. the solvers alone (UPGrad and MGDA from a Gramian), K up to 16, against TorchJD's;
+4. peak resident memory of K=8 steps, each arm in a fresh process (``--memory``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+if "jax" not in sys.modules:  # single-threaded XLA, as torch below; set before jax starts
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    )
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import adaptive_optax as ao
+
+BATCH, INPUT, HIDDEN, FEATURES, OUTPUT = 64, 256, 1024, 640, 16
+LR = 1e-3
+
+
+def problem(k: int, seed: int = 0) -> dict:
+    """Parameters and a batch, as NumPy arrays (the same values for both frameworks)."""
+    rng = np.random.default_rng(seed)
+
+    def dense(n_in, n_out):
+        return {
+            "w": (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32),
+            "b": np.zeros(n_out, np.float32),
+        }
+
+    return {
+        "params": {
+            "trunk": [dense(INPUT, HIDDEN), dense(HIDDEN, FEATURES)],
+            "heads": {f"t{i}": dense(FEATURES, OUTPUT) for i in range(k)},
+        },
+        "x": rng.standard_normal((BATCH, INPUT)).astype(np.float32),
+        "y": {f"t{i}": rng.standard_normal((BATCH, OUTPUT)).astype(np.float32) for i in range(k)},
+    }
+
+
+# ----------------------------------------------------------------------------------------- JAX
+
+
+def encode(params, x, y):
+    del y
+    for layer in params["trunk"]:
+        x = jax.nn.relu(x @ layer["w"] + layer["b"])
+    return x
+
+
+def decode(params, z, x, y):
+    del x
+    return {
+        t: jnp.mean((z @ head["w"] + head["b"] - y[t]) ** 2) for t, head in params["heads"].items()
+    }
+
+
+def losses_fn(params, x, y):
+    return decode(params, encode(params, x, y), x, y)
+
+
+def jax_steps(k: int) -> dict:
+    """Name -> (jitted step, initial carry); each step maps the carry to the next one."""
+    data = jax.tree.map(jnp.asarray, problem(k))
+    params, x, y = data["params"], data["x"], data["y"]
+    base = {t: 1.0 for t in y}
+    terms = jax.tree.structure(base)
+    adam = optax.adam(LR)
+    upgrad = ao.upgrad_weights(base)
+    chained = optax.chain(ao.weight_gradients(upgrad), adam)
+
+    def plain(carry):
+        params, opt_state = carry
+        grads = jax.grad(lambda p: sum(losses_fn(p, x, y).values()))(params)
+        updates, opt_state = adam.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    def documented(per_term):
+        def step(carry):
+            params, opt_state = carry
+            losses, grads = per_term(params)
+            updates, opt_state = chained.update(grads, opt_state, params, losses=losses)
+            return optax.apply_updates(params, updates), opt_state
+
+        return step
+
+    def fast(params):
+        return ao.per_term_grads(losses_fn)(params, x, y)
+
+    def jacrev(params):
+        return losses_fn(params, x, y), jax.jacrev(losses_fn)(params, x, y)
+
+    def representation(carry):
+        params, opt_state, weight_state = carry
+        losses, grads, backward = ao.representation_grads(encode, decode)(params, x, y)
+        stats = ao.gradient_statistics(grads, upgrad.needs, terms)
+        weights, weight_state = upgrad.update(losses, weight_state, grad_stats=stats)
+        updates, opt_state = adam.update(backward(weights), opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, weight_state
+
+    return {
+        "jax plain": (jax.jit(plain), (params, adam.init(params))),
+        "ours per_term_grads": (jax.jit(documented(fast)), (params, chained.init(params))),
+        "ours jacrev": (jax.jit(documented(jacrev)), (params, chained.init(params))),
+        "ours representation": (
+            jax.jit(representation),
+            (params, adam.init(params), upgrad.init()),
+        ),
+    }
+
+
+def jax_gradients(k: int) -> dict:
+    """Name -> (jitted function of the parameters, parameters): the gradients alone."""
+    data = jax.tree.map(jnp.asarray, problem(k))
+    params, x, y = data["params"], data["x"], data["y"]
+    return {
+        "grad of the sum": (
+            jax.jit(jax.grad(lambda p: sum(losses_fn(p, x, y).values()))),
+            params,
+        ),
+        "ao.per_term_grads": (jax.jit(lambda p: ao.per_term_grads(losses_fn)(p, x, y)), params),
+        "jax.jacrev": (jax.jit(lambda p: jax.jacrev(losses_fn)(p, x, y)), params),
+    }
+
+
+# --------------------------------------------------------------------------------------- torch
+
+
+def torch_steps(k: int) -> dict:
+    """Name -> (step, initial carry) for torch's plain step and TorchJD's UPGrad step."""
+    import torch
+    from torchjd.aggregation import UPGrad
+    from torchjd.autojac import backward, jac_to_grad
+
+    torch.set_num_threads(1)
+    device = _torch_device()
+    data = problem(k)
+
+    def build():
+        trunk = torch.nn.Sequential(
+            torch.nn.Linear(INPUT, HIDDEN),
+            torch.nn.ReLU(),
+            torch.nn.Linear(HIDDEN, FEATURES),
+            torch.nn.ReLU(),
+        )
+        heads = torch.nn.ModuleDict({t: torch.nn.Linear(FEATURES, OUTPUT) for t in data["y"]})
+        with torch.no_grad():
+            layers = [trunk[0], trunk[2], *heads.values()]
+            values = [*data["params"]["trunk"], *data["params"]["heads"].values()]
+            for layer, value in zip(layers, values, strict=True):
+                layer.weight.copy_(torch.from_numpy(value["w"].T))
+                layer.bias.copy_(torch.from_numpy(value["b"]))
+        trunk, heads = trunk.to(device), heads.to(device)
+        params = [*trunk.parameters(), *heads.parameters()]
+        return trunk, heads, params, torch.optim.Adam(params, lr=LR)
+
+    x = torch.from_numpy(data["x"]).to(device)
+    y = {t: torch.from_numpy(v).to(device) for t, v in data["y"].items()}
+
+    def losses(trunk, heads):
+        z = trunk(x)
+        return [torch.mean((heads[t](z) - y[t]) ** 2) for t in y]
+
+    def plain(carry):
+        trunk, heads, params, opt = carry
+        opt.zero_grad()
+        sum(losses(trunk, heads)).backward()
+        opt.step()
+        return carry
+
+    aggregator = UPGrad()
+
+    def torchjd_step(carry):
+        trunk, heads, params, opt = carry
+        opt.zero_grad()
+        backward(losses(trunk, heads))
+        jac_to_grad(params, aggregator)
+        opt.step()
+        return carry
+
+    return {"torch plain": (plain, build()), "TorchJD UPGrad": (torchjd_step, build())}
+
+
+# -------------------------------------------------------------------------------------- timing
+
+
+def _torch_device() -> str:
+    """``"cuda"`` where torch sees a GPU (a CUDA build on a device machine), else ``"cpu"``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _ready(value):
+    """Waits for JAX's asynchronous results and torch's CUDA stream (CPU torch is synchronous)."""
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        sys.modules["torch"].cuda.synchronize()
+    return jax.block_until_ready(value)
+
+
+def interleaved(arms: dict, rounds: int, steps: int) -> dict:
+    """Median seconds per step of each arm, timed in interleaved rounds of ``steps`` steps."""
+    carries = {name: _ready(fn(carry)) for name, (fn, carry) in arms.items()}  # compile, warm
+    times = {name: [] for name in arms}
+    for _ in range(rounds):
+        for name, (fn, _) in arms.items():
+            carry = carries[name]
+            start = time.perf_counter()
+            for _ in range(steps):
+                carry = fn(carry)
+            _ready(carry)
+            times[name].append((time.perf_counter() - start) / steps)
+            carries[name] = carry
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def interleaved_calls(arms: dict, rounds: int) -> dict:
+    """Median seconds per call of ``fn(arg)`` for each arm, in interleaved rounds."""
+    for fn, arg in arms.values():
+        _ready(fn(arg))
+    times = {name: [] for name in arms}
+    for _ in range(rounds):
+        for name, (fn, arg) in arms.items():
+            start = time.perf_counter()
+            _ready(fn(arg))
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+
+
+def random_gramian(k: int, seed: int) -> np.ndarray:
+    """The Gramian of ``k`` conflicting gradients in 64 dimensions."""
+    rng = np.random.default_rng(seed)
+    jac = rng.standard_normal((k, 64)) + 0.3 * rng.standard_normal(64)
+    return (jac @ jac.T).astype(np.float32)
+
+
+def solver_times(k: int, rounds: int) -> dict:
+    """Median and least microseconds per call of each solver on one ``(k, k)`` Gramian."""
+    import torch
+    from torchjd.aggregation import MGDAWeighting, UPGradWeighting
+
+    torch.set_num_threads(1)
+    gramian = random_gramian(k, seed=k)
+    ours_up = jax.jit(ao._src.gramian.upgrad_from_gramian)
+    ours_mgda = jax.jit(ao._src.gramian.mgda_from_gramian)
+    theirs_up, theirs_mgda = UPGradWeighting(), MGDAWeighting()
+    g_jax, g_torch = jnp.asarray(gramian), torch.from_numpy(gramian)
+    arms = {
+        "UPGrad ours": (ours_up, g_jax),
+        "UPGrad TorchJD": (theirs_up, g_torch),
+        "MGDA ours": (ours_mgda, g_jax),
+        "MGDA TorchJD": (theirs_mgda, g_torch),
+    }
+    return {name: (t[0] * 1e6, t[1] * 1e6) for name, t in interleaved_calls(arms, rounds).items()}
+
+
+# -------------------------------------------------------------------------------------- memory
+
+
+def _status_mib(field: str) -> float:
+    """A field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``: the peak), in MiB."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def _reset_peak() -> None:
+    """Returns freed heap to the system (``malloc_trim``), then resets the peak."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM, the peak resident set size, to the current one
+
+
+def memory_arm(arm: str, k: int, steps: int) -> None:
+    """Runs ``steps`` steps of one arm; prints, in MiB, the rise of the peak resident size
+    above the resident size after the imports, over the first step (compilation included)
+    and over the later steps (Linux).
+
+    Both frameworks are imported in every such process, so that they share one baseline;
+    the peak is reset after the imports and after the first step (``/proc/self/clear_refs``),
+    once the heap freed by then (the compiler's, for JAX) is given back (``malloc_trim``).
+    """
+    import torch  # noqa: F401
+
+    before = _status_mib("VmRSS")
+    _reset_peak()
+    first = later = before
+    if arm != "imports only":
+        arms = jax_steps(k) if arm.startswith(("jax", "ours")) else torch_steps(k)
+        fn, carry = arms[arm]
+        del arms
+        carry = _ready(fn(carry))
+        first = _status_mib("VmHWM")
+        _reset_peak()
+        for _ in range(steps):
+            carry = fn(carry)
+        _ready(carry)
+        later = _status_mib("VmHWM")
+    print(f"{before} {first - before} {later - before}")
+
+
+MEMORY_ARMS = (
+    "imports only",
+    "jax plain",
+    "ours per_term_grads",
+    "ours representation",
+    "torch plain",
+    "TorchJD UPGrad",
+)
+
+
+def peak_memory(arm: str, k: int, steps: int) -> tuple[float, float, float]:
+    """What :func:`memory_arm` prints for ``arm``, run alone in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.peers", "--memory-arm", arm, "-k", str(k)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env={**os.environ, "PEERS_STEPS": str(steps)},
+    )
+    before, first, later = out.stdout.strip().splitlines()[-1].split()
+    return float(before), float(first), float(later)
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def machine() -> str:
+    from importlib.metadata import version
+
+    import torch
+    import torchjd  # noqa: F401
+
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{platform.system()}; jax {jax.__version__}, torch {torch.__version__}, "
+        f"torchjd {version('torchjd')}; one thread each"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few rounds, for a smoke run")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per table")
+    parser.add_argument("--pipeline", type=int, default=10, help="steps per pipelined block")
+    parser.add_argument("--ks", default="2,4,8", help="numbers of terms of the step tables")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory")
+    parser.add_argument("--markdown", help="also write the tables to this Markdown file")
+    parser.add_argument("--memory-arm", help=argparse.SUPPRESS)
+    parser.add_argument("-k", type=int, default=8, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_arm:
+        memory_arm(args.memory_arm, args.k, int(os.environ.get("PEERS_STEPS", "20")))
+        return
+    rounds = 3 if args.quick else args.rounds
+    ks = [int(k) for k in args.ks.split(",")]
+    command = "python -m benchmarks.peers " + " ".join(sys.argv[1:])
+    lines = [
+        "# TorchJD's UPGrad step beside ours",
+        "",
+        f"Command: `{command}` (`benchmarks/peers.py`), {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"Machine: {machine()}.",
+        "",
+    ]
+
+    def emit(line=""):
+        print(line, flush=True)
+        lines.append(line)
+
+    emit(f"1. ms per training step, median of {rounds} interleaved rounds")
+    emit()
+    steps = {}
+    for mode, per_block in (("blocked", 1), ("pipelined", args.pipeline)):
+        for k in ks:
+            steps[mode, k] = interleaved({**jax_steps(k), **torch_steps(k)}, rounds, per_block)
+    names = list(steps["blocked", ks[0]])
+    emit(
+        "| ms per step | "
+        + " | ".join(f"K={k} {m}" for m in ("blocked", "pipelined") for k in ks)
+        + " |"
+    )
+    emit("|---" * (1 + 2 * len(ks)) + "|")
+    for name in names:
+        cells = [f"{steps[m, k][name] * 1e3:.1f}" for m in ("blocked", "pipelined") for k in ks]
+        emit(f"| {name} | " + " | ".join(cells) + " |")
+    for name in ("ours per_term_grads", "ours representation"):
+        cells = [
+            f"{steps[m, k][name] / steps[m, k]['TorchJD UPGrad']:.2f}"
+            for m in ("blocked", "pipelined")
+            for k in ks
+        ]
+        emit(f"| {name} / TorchJD | " + " | ".join(cells) + " |")
+        cells = [
+            f"{steps[m, k][name] / steps[m, k]['jax plain']:.2f}"
+            for m in ("blocked", "pipelined")
+            for k in ks
+        ]
+        emit(f"| {name} / jax plain | " + " | ".join(cells) + " |")
+    emit()
+
+    emit(f"2. The per-term gradients alone, ms per call (median of {rounds * 2} rounds)")
+    emit()
+    emit("| K | grad of the sum | ao.per_term_grads (x K grads) | jax.jacrev (x K grads) |")
+    emit("|---|---|---|---|")
+    for k in ks:
+        t = {n: v[0] for n, v in interleaved_calls(jax_gradients(k), rounds * 2).items()}
+        base = t["grad of the sum"]
+        emit(
+            f"| {k} | {base * 1e3:.2f} | {t['ao.per_term_grads'] * 1e3:.2f} "
+            f"({t['ao.per_term_grads'] / base / k:.2f}) | {t['jax.jacrev'] * 1e3:.2f} "
+            f"({t['jax.jacrev'] / base / k:.2f}) |"
+        )
+    emit()
+
+    emit(
+        f"3. Solvers alone, us per call on one Gramian: median (least) of {rounds * 20} "
+        "interleaved calls"
+    )
+    emit()
+    emit("| K | UPGrad ours | UPGrad TorchJD | ratio | MGDA ours | MGDA TorchJD | ratio |")
+    emit("|---|---|---|---|---|---|---|")
+    for k in (2, 4, 8, 16):
+        t = solver_times(k, rounds * 20)
+        cells = []
+        for method in ("UPGrad", "MGDA"):
+            (ours, ours_min), (theirs, theirs_min) = t[f"{method} ours"], t[f"{method} TorchJD"]
+            cells += [f"{ours:.0f} ({ours_min:.0f})", f"{theirs:.0f} ({theirs_min:.0f})"]
+            cells.append(f"{ours / theirs:.2f} ({ours_min / theirs_min:.2f})")
+        emit(f"| {k} | " + " | ".join(cells) + " |")
+    emit()
+
+    if args.memory:
+        emit(
+            "4. Peak resident memory, K=8, each arm alone in a fresh process with both "
+            "frameworks imported: MiB above the resident size after the imports, during the "
+            "first step (compilation included) and during the 20 steps after it (freed heap "
+            "returned to the system first)"
+        )
+        emit()
+        emit("| arm | resident after imports | first step | later steps |")
+        emit("|---|---|---|---|")
+        for arm in MEMORY_ARMS:
+            before, first, later = peak_memory(arm, 8, 20)
+            emit(f"| {arm} | {before:.0f} | +{first:.0f} | +{later:.0f} |")
+        emit()
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
