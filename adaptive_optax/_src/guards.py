@@ -19,6 +19,7 @@ import optax
 from adaptive_optax._src import config
 from adaptive_optax._src.base import AdaptiveState, Counters, LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.gradients import GRAMIAN, check_statistics
+from adaptive_optax._src.schedules import Schedules, base_vector, entering, follow, scheduled_base
 from adaptive_optax._src.spikes import detect_spikes, init_spike_stats
 from adaptive_optax._src.statistics import at_least_float32, count_where, init_stats, update_stats
 from adaptive_optax._src.terms import Terms, select, terms_of
@@ -179,8 +180,16 @@ def guarded(
     except TypeError:
         raise ValueError(f"dtype must be a floating dtype, got {dtype!r}") from None
     stats_dtype = at_least_float32(dtype)
-    initial_base = _base_vector(terms, base_weights, dtype)
-    bounds_of = _bounds(terms, initial_base, adaptive, bounds, min_weight, max_weight)
+    initial_base, schedules = base_vector(terms, base_weights, dtype)
+    # a schedule's base moves: its bounds are checked on a unit base, its base not against them
+    bounds_of = _bounds(
+        terms,
+        jnp.where(schedules.scheduled, 1.0, initial_base).astype(dtype),
+        adaptive & ~schedules.scheduled,
+        bounds,
+        min_weight,
+        max_weight,
+    )
 
     def init() -> AdaptiveState:
         zeros = jnp.zeros((terms.size,), jnp.int32)
@@ -217,7 +226,18 @@ def guarded(
         loss, gradients, finite = _read_inputs(
             terms, losses, grad_norms, grad_stats, axis_name, stats_dtype
         )
-        base, weights, previous, corrupt = _heal(terms, state, initial_base, dtype)
+        base, weights, previous, corrupt = _heal(terms, state, initial_base, dtype, schedules)
+        present, entered = True, False
+        if schedules:
+            # the losses of this step were weighted with the base before it: a term whose base
+            # was 0 was absent, and its loss is not read (not folded, judged or counted)
+            present = base > 0
+            base, weights, previous, bad_schedule, entered = _follow_schedules(
+                schedules, step, base, weights, previous
+            )
+            corrupt |= bad_schedule
+        missing = present & ~finite
+        finite = finite & present
         stats, signals = update_stats(
             state.stats,
             loss,
@@ -227,7 +247,7 @@ def guarded(
             ema_decay=settings.ema_decay,
             window=settings.window,
         )
-        spiked, spike_stats = _spikes(settings, state, loss, gradients, finite)
+        spiked, spike_stats = _spikes(settings, state, loss, gradients, finite, entered)
         proposal, rule_state = _propose(
             rule, settings.every, signals, weights, base, state.rule_state
         )
@@ -240,12 +260,15 @@ def guarded(
         applied = wants & valid
 
         new_weights, previous, last_change, undone = _apply_or_roll_back(
-            settings, step, active, finite, applied, proposal, weights, previous, base, state
+            settings, step, active, ~missing, applied, proposal, weights, previous, base, state
         )
         cut = spiked & active
         new_weights, previous, last_change = _cut_on_spikes(
             settings, step, cut, weights, low, new_weights, previous, last_change
         )
+        if schedules:  # a term absent at the next step weighs nothing, whatever its bounds
+            new_weights = jnp.where(base > 0, new_weights, 0)
+            previous = jnp.where(base > 0, previous, 0)
         counters = state.counters
         new_state = state._replace(
             step=step,
@@ -257,10 +280,16 @@ def guarded(
             counters=Counters(
                 adjustments=count_where(counters.adjustments, applied),
                 rejected=count_where(counters.rejected, wants & ~valid),
-                nonfinite=count_where(counters.nonfinite, ~finite),
+                nonfinite=count_where(counters.nonfinite, missing),
                 rollbacks=count_where(counters.rollbacks, undone),
                 healed=count_where(counters.healed, corrupt),
                 spikes=count_where(counters.spikes, spiked),
+                first_nonfinite_step=jnp.where(
+                    missing & (counters.first_nonfinite_step == 0),
+                    step,
+                    counters.first_nonfinite_step,
+                ),
+                last_nonfinite_step=jnp.where(missing, step, counters.last_nonfinite_step),
             ),
             stats=stats,
             spike_stats=spike_stats,
@@ -294,15 +323,6 @@ def _check_settings(**values: Any) -> Settings:
     config.check_number("every", values["every"], low=1, integer=True)
     values["auto_rollback"] = config.check_flag("auto_rollback", values["auto_rollback"])
     return Settings(**values)
-
-
-def _base_vector(terms: Terms, base_weights: PyTree, dtype) -> jax.Array:
-    for name, value in zip(terms.names, jax.tree.leaves(base_weights), strict=True):
-        config.check_number(f"base_weights[{name!r}]", value, low=0, low_open=True)
-        concrete = config.concrete(value)
-        if concrete is not None and not np.all(np.isfinite(concrete)):
-            raise ValueError(f"base_weights[{name!r}] must be positive and finite, got {value}")
-    return terms.vector(base_weights, "base_weights", dtype)
 
 
 def _bounds(terms: Terms, base, adaptive, bounds, min_weight, max_weight):
@@ -394,14 +414,16 @@ def _gramian_matrix(terms: Terms, value, dtype) -> jax.Array:
     return jnp.asarray(value).astype(dtype)
 
 
-def _heal(terms: Terms, state: AdaptiveState, initial_base, dtype):
+def _heal(terms: Terms, state: AdaptiveState, initial_base, dtype, schedules: Schedules):
     """The state's base, current and previous weights as vectors, a corrupted value replaced.
 
     A stored weight that is not finite (a corrupted checkpoint) is reset to its base weight; a
-    base weight that is not finite and positive, to the one the weighting was built with.
+    base weight that is not finite and positive (or 0, for a schedule), to the one the
+    weighting was built with.
     """
     base = terms.vector(state.base_weights, "state.base_weights", dtype)
-    bad_base = ~(jnp.isfinite(base) & (base > 0))
+    allowed = (base > 0) | (schedules.scheduled & (base == 0))
+    bad_base = ~(jnp.isfinite(base) & allowed)
     base = jnp.where(bad_base, initial_base, base)
     weights = terms.vector(state.weights, "state.weights", dtype)
     corrupt = bad_base | ~jnp.isfinite(weights)
@@ -411,12 +433,33 @@ def _heal(terms: Terms, state: AdaptiveState, initial_base, dtype):
     return base, weights, previous, corrupt
 
 
-def _spikes(settings: Settings, state: AdaptiveState, loss, gradients, finite):
-    """Which terms' loss or gradient norm spikes this step; the spike statistics after it."""
+def _follow_schedules(schedules: Schedules, step, base, weights, previous):
+    """The scheduled base weights at ``step``, the weights carried along with their factor.
+
+    Returns ``(base, weights, previous, bad, entered)``: ``bad`` marks schedules whose value
+    was not finite and ``>= 0`` (the previous base is kept), ``entered`` whether a base rose
+    by more than ``ENTRY_FACTOR`` (a term entering the loss).
+    """
+    new_base, bad = scheduled_base(schedules, step, base)
+    weights, previous = follow(weights, base, new_base), follow(previous, base, new_base)
+    return new_base, weights, previous, bad, entering(base, new_base)
+
+
+def _spikes(settings: Settings, state: AdaptiveState, loss, gradients, finite, entered=False):
+    """Which terms' loss or gradient norm spikes this step; the spike statistics after it.
+
+    When a scheduled term enters (``entered``), the gradient norms' statistics restart: a
+    global gradient norm jumps with the new term, which is no spike of the others.
+    """
     if settings.spike_threshold is None:
         return jnp.zeros_like(finite), state.spike_stats
+    spike_stats = state.spike_stats
+    if entered is not False:
+        grad = spike_stats.grad
+        grad = grad._replace(count=jnp.where(entered, jnp.zeros_like(grad.count), grad.count))
+        spike_stats = spike_stats._replace(grad=grad)
     return detect_spikes(
-        state.spike_stats,
+        spike_stats,
         loss,
         gradients.get("norm"),
         finite,
