@@ -72,6 +72,7 @@ from adaptive_optax._src.integration import WeightGradientsState as WeightGradie
 from adaptive_optax._src.integration import apply_gradients as apply_gradients
 from adaptive_optax._src.integration import apply_if_finite as apply_if_finite
 from adaptive_optax._src.integration import weight_gradients as weight_gradients
+from adaptive_optax._src.precision import loss_scaled as loss_scaled
 from adaptive_optax._src.rules import loss_ratio_rule as loss_ratio_rule
 from adaptive_optax._src.rules import relative_ratio_rule as relative_ratio_rule
 from adaptive_optax._src.rules import tanh_rule as tanh_rule
@@ -125,6 +126,7 @@ __all__ = (
     "imtl_l_weights",
     "legacy_weights",
     "loss_ratio_rule",
+    "loss_scaled",
     "lr_annealing_rule",
     "lr_annealing_weights",
     "metrics",

@@ -74,8 +74,10 @@ def _probe(name: str, schedule: Callable) -> float:
     """The schedule's value at step 0, after checking that it is a traceable scalar >= 0."""
     what = f"base_weights[{name!r}] is a schedule (a callable of the step)"
     try:
-        value = np.asarray(schedule(jnp.zeros([], jnp.int32)), np.float64)
-        traced = jax.eval_shape(schedule, jax.ShapeDtypeStruct((), jnp.int32))
+        value = np.asarray(_call(schedule, jnp.zeros([], jnp.int32)), np.float64)
+        traced = jax.eval_shape(
+            lambda step: _call(schedule, step), jax.ShapeDtypeStruct((), jnp.int32)
+        )
     except Exception as error:  # any failure of user code, reported with the term's name
         raise ValueError(f"{what} that fails on an int32 step: {error!r}") from error
     if value.shape != () or getattr(traced, "shape", None) != ():
@@ -83,6 +85,13 @@ def _probe(name: str, schedule: Callable) -> float:
     if not (np.isfinite(value) and value >= 0):
         raise ValueError(f"{what} that must be finite and >= 0, got {float(value)} at step 0")
     return float(value)
+
+
+def _call(schedule: Callable, step: jax.Array) -> jax.Array:
+    """``schedule(step)`` under standard dtype promotion (optax's schedules mix Python floats
+    and int32 counts, which strict promotion refuses)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.asarray(schedule(step))
 
 
 def scheduled_base(schedules: Schedules, step: jax.Array, base: jax.Array) -> tuple:
@@ -98,7 +107,7 @@ def scheduled_base(schedules: Schedules, step: jax.Array, base: jax.Array) -> tu
       is not finite and ``>= 0`` (healed to the previous base, and counted as healed).
     """
     values = [
-        base[i] if fn is None else jnp.asarray(fn(step)).astype(base.dtype).reshape(())
+        base[i] if fn is None else _call(fn, step).astype(base.dtype).reshape(())
         for i, fn in enumerate(schedules.functions)
     ]
     new = jnp.stack(values)
