@@ -112,7 +112,12 @@ def guarded(
 
     Args:
       rule: the :class:`adaptive_optax.Rule` that proposes weights.
-      base_weights: a pytree of positive floats, one per loss term.
+      base_weights: a pytree of positive floats, one per loss term; a leaf may be a schedule,
+        a callable of the step such as an optax schedule, for a term that enters at a step
+        (its base 0 before: the term is absent, its loss not read) or anneals. Weights, bounds,
+        guards, the spike guard and :func:`adaptive_optax.disable` follow the scheduled base;
+        a schedule is probed at step 0 (it must give a finite scalar >= 0), and a value that is
+        not finite and >= 0 later keeps the previous base and is counted as ``healed``.
       adapt: the terms that adapt, as names (``"mel"``, ``"heads/stop"``) or a pytree of bools
         shaped like ``base_weights``; default: all.
       bounds: ``(low, high)`` factors of each base weight bounding its weight; ``None`` for
