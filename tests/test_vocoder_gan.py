@@ -14,7 +14,7 @@ def test_quick_run_schedules_the_adversarial_stage_and_reports(tmp_path):
         ["--quick", "--seeds", "1", "--runs", "adaptive", "fixed", "--out", str(tmp_path)]
     )
     entry = out["config"].entry
-    for name, trace in out["traces"].items():
+    for trace in out["traces"].values():
         for term in ("adv", "fm"):
             weights = trace[f"weight/{term}"][0]
             np.testing.assert_array_equal(weights[:entry], 0.0)  # absent before entry
