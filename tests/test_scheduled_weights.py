@@ -175,3 +175,16 @@ def test_any_schedule_values_and_losses_leave_the_state_finite(losses):
     assert np.all(adv >= 0)
     np.testing.assert_array_equal(adv[base == 0], 0.0)
     assert int(ao.metrics(state)["healed/adv"]) == 8  # -1, NaN, +Inf, -Inf, twice each
+
+
+def test_a_weighting_with_schedules_builds_under_jit():
+    """Built inside a jitted function (one program for several runs), the schedule is probed
+    eagerly; a value closed over from the trace is checked at update instead."""
+
+    @jax.jit
+    def first_weights(scale):
+        weighting = ao.stable_weights({"mel": 1.0, "adv": enters_at(3), "kl": lambda c: scale})
+        return weighting.init().weights
+
+    weights = first_weights(jnp.float32(0.5))
+    assert (float(weights["adv"]), float(weights["kl"])) == (0.0, 0.5)

@@ -1,5 +1,6 @@
 """The adversarial vocoder example runs end to end in quick mode: the scheduled terms enter at
-their step, the fixed run keeps its weights, every loss stays finite, the report is written."""
+their step, the fixed (disabled) run keeps the scheduled base weights, every loss stays finite,
+the report and its figure are written."""
 
 import numpy as np
 import pytest
@@ -10,9 +11,7 @@ pytestmark = pytest.mark.standard_promotion
 
 
 def test_quick_run_schedules_the_adversarial_stage_and_reports(tmp_path):
-    out = vocoder_gan.main(
-        ["--quick", "--seeds", "1", "--runs", "adaptive", "fixed", "--out", str(tmp_path)]
-    )
+    out = vocoder_gan.main(["--quick", "--seeds", "1", "--out", str(tmp_path)])
     entry = out["config"].entry
     for trace in out["traces"].values():
         for term in ("adv", "fm"):
@@ -24,7 +23,7 @@ def test_quick_run_schedules_the_adversarial_stage_and_reports(tmp_path):
     fixed = out["traces"]["fixed"]
     np.testing.assert_array_equal(fixed["weight/mel"], 45.0)
     np.testing.assert_array_equal(fixed["weight/adv"][0, entry:], 1.0)
-    assert int(fixed["spikes"].max()) == 0  # no guard on the fixed run
+    assert sorted(out["traces"]) == sorted(vocoder_gan.RUNS)  # every run, one program
     text = (tmp_path / "vocoder_gan.md").read_text()
     assert "| adaptive | 0 |" in text and "| fixed | 0 |" in text
     assert (tmp_path / "vocoder_gan.png").stat().st_size > 0

@@ -70,21 +70,29 @@ def base_vector(terms: Terms, base_weights: Any, dtype) -> tuple[jax.Array, Sche
     return vector, Schedules(tuple(functions), scheduled)
 
 
-def _probe(name: str, schedule: Callable) -> float:
-    """The schedule's value at step 0, after checking that it is a traceable scalar >= 0."""
+def _probe(name: str, schedule: Callable) -> Any:
+    """The schedule's value at step 0, after checking that it is a traceable scalar >= 0.
+
+    Built under a trace (inside ``jax.jit``), the value is still computed eagerly; a schedule
+    that closes over traced values gives a traced value, whose checks are left to ``update``.
+    """
     what = f"base_weights[{name!r}] is a schedule (a callable of the step)"
     try:
-        value = np.asarray(_call(schedule, jnp.zeros([], jnp.int32)), np.float64)
+        with jax.ensure_compile_time_eval():
+            value = _call(schedule, jnp.zeros([], jnp.int32))
         traced = jax.eval_shape(
             lambda step: _call(schedule, step), jax.ShapeDtypeStruct((), jnp.int32)
         )
     except Exception as error:  # any failure of user code, reported with the term's name
         raise ValueError(f"{what} that fails on an int32 step: {error!r}") from error
-    if value.shape != () or getattr(traced, "shape", None) != ():
-        raise ValueError(f"{what} that must return a scalar, got shape {value.shape}")
-    if not (np.isfinite(value) and value >= 0):
-        raise ValueError(f"{what} that must be finite and >= 0, got {float(value)} at step 0")
-    return float(value)
+    if jnp.shape(value) != () or getattr(traced, "shape", None) != ():
+        raise ValueError(f"{what} that must return a scalar, got shape {jnp.shape(value)}")
+    concrete = config.concrete(value)
+    if concrete is None:
+        return value
+    if not (np.isfinite(concrete[0]) and concrete[0] >= 0):
+        raise ValueError(f"{what} that must be finite and >= 0, got {float(concrete[0])} at step 0")
+    return float(concrete[0])
 
 
 def _call(schedule: Callable, step: jax.Array) -> jax.Array:
