@@ -21,6 +21,7 @@ write ``results/vocoder_gan.md`` and its figure).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -221,6 +222,7 @@ class Outcome(NamedTuple):
     mel_final: float  # its mean over the last 20 steps
     grad_jump: float  # largest weighted gradient norm after entry / median before
     spikes: tuple[int, ...]  # spikes seen per term (mel, adv, fm); cut when adapting
+    adv_spike_steps: tuple[int, ...]  # the steps where the adversarial term spiked
     skipped: int  # non-finite generator steps kept from the parameters
     blew_up: bool  # a non-finite step, or the spectral loss more than doubled
 
@@ -240,6 +242,9 @@ def outcomes(trace: dict[str, np.ndarray], entry: int) -> list[Outcome]:
                 mel_final=float(np.mean(mel[-20:])),
                 grad_jump=float(np.max(norm[entry:]) / np.median(norm[entry - 50 : entry])),
                 spikes=tuple(int(trace[f"spikes/{t}"][i][-1]) for t in BASE),
+                adv_spike_steps=tuple(
+                    int(k) for k in np.nonzero(np.diff(trace["spikes/adv"][i]))[0] + 1
+                ),
                 skipped=skipped,
                 blew_up=bool(skipped > 0 or peak > 2 * before),
             )
@@ -256,14 +261,15 @@ def report(
     """A Markdown table of the outcomes, per run and seed (``weights``: final, per seed)."""
     lines = [
         "| weights | seed | mel L1 before entry | peak after | final | grad-norm jump "
-        "| spikes seen (mel/adv/fm) | skipped steps | blow-up |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| spikes seen (mel/adv/fm) | adv spikes at steps | skipped steps | blow-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, found in results.items():
         for seed, o in enumerate(found):
             lines.append(
                 f"| {name} | {seed} | {o.mel_before:.4f} | {o.mel_peak:.4f} | {o.mel_final:.4f} "
-                f"| {o.grad_jump:.2f} | {'/'.join(map(str, o.spikes))} | {o.skipped} "
+                f"| {o.grad_jump:.2f} | {'/'.join(map(str, o.spikes))} "
+                f"| {', '.join(map(str, o.adv_spike_steps)) or '-'} | {o.skipped} "
                 f"| {'yes' if o.blew_up else 'no'} |"
             )
     summary = []
@@ -282,8 +288,8 @@ def report(
             "",
             f"Command: `python -m examples.vocoder_gan --out results` ({config.steps} steps, "
             f"adversarial and feature-matching terms in at step {config.entry}, "
-            f"{config.seeds} seeds); {seconds:.0f} s on {platform.machine()} CPU "
-            f"({platform.processor() or 'unknown processor'}), jax {jax.__version__}.",
+            f"{config.seeds} seeds); {seconds:.0f} s on an {platform.machine()} CPU with "
+            f"{os.cpu_count()} cores (shared), jax {jax.__version__}.",
             "",
             *summary,
             "",
