@@ -52,7 +52,7 @@ class Config(NamedTuple):
     lr_discriminator: float = 2e-3
 
 
-QUICK = Config(steps=160, entry=80, seeds=2)
+QUICK = Config(steps=120, entry=60, seeds=2)
 
 
 def spectrum(wave: jax.Array) -> jax.Array:
