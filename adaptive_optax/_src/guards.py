@@ -19,7 +19,14 @@ import optax
 from adaptive_optax._src import config
 from adaptive_optax._src.base import AdaptiveState, Counters, LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.gradients import GRAMIAN, check_statistics
-from adaptive_optax._src.schedules import Schedules, base_vector, entering, follow, scheduled_base
+from adaptive_optax._src.schedules import (
+    ENTRY_SPIKE_WARMUP,
+    Schedules,
+    base_vector,
+    entering,
+    follow,
+    scheduled_base,
+)
 from adaptive_optax._src.spikes import detect_spikes, init_spike_stats
 from adaptive_optax._src.statistics import at_least_float32, count_where, init_stats, update_stats
 from adaptive_optax._src.terms import Terms, select, terms_of
@@ -196,6 +203,10 @@ def guarded(
         max_weight,
     )
 
+    # a scheduled term's loss settles for a while after it enters (an adversarial loss while
+    # the discriminator warms up): the spike guard waits longer before judging it
+    spike_warmup = np.where(schedules.scheduled, ENTRY_SPIKE_WARMUP, SPIKE_WARMUP)
+
     def init() -> AdaptiveState:
         zeros = jnp.zeros((terms.size,), jnp.int32)
         weights = terms.tree(initial_base)
@@ -252,7 +263,9 @@ def guarded(
             ema_decay=settings.ema_decay,
             window=settings.window,
         )
-        spiked, spike_stats = _spikes(settings, state, loss, gradients, finite, entered)
+        spiked, spike_stats = _spikes(
+            settings, state, loss, gradients, finite, entered, spike_warmup
+        )
         proposal, rule_state = _propose(
             rule, settings.every, signals, weights, base, state.rule_state
         )
@@ -450,11 +463,20 @@ def _follow_schedules(schedules: Schedules, step, base, weights, previous):
     return new_base, weights, previous, bad, entering(base, new_base)
 
 
-def _spikes(settings: Settings, state: AdaptiveState, loss, gradients, finite, entered=False):
+def _spikes(
+    settings: Settings,
+    state: AdaptiveState,
+    loss,
+    gradients,
+    finite,
+    entered=False,
+    warmup=SPIKE_WARMUP,
+):
     """Which terms' loss or gradient norm spikes this step; the spike statistics after it.
 
     When a scheduled term enters (``entered``), the gradient norms' statistics restart: a
-    global gradient norm jumps with the new term, which is no spike of the others.
+    global gradient norm jumps with the new term, which is no spike of the others. ``warmup``:
+    values each term's statistics need before it is judged (a scalar or per term).
     """
     if settings.spike_threshold is None:
         return jnp.zeros_like(finite), state.spike_stats
@@ -470,7 +492,7 @@ def _spikes(settings: Settings, state: AdaptiveState, loss, gradients, finite, e
         finite,
         threshold=settings.spike_threshold,
         decay=settings.spike_decay,
-        warmup=SPIKE_WARMUP,
+        warmup=warmup,
     )
 
 

@@ -8,7 +8,8 @@ after the update (the number of updates so far, optax's ``count``), so the weigh
 
 A term whose scheduled base is 0 is *absent*: its weight is 0, its loss and gradient statistics
 are not read (not folded into the statistics, not judged for spikes, not counted as non-finite),
-and it enters, when its base turns positive, with fresh statistics and its weight at the base.
+and it enters, when its base turns positive, with fresh statistics and its weight at the base;
+the spike guard judges a scheduled term after ``ENTRY_SPIKE_WARMUP`` values of it, not 10.
 While its base moves, the adapted factor ``weight / base`` is kept, so bounds, guards, the spike
 guard and :func:`adaptive_optax.disable` follow the scheduled base.
 """
@@ -26,6 +27,10 @@ from adaptive_optax._src import config
 from adaptive_optax._src.terms import Terms
 
 ENTRY_FACTOR = 2.0  # a scheduled base rising by more than this factor in one step "enters"
+# values a scheduled term's statistics need before the spike guard judges it (10 for a constant
+# term): measured on examples/vocoder_gan.py, whose adversarial loss rises for 10 to 40 steps
+# after entry while the discriminator warms up
+ENTRY_SPIKE_WARMUP = 50
 
 
 class Schedules(NamedTuple):
