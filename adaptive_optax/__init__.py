@@ -75,6 +75,7 @@ from adaptive_optax._src.integration import weight_gradients as weight_gradients
 from adaptive_optax._src.per_term import per_term_grads as per_term_grads
 from adaptive_optax._src.representation import RepresentationGrads as RepresentationGrads
 from adaptive_optax._src.representation import representation_grads as representation_grads
+from adaptive_optax._src.precision import loss_scaled as loss_scaled
 from adaptive_optax._src.rules import loss_ratio_rule as loss_ratio_rule
 from adaptive_optax._src.rules import relative_ratio_rule as relative_ratio_rule
 from adaptive_optax._src.rules import tanh_rule as tanh_rule
@@ -129,6 +130,7 @@ __all__ = (
     "imtl_l_weights",
     "legacy_weights",
     "loss_ratio_rule",
+    "loss_scaled",
     "lr_annealing_rule",
     "lr_annealing_weights",
     "metrics",

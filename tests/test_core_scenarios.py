@@ -203,6 +203,8 @@ def test_metrics_keys_and_scalars():
         "rollbacks",
         "healed",
         "spikes",
+        "first_nonfinite_step",
+        "last_nonfinite_step",
     ]
     expected = {"step", "enabled"} | {f"{k}/{n}" for k in per_term for n in TTS_BASE}
     assert set(m) == expected

@@ -17,7 +17,9 @@ PyTree = Any
 
 
 class Counters(NamedTuple):
-    """Per-term event counts, each an int32 ``(n,)`` vector, saturating instead of wrapping.
+    """Per-term event counts, and when non-finite inputs came: int32 ``(n,)`` vectors.
+
+    Counts saturate instead of wrapping.
 
     Attributes:
       adjustments: weight changes applied.
@@ -27,6 +29,9 @@ class Counters(NamedTuple):
       healed: stored weights found non-finite (a corrupted state) and reset to the base.
       spikes: steps whose loss or gradient norm spiked (see the spike guard of
         :func:`adaptive_optax.guarded`).
+      first_nonfinite_step: the ``step`` of the first update that saw this term's loss or
+        gradient statistic NaN or +/-Inf (0: none yet): which term went bad first.
+      last_nonfinite_step: the ``step`` of the last such update (0: none yet).
     """
 
     adjustments: chex.Array
@@ -35,6 +40,8 @@ class Counters(NamedTuple):
     rollbacks: chex.Array
     healed: chex.Array
     spikes: chex.Array
+    first_nonfinite_step: chex.Array
+    last_nonfinite_step: chex.Array
 
 
 class RunningStats(NamedTuple):
@@ -104,7 +111,8 @@ class AdaptiveState(NamedTuple):
       previous_weights: the weights before the last adjustment, the target of a rollback;
         same structure.
       base_weights: the base weights, same structure: the one place they are kept, so a
-        restored checkpoint brings its own.
+        restored checkpoint brings its own. A scheduled base weight holds its value at
+        ``step`` (0 while the term is absent).
       last_change: int32 ``(n,)``, step of the last adjustment or rollback (0: none yet).
       stable_steps: int32 ``(n,)``, consecutive stable steps (finite, and relative variance
         below the threshold).

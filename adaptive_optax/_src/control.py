@@ -13,8 +13,10 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
+from jax.experimental import checkify
 
 from adaptive_optax._src.base import AdaptiveState, LossWeighting, PyTree
+from adaptive_optax._src.config import check_flag
 from adaptive_optax._src.statistics import count_where
 from adaptive_optax._src.terms import stack_terms, term_names
 
@@ -142,9 +144,11 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
     Per term ``<name>`` (its key path, ``"mel"`` or ``"heads/stop"``): ``weight``,
     ``previous_weight``, ``base_weight``, ``loss_ema`` (bias-corrected), ``loss_rel_variance``,
     ``grad_norm_avg``, ``steps_since_change``, ``stable_steps``, ``adjustments``, ``rejected``,
-    ``nonfinite``, ``rollbacks``, ``healed``, as keys ``"<metric>/<name>"``; plus ``step`` and
-    ``enabled``; plus ``"rule/<field>/<name>"`` for each per-term vector in the rule's state
-    (GradNorm's learned weights, uncertainty weighting's log-variances, ...). Jittable.
+    ``nonfinite``, ``rollbacks``, ``healed``, ``spikes``, ``first_nonfinite_step`` and
+    ``last_nonfinite_step`` (which term went NaN or Inf first, and when: 0 for never), as keys
+    ``"<metric>/<name>"``; plus ``step`` and ``enabled``; plus ``"rule/<field>/<name>"`` for
+    each per-term vector in the rule's state (GradNorm's learned weights, uncertainty
+    weighting's log-variances, ...). Jittable.
 
     Args:
       tree: an :class:`AdaptiveState` or a pytree holding exactly one.
@@ -206,17 +210,37 @@ def _assert_all_finite(state: AdaptiveState, when: str) -> None:
         chex.assert_tree_all_finite(value, custom_message=f"AdaptiveState.{field} {when}")
 
 
-def checked(weighting: LossWeighting) -> LossWeighting:
-    """Opt-in checked mode: ``update`` raises if any field of the state is not finite.
+def _check_inputs(state: AdaptiveState, new_state: AdaptiveState) -> None:
+    """Fails (under ``checkify``) naming each term whose input this update found non-finite."""
+    before, after = state.counters, new_state.counters
+    for i, name in enumerate(term_names(state.base_weights)):
+        checkify.check(
+            after.last_nonfinite_step[i] == before.last_nonfinite_step[i],
+            f"loss term {name!r}: its loss or gradient statistic was NaN or Inf at step "
+            "{step} (first at step {first})",
+            step=after.last_nonfinite_step[i],
+            first=after.first_nonfinite_step[i],
+        )
+
+
+def checked(weighting: LossWeighting, *, check_inputs: bool = True) -> LossWeighting:
+    """Opt-in checked mode: ``update`` raises if any field of the state is not finite, or if
+    a term's loss or gradient statistic was.
 
     Built on ``chex.chexify``: the returned ``update`` is jitted and checks the state it is
     given and the state it returns; an error names the field (``AdaptiveState.stats.loss_mean``).
+    With ``check_inputs`` it also raises when the update saw a term's loss or gradient
+    statistic NaN or +/-Inf, naming the term and the step (``step`` after the update, as in
+    :func:`metrics`) and the step it first went bad: the guards would skip such an input, and
+    a NaN that is skipped without a word hides its cause (a corrupted checkpoint, a bad batch).
     Call it from Python (it jits itself); it costs a host synchronisation per call, so use it
     to debug, not in production. (chex logs a warning at interpreter exit once any function
     was chexified; with this synchronous checking it is harmless.)
 
     Args:
       weighting: any :class:`adaptive_optax.LossWeighting`.
+      check_inputs: also raise on a non-finite loss or gradient statistic; False checks the
+        state only.
 
     Returns:
       A :class:`adaptive_optax.LossWeighting` with a checking ``update``.
@@ -225,7 +249,13 @@ def checked(weighting: LossWeighting) -> LossWeighting:
       >>> import adaptive_optax as ao
       >>> weighting = ao.checked(ao.stable_weights({"mel": 2.5}))
       >>> weights, state = weighting.update({"mel": 1.0}, weighting.init())
+      >>> try:
+      ...     weighting.update({"mel": float("nan")}, state)
+      ... except Exception as error:
+      ...     print(str(error).split(" (`check`")[0])
+      loss term 'mel': its loss or gradient statistic was NaN or Inf at step 2 (first at step 2)
     """
+    check_inputs = check_flag("check_inputs", check_inputs)
 
     def update(losses, state, grad_norms, grad_stats):
         _assert_all_finite(state, "is not finite on input")
@@ -233,6 +263,8 @@ def checked(weighting: LossWeighting) -> LossWeighting:
             losses, state, grad_norms=grad_norms, grad_stats=grad_stats
         )
         _assert_all_finite(new_state, "is not finite after update")
+        if check_inputs:
+            _check_inputs(state, new_state)
         return weights, new_state
 
     checked_update = chex.chexify(jax.jit(update), async_check=False)

@@ -19,6 +19,14 @@ import optax
 from adaptive_optax._src import config
 from adaptive_optax._src.base import AdaptiveState, Counters, LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.gradients import GRAMIAN, check_statistics
+from adaptive_optax._src.schedules import (
+    ENTRY_SPIKE_WARMUP,
+    Schedules,
+    base_vector,
+    entering,
+    follow,
+    scheduled_base,
+)
 from adaptive_optax._src.spikes import detect_spikes, init_spike_stats
 from adaptive_optax._src.statistics import at_least_float32, count_where, init_stats, update_stats
 from adaptive_optax._src.terms import Terms, select, terms_of
@@ -111,7 +119,12 @@ def guarded(
 
     Args:
       rule: the :class:`adaptive_optax.Rule` that proposes weights.
-      base_weights: a pytree of positive floats, one per loss term.
+      base_weights: a pytree of positive floats, one per loss term; a leaf may be a schedule,
+        a callable of the step such as an optax schedule, for a term that enters at a step
+        (its base 0 before: the term is absent, its loss not read) or anneals. Weights, bounds,
+        guards, the spike guard and :func:`adaptive_optax.disable` follow the scheduled base;
+        a schedule is probed at step 0 (it must give a finite scalar >= 0), and a value that is
+        not finite and >= 0 later keeps the previous base and is counted as ``healed``.
       adapt: the terms that adapt, as names (``"mel"``, ``"heads/stop"``) or a pytree of bools
         shaped like ``base_weights``; default: all.
       bounds: ``(low, high)`` factors of each base weight bounding its weight; ``None`` for
@@ -179,8 +192,20 @@ def guarded(
     except TypeError:
         raise ValueError(f"dtype must be a floating dtype, got {dtype!r}") from None
     stats_dtype = at_least_float32(dtype)
-    initial_base = _base_vector(terms, base_weights, dtype)
-    bounds_of = _bounds(terms, initial_base, adaptive, bounds, min_weight, max_weight)
+    initial_base, schedules = base_vector(terms, base_weights, dtype)
+    # a schedule's base moves: its bounds are checked on a unit base, its base not against them
+    bounds_of = _bounds(
+        terms,
+        jnp.where(schedules.scheduled, 1.0, initial_base).astype(dtype),
+        adaptive & ~schedules.scheduled,
+        bounds,
+        min_weight,
+        max_weight,
+    )
+
+    # a scheduled term's loss settles for a while after it enters (an adversarial loss while
+    # the discriminator warms up): the spike guard waits longer before judging it
+    spike_warmup = np.where(schedules.scheduled, ENTRY_SPIKE_WARMUP, SPIKE_WARMUP)
 
     def init() -> AdaptiveState:
         zeros = jnp.zeros((terms.size,), jnp.int32)
@@ -220,7 +245,18 @@ def guarded(
         loss, gradients, finite = _read_inputs(
             terms, losses, grad_norms, grad_stats, axis_name, stats_dtype
         )
-        base, weights, previous, corrupt = _heal(terms, state, initial_base, dtype)
+        base, weights, previous, corrupt = _heal(terms, state, initial_base, dtype, schedules)
+        present, entered = True, False
+        if schedules:
+            # the losses of this step were weighted with the base before it: a term whose base
+            # was 0 was absent, and its loss is not read (not folded, judged or counted)
+            present = base > 0
+            base, weights, previous, bad_schedule, entered = _follow_schedules(
+                schedules, step, base, weights, previous
+            )
+            corrupt |= bad_schedule
+        missing = present & ~finite
+        finite = finite & present
         stats, signals = update_stats(
             state.stats,
             loss,
@@ -230,7 +266,9 @@ def guarded(
             ema_decay=settings.ema_decay,
             window=settings.window,
         )
-        spiked, spike_stats = _spikes(settings, state, loss, gradients, finite)
+        spiked, spike_stats = _spikes(
+            settings, state, loss, gradients, finite, entered, spike_warmup
+        )
         proposal, rule_state = _propose(
             rule, settings.every, signals, weights, base, state.rule_state
         )
@@ -243,12 +281,15 @@ def guarded(
         applied = wants & valid
 
         new_weights, previous, last_change, undone = _apply_or_roll_back(
-            settings, step, active, finite, applied, proposal, weights, previous, base, state
+            settings, step, active, ~missing, applied, proposal, weights, previous, base, state
         )
         cut = spiked & active
         new_weights, previous, last_change = _cut_on_spikes(
             settings, step, cut, weights, low, new_weights, previous, last_change
         )
+        if schedules:  # a term absent at the next step weighs nothing, whatever its bounds
+            new_weights = jnp.where(base > 0, new_weights, 0)
+            previous = jnp.where(base > 0, previous, 0)
         counters = state.counters
         new_state = state._replace(
             step=step,
@@ -260,10 +301,16 @@ def guarded(
             counters=Counters(
                 adjustments=count_where(counters.adjustments, applied),
                 rejected=count_where(counters.rejected, wants & ~valid),
-                nonfinite=count_where(counters.nonfinite, ~finite),
+                nonfinite=count_where(counters.nonfinite, missing),
                 rollbacks=count_where(counters.rollbacks, undone),
                 healed=count_where(counters.healed, corrupt),
                 spikes=count_where(counters.spikes, spiked),
+                first_nonfinite_step=jnp.where(
+                    missing & (counters.first_nonfinite_step == 0),
+                    step,
+                    counters.first_nonfinite_step,
+                ),
+                last_nonfinite_step=jnp.where(missing, step, counters.last_nonfinite_step),
             ),
             stats=stats,
             spike_stats=spike_stats,
@@ -297,15 +344,6 @@ def _check_settings(**values: Any) -> Settings:
     config.check_number("every", values["every"], low=1, integer=True)
     values["auto_rollback"] = config.check_flag("auto_rollback", values["auto_rollback"])
     return Settings(**values)
-
-
-def _base_vector(terms: Terms, base_weights: PyTree, dtype) -> jax.Array:
-    for name, value in zip(terms.names, jax.tree.leaves(base_weights), strict=True):
-        config.check_number(f"base_weights[{name!r}]", value, low=0, low_open=True)
-        concrete = config.concrete(value)
-        if concrete is not None and not np.all(np.isfinite(concrete)):
-            raise ValueError(f"base_weights[{name!r}] must be positive and finite, got {value}")
-    return terms.vector(base_weights, "base_weights", dtype)
 
 
 def _bounds(terms: Terms, base, adaptive, bounds, min_weight, max_weight):
@@ -397,14 +435,16 @@ def _gramian_matrix(terms: Terms, value, dtype) -> jax.Array:
     return jnp.asarray(value).astype(dtype)
 
 
-def _heal(terms: Terms, state: AdaptiveState, initial_base, dtype):
+def _heal(terms: Terms, state: AdaptiveState, initial_base, dtype, schedules: Schedules):
     """The state's base, current and previous weights as vectors, a corrupted value replaced.
 
     A stored weight that is not finite (a corrupted checkpoint) is reset to its base weight; a
-    base weight that is not finite and positive, to the one the weighting was built with.
+    base weight that is not finite and positive (or 0, for a schedule), to the one the
+    weighting was built with.
     """
     base = terms.vector(state.base_weights, "state.base_weights", dtype)
-    bad_base = ~(jnp.isfinite(base) & (base > 0))
+    allowed = (base > 0) | (schedules.scheduled & (base == 0))
+    bad_base = ~(jnp.isfinite(base) & allowed)
     base = jnp.where(bad_base, initial_base, base)
     weights = terms.vector(state.weights, "state.weights", dtype)
     corrupt = bad_base | ~jnp.isfinite(weights)
@@ -414,18 +454,48 @@ def _heal(terms: Terms, state: AdaptiveState, initial_base, dtype):
     return base, weights, previous, corrupt
 
 
-def _spikes(settings: Settings, state: AdaptiveState, loss, gradients, finite):
-    """Which terms' loss or gradient norm spikes this step; the spike statistics after it."""
+def _follow_schedules(schedules: Schedules, step, base, weights, previous):
+    """The scheduled base weights at ``step``, the weights carried along with their factor.
+
+    Returns ``(base, weights, previous, bad, entered)``: ``bad`` marks schedules whose value
+    was not finite and ``>= 0`` (the previous base is kept), ``entered`` whether a base rose
+    by more than ``ENTRY_FACTOR`` (a term entering the loss).
+    """
+    new_base, bad = scheduled_base(schedules, step, base)
+    weights, previous = follow(weights, base, new_base), follow(previous, base, new_base)
+    return new_base, weights, previous, bad, entering(base, new_base)
+
+
+def _spikes(
+    settings: Settings,
+    state: AdaptiveState,
+    loss,
+    gradients,
+    finite,
+    entered=False,
+    warmup=SPIKE_WARMUP,
+):
+    """Which terms' loss or gradient norm spikes this step; the spike statistics after it.
+
+    When a scheduled term enters (``entered``), the gradient norms' statistics restart: a
+    global gradient norm jumps with the new term, which is no spike of the others. ``warmup``:
+    values each term's statistics need before it is judged (a scalar or per term).
+    """
     if settings.spike_threshold is None:
         return jnp.zeros_like(finite), state.spike_stats
+    spike_stats = state.spike_stats
+    if entered is not False:
+        grad = spike_stats.grad
+        grad = grad._replace(count=jnp.where(entered, jnp.zeros_like(grad.count), grad.count))
+        spike_stats = spike_stats._replace(grad=grad)
     return detect_spikes(
-        state.spike_stats,
+        spike_stats,
         loss,
         gradients.get("norm"),
         finite,
         threshold=settings.spike_threshold,
         decay=settings.spike_decay,
-        warmup=SPIKE_WARMUP,
+        warmup=warmup,
     )
 
 

@@ -36,7 +36,8 @@ def stable_weights(
     far above its running statistics; ``spike_threshold=None`` switches it off.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term.
+      base_weights: a pytree of positive floats, one per loss term, or schedules (callables
+        of the step, see :func:`adaptive_optax.guarded`).
       max_change: relative change of one adjustment, in ``(0, 1)``: the rule's step and the
         guard's limit.
       high_ratio: loss / running mean above which the loss is high.
@@ -76,7 +77,8 @@ def legacy_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
     can be switched on through ``guards``.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term.
+      base_weights: a pytree of positive floats, one per loss term, or schedules (callables
+        of the step, see :func:`adaptive_optax.guarded`).
       **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
@@ -109,7 +111,8 @@ def unguarded_weights(
     exists to measure what the guards buy; do not train with it.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term.
+      base_weights: a pytree of positive floats, one per loss term, or schedules (callables
+        of the step, see :func:`adaptive_optax.guarded`).
       max_change: relative change per step, in ``(0, 1)``.
       high_ratio: loss / running mean above which the loss is high.
       low_ratio: loss / running mean below which the loss is low.
