@@ -59,6 +59,7 @@ from adaptive_optax._src.base import SpikeStats as SpikeStats
 from adaptive_optax._src.checkpoint import restore as restore
 from adaptive_optax._src.control import checked as checked
 from adaptive_optax._src.control import disable as disable
+from adaptive_optax._src.control import distilled_weights as distilled_weights
 from adaptive_optax._src.control import enable as enable
 from adaptive_optax._src.control import find_state as find_state
 from adaptive_optax._src.control import metrics as metrics
@@ -103,6 +104,7 @@ __all__ = (
     "config_rule",
     "config_weights",
     "disable",
+    "distilled_weights",
     "dualproj_rule",
     "dualproj_weights",
     "dwa_rule",
