@@ -40,6 +40,10 @@ from adaptive_optax._src.balancers.gramian_methods import upgrad_rule as upgrad_
 from adaptive_optax._src.balancers.gramian_methods import upgrad_weights as upgrad_weights
 from adaptive_optax._src.balancers.imtl_l import imtl_l_rule as imtl_l_rule
 from adaptive_optax._src.balancers.imtl_l import imtl_l_weights as imtl_l_weights
+from adaptive_optax._src.balancers.metabalance import metabalance_rule as metabalance_rule
+from adaptive_optax._src.balancers.metabalance import metabalance_weights as metabalance_weights
+from adaptive_optax._src.balancers.normalized import base_rule as base_rule
+from adaptive_optax._src.balancers.normalized import normalized_weights as normalized_weights
 from adaptive_optax._src.balancers.relobralo import relobralo_rule as relobralo_rule
 from adaptive_optax._src.balancers.relobralo import relobralo_weights as relobralo_weights
 from adaptive_optax._src.balancers.rlw import rlw_rule as rlw_rule
@@ -48,6 +52,8 @@ from adaptive_optax._src.balancers.softadapt import softadapt_rule as softadapt_
 from adaptive_optax._src.balancers.softadapt import softadapt_weights as softadapt_weights
 from adaptive_optax._src.balancers.uncertainty import uncertainty_rule as uncertainty_rule
 from adaptive_optax._src.balancers.uncertainty import uncertainty_weights as uncertainty_weights
+from adaptive_optax._src.balancers.uw_so import uw_so_rule as uw_so_rule
+from adaptive_optax._src.balancers.uw_so import uw_so_weights as uw_so_weights
 from adaptive_optax._src.base import AdaptiveState as AdaptiveState
 from adaptive_optax._src.base import Counters as Counters
 from adaptive_optax._src.base import LogStats as LogStats
@@ -83,6 +89,12 @@ from adaptive_optax._src.weightings import unguarded_weights as unguarded_weight
 __version__ = "0.1.0"
 
 __all__ = (
+    "metabalance_rule",
+    "metabalance_weights",
+    "uw_so_rule",
+    "uw_so_weights",
+    "base_rule",
+    "normalized_weights",
     "GRADIENT_STATISTICS",
     "RELAXED",
     "AdaptiveState",

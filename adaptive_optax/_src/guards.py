@@ -646,8 +646,10 @@ def _keep_total(proposal, weights, base, moving, max_change) -> jax.Array:
     """The proposal of the ``moving`` terms rescaled: only their ratios move.
 
     Their total is the current one, stepped toward their base total by at most
-    ``max_change`` (all the way without it). Terms whose proposal is not a finite number
-    >= 0 are left to validation.
+    ``max_change`` (all the way without it). With ``max_change`` the move toward the
+    rescaled proposal is shortened as a whole until no term changes by more than
+    ``max_change``, rather than clipped term by term (which would change the total). Terms
+    whose proposal is not a finite number >= 0 are left to validation.
     """
     moving = moving & jnp.isfinite(proposal) & (proposal >= 0)
     held = jnp.where(moving, proposal, 0.0)
@@ -660,6 +662,13 @@ def _keep_total(proposal, weights, base, moving, max_change) -> jax.Array:
         goal = jnp.clip(goal, current * (1 - change), current * (1 + change))
     total = jnp.sum(ratios)
     rescaled = ratios * (goal / jnp.where(total > 0, total, 1.0))
+    if max_change is not None:
+        # one step of length theta toward the rescaled proposal, theta as large as max_change
+        # allows every term: the ratios move the rule's way and the total moves toward goal
+        step = jnp.where(moving, rescaled - weights, 0.0)
+        room = change * weights / jnp.where(step != 0, jnp.abs(step), 1.0)
+        theta = jnp.clip(jnp.min(jnp.where(step != 0, room, 1.0)), 0.0, 1.0)
+        rescaled = weights + theta * step
     return jnp.where(moving & (top > 0), rescaled.astype(proposal.dtype), proposal)
 
 

@@ -7,9 +7,8 @@ from typing import Any
 import jax.numpy as jnp
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype, require
+from adaptive_optax._src.balancers._common import bare, float_dtype, main_index, require
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
-from adaptive_optax._src.terms import terms_of
 
 
 def lr_annealing_rule(
@@ -136,12 +135,7 @@ def lr_annealing_weights(
     References:
       Wang, Teng & Perdikaris, SIAM J. Sci. Comput. 43(5), 2021, Algorithm 1.
     """
-    names = terms_of(base_weights).names
-    if isinstance(main, str):
-        if main not in names:
-            raise ValueError(f"main must name a term {names}, got {main!r}")
-        main = names.index(main)
-    elif not (isinstance(main, int) and 0 <= main < len(names)):
-        raise ValueError(f"main must be a term name or an index below {len(names)}, got {main!r}")
-    rule = lr_annealing_rule(main, alpha=alpha, interval=interval, eps=eps)
+    rule = lr_annealing_rule(
+        main_index(base_weights, main), alpha=alpha, interval=interval, eps=eps
+    )
     return bare(rule, base_weights, guards)
