@@ -85,7 +85,9 @@ def metabalance_rule(main: int = 0, *, relax_factor: float = 0.7, beta: float = 
         lambdas = jnp.where(norms > tiny, relax_factor * ratio + (1 - relax_factor), 1.0)
         lambdas = jnp.where(jnp.arange(norms.shape[0]) == main, 1.0, lambdas)
         proposal = base_weights.astype(norms.dtype) * lambdas
-        proposal = jnp.where(finite[main] & (count[main] > 0), proposal, weights)
+        proposal = jnp.where(
+            finite[main] & (count[main] > 0), proposal, weights.astype(norms.dtype)
+        )
         return proposal, MetaBalanceState(count, norms)
 
     return Rule(init=init, propose=propose, needs=("norm",))
