@@ -84,20 +84,26 @@ def test_ratios_with_one_adaptive_term_leave_only_the_spike_guard():
 # ---------------------------------------------------------------- ramp_steps
 
 
-def test_the_slow_start_rises_from_the_floor_over_calm_steps_then_the_rule_takes_over():
-    rule = ao.uncertainty_rule(lr=0.5)
+def test_the_slow_start_is_a_ceiling_rising_from_the_floor_over_calm_steps():
     guards = dict(ao.RELAXED) | dict(bounds=(0.4, 10.0))
-    _, ramped = run(ao.guarded(rule, BASE, ramp_steps=10, **guards), steady())
-    _, plain = run(ao.guarded(rule, BASE, **guards), steady())
-    w = vectors(ramped)
     base = np.array(list(BASE.values()))
-    init = ao.guarded(rule, BASE, ramp_steps=10, **guards).init()
-    np.testing.assert_allclose(jax.tree.leaves(init.weights), 0.4 * base)
-    # the first update is the first calm step? No: the variance needs a value, so it is.
+    # a rule that proposes the base weights follows the ceiling up, one tenth per calm step
+    follow = ao.guarded(ao.base_rule(), BASE, ramp_steps=10, **guards)
+    np.testing.assert_allclose(jax.tree.leaves(follow.init().weights), 0.4 * base)
+    _, trace = run(follow, steady())
+    w = vectors(trace)
     for t in range(10):
         np.testing.assert_allclose(w[t], base * (0.4 + 0.6 * (t + 1) / 10), rtol=1e-5)
-    np.testing.assert_allclose(w[12:], vectors(plain)[12:], rtol=1e-4)
-    assert float(ramped["metrics"]["start_ramp/a"][-1]) == 1.0
+    np.testing.assert_allclose(w[10:], np.broadcast_to(base, w[10:].shape), rtol=1e-6)
+    assert float(trace["metrics"]["start_ramp/a"][-1]) == 1.0
+    # a rule that lowers the weights stays below the ceiling, and after the ramp is free
+    lower = ao.guarded(ao.uncertainty_rule(lr=0.5), BASE, ramp_steps=10, **guards)
+    _, trace = run(lower, steady())
+    _, free = run(ao.guarded(ao.uncertainty_rule(lr=0.5), BASE, **guards), steady())
+    w, f = vectors(trace), vectors(free)
+    ceiling = base * (0.4 + 0.6 * np.arange(1, STEPS + 1)[:, None] / 10)
+    ceiling[10:] = np.inf  # the ramp is over: no ceiling
+    np.testing.assert_allclose(w, np.minimum(np.maximum(f, 0.4 * base), ceiling), rtol=1e-5)
 
 
 def test_the_slow_start_waits_on_unstable_steps_and_a_spike_resumes_it_from_the_cut():

@@ -160,11 +160,16 @@ def guarded(
         re-weighting, not a learning-rate schedule. ``max_change`` and the bounds still win
         where they bind, so the total is kept up to them; with one adaptive term the rule
         moves nothing and only the spike guard and its recovery act.
-      ramp_steps: the slow start (0: off). Each adaptive weight starts at its lower bound and
-        rises linearly to its base weight over ``ramp_steps`` calm steps (finite, stable in
-        the sense of ``variance_threshold``, no spike), as learning-rate warmup does for the
-        step size; the rule's proposals land once the ramp is over. A spike during the ramp
-        cuts the weight as usual and the ramp resumes from there. A Python int.
+      ramp_steps: the slow start (0: off). Each adaptive weight starts at its lower bound,
+        under a ceiling that rises linearly from the lower bound to the base weight over
+        ``ramp_steps`` calm steps (finite, stable in the sense of ``variance_threshold``, no
+        spike), as learning-rate warmup does for the step size; after the ramp the usual
+        upper bound applies. The weight rises only through the rule's proposals and the slow
+        gates: a rule that proposes its base (``base_rule``, or one that steps back toward
+        it) follows the ramp up, the seed's rule, which lowers the weight of a falling loss,
+        stays low. A spike during the ramp cuts the weight as usual and the ceiling restarts
+        from the cut weight. With ``bounds=None`` the lower bound is 0, where a rule that
+        multiplies the weight stays: give ``min_weight``. A Python int.
       spike_prior: the spike guard's prior standard deviation of a log loss or log gradient
         norm (> 0), or None. With a prior the guard judges from a term's second value on
         instead of after 10 values, the observed variance shrunk toward ``spike_prior ** 2``
@@ -293,7 +298,7 @@ def guarded(
             proposal = _keep_total(proposal, weights, rule_base, open_gate, settings.max_change)
         proposal, valid = _limit(settings, proposal, weights, low, high, loss)
         ramping = active & (state.start_ramp < 1)
-        wants = open_gate & ~ramping & (proposal != weights)
+        wants = open_gate & (proposal != weights)
         applied = wants & valid
 
         new_weights, previous, last_change, undone = _apply_or_roll_back(
@@ -680,10 +685,10 @@ def _ramp_position(weights, low, base) -> jax.Array:
 
 
 def _ramp(settings: Settings, progress, ramping, calm, new_weights, low, base):
-    """The slow start: a ramping term's weight is its ramp's, which advances on calm steps."""
+    """The slow start: a ceiling from ``low`` to ``base`` that rises on calm steps."""
     if settings.ramp_steps == 0:
         return new_weights, progress
     advanced = jnp.minimum(progress + 1.0 / settings.ramp_steps, 1.0)
     progress = jnp.where(ramping & calm, advanced, progress)
-    target = low + (base - low) * progress.astype(base.dtype)
-    return jnp.where(ramping, target, new_weights), progress
+    ceiling = low + (base - low) * progress.astype(base.dtype)
+    return jnp.where(ramping, jnp.minimum(new_weights, ceiling), new_weights), progress
