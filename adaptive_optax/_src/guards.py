@@ -134,7 +134,8 @@ def guarded(
       max_weight: absolute upper bound, a scalar or a pytree shaped like ``base_weights``.
       max_change: largest relative change of a weight per adjustment, in ``(0, 1)``, or None.
       warmup_steps: no adjustment while ``step <= warmup_steps``.
-      cooling_period: at least this many steps between two adjustments of a term.
+      cooling_period: at least this many steps between two adjustments of a term (or a spike
+        cut or rollback and the next adjustment); the first adjustment waits for warmup only.
       min_stable_steps: consecutive stable steps required before an adjustment.
       variance_threshold: a step is stable when the recent relative variance of the loss
         (variance / mean**2) is below this.
@@ -551,7 +552,8 @@ def _gate(settings: Settings, state: AdaptiveState, signals: Signals, active):
         active
         & signals.finite
         & (signals.step > settings.warmup_steps)
-        & (signals.step - state.last_change >= settings.cooling_period)
+        # the cooling period follows a change: the first adjustment waits only for warmup
+        & ((state.last_change == 0) | (signals.step - state.last_change >= settings.cooling_period))
         & (stable >= settings.min_stable_steps)
     )
     return stable, open_gate
