@@ -290,3 +290,17 @@ def test_options_under_jit_vmap_and_no_recompilation():
 def test_bad_settings_fail_at_construction(setting, match):
     with pytest.raises(ValueError, match=match):
         ao.guarded(ao.base_rule(), BASE, **setting)
+
+
+# ---------------------------------------------------------------- cooling_period
+
+
+def test_the_cooling_period_follows_a_change_and_does_not_delay_the_first():
+    # lr annealing needs its first estimate at once: a cooling period counted from step 0
+    # held it for cooling_period steps (issue 15, item 5)
+    weighting = ao.guarded(
+        ao.uncertainty_rule(lr=0.5), BASE, **(dict(ao.RELAXED) | dict(cooling_period=10))
+    )
+    _, trace = run(weighting, steady(25))
+    changes = np.flatnonzero(np.diff(np.concatenate([[1.0], trace["weights"]["a"]])) != 0)
+    np.testing.assert_array_equal(changes, [0, 10, 20])  # steps 1, 11, 21
