@@ -275,6 +275,13 @@ def test_options_under_jit_vmap_and_no_recompilation():
     assert update._cache_size() == 1
     assert np.shape(weights["a"]) == (2,)
     assert np.all(np.isfinite(np.asarray(states.weight_average)))
+    # a corrupted checkpoint heals: the progress of the ramp and the average restart
+    nan = jnp.full_like(states.weight_average, jnp.nan)
+    corrupt = states._replace(start_ramp=nan, weight_average=nan)
+    weights, healed = update(losses, corrupt, grad_norms=norms)
+    assert np.all(np.asarray(healed.start_ramp) == 1.0)
+    assert np.all(np.isfinite(np.asarray(healed.weight_average)))
+    assert update._cache_size() == 1
 
 
 @pytest.mark.parametrize(

@@ -298,7 +298,7 @@ def guarded(
         if settings.moves == "ratios":
             proposal = _keep_total(proposal, weights, rule_base, open_gate, settings.max_change)
         proposal, valid = _limit(settings, proposal, weights, low, high, loss)
-        ramping = active & (state.start_ramp < 1)
+        ramping = active & (state.start_ramp < 1)  # False for a corrupted (NaN) progress
         wants = open_gate & (proposal != weights)
         applied = wants & valid
 
@@ -334,13 +334,8 @@ def guarded(
             ),
             stats=stats,
             spike_stats=spike_stats,
-            start_ramp=start_ramp.astype(stats_dtype),
-            weight_average=ema_update(
-                state.weight_average,
-                state.step,
-                normalised(new_weights.astype(stats_dtype)),
-                settings.ema_decay,
-            ),
+            start_ramp=jnp.where(jnp.isfinite(start_ramp), start_ramp, 1.0).astype(stats_dtype),
+            weight_average=_average(state, normalised(new_weights.astype(stats_dtype)), settings),
             rule_state=rule_state,
         )
         return new_state.weights, new_state
@@ -694,3 +689,9 @@ def _ramp(settings: Settings, progress, ramping, calm, new_weights, low, base):
     progress = jnp.where(ramping & calm, advanced, progress)
     ceiling = low + (base - low) * progress.astype(base.dtype)
     return jnp.where(ramping, jnp.minimum(new_weights, ceiling), new_weights), progress
+
+
+def _average(state: AdaptiveState, ratios, settings: Settings) -> jax.Array:
+    """The running mean of the normalised weights after this step (restarted if corrupted)."""
+    average = ema_update(state.weight_average, state.step, ratios, settings.ema_decay)
+    return jnp.where(jnp.isfinite(average), average, ratios)
