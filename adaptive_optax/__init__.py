@@ -40,6 +40,10 @@ from adaptive_optax._src.balancers.gramian_methods import upgrad_rule as upgrad_
 from adaptive_optax._src.balancers.gramian_methods import upgrad_weights as upgrad_weights
 from adaptive_optax._src.balancers.imtl_l import imtl_l_rule as imtl_l_rule
 from adaptive_optax._src.balancers.imtl_l import imtl_l_weights as imtl_l_weights
+from adaptive_optax._src.balancers.metabalance import metabalance_rule as metabalance_rule
+from adaptive_optax._src.balancers.metabalance import metabalance_weights as metabalance_weights
+from adaptive_optax._src.balancers.normalized import base_rule as base_rule
+from adaptive_optax._src.balancers.normalized import normalized_weights as normalized_weights
 from adaptive_optax._src.balancers.relobralo import relobralo_rule as relobralo_rule
 from adaptive_optax._src.balancers.relobralo import relobralo_weights as relobralo_weights
 from adaptive_optax._src.balancers.rlw import rlw_rule as rlw_rule
@@ -48,6 +52,8 @@ from adaptive_optax._src.balancers.softadapt import softadapt_rule as softadapt_
 from adaptive_optax._src.balancers.softadapt import softadapt_weights as softadapt_weights
 from adaptive_optax._src.balancers.uncertainty import uncertainty_rule as uncertainty_rule
 from adaptive_optax._src.balancers.uncertainty import uncertainty_weights as uncertainty_weights
+from adaptive_optax._src.balancers.uw_so import uw_so_rule as uw_so_rule
+from adaptive_optax._src.balancers.uw_so import uw_so_weights as uw_so_weights
 from adaptive_optax._src.base import AdaptiveState as AdaptiveState
 from adaptive_optax._src.base import Counters as Counters
 from adaptive_optax._src.base import LogStats as LogStats
@@ -59,6 +65,7 @@ from adaptive_optax._src.base import SpikeStats as SpikeStats
 from adaptive_optax._src.checkpoint import restore as restore
 from adaptive_optax._src.control import checked as checked
 from adaptive_optax._src.control import disable as disable
+from adaptive_optax._src.control import distilled_weights as distilled_weights
 from adaptive_optax._src.control import enable as enable
 from adaptive_optax._src.control import find_state as find_state
 from adaptive_optax._src.control import metrics as metrics
@@ -73,9 +80,9 @@ from adaptive_optax._src.integration import apply_gradients as apply_gradients
 from adaptive_optax._src.integration import apply_if_finite as apply_if_finite
 from adaptive_optax._src.integration import weight_gradients as weight_gradients
 from adaptive_optax._src.per_term import per_term_grads as per_term_grads
+from adaptive_optax._src.precision import loss_scaled as loss_scaled
 from adaptive_optax._src.representation import RepresentationGrads as RepresentationGrads
 from adaptive_optax._src.representation import representation_grads as representation_grads
-from adaptive_optax._src.precision import loss_scaled as loss_scaled
 from adaptive_optax._src.rules import loss_ratio_rule as loss_ratio_rule
 from adaptive_optax._src.rules import relative_ratio_rule as relative_ratio_rule
 from adaptive_optax._src.rules import tanh_rule as tanh_rule
@@ -86,6 +93,12 @@ from adaptive_optax._src.weightings import unguarded_weights as unguarded_weight
 __version__ = "0.1.0"
 
 __all__ = (
+    "metabalance_rule",
+    "metabalance_weights",
+    "uw_so_rule",
+    "uw_so_weights",
+    "base_rule",
+    "normalized_weights",
     "GRADIENT_STATISTICS",
     "RELAXED",
     "AdaptiveState",
@@ -108,6 +121,7 @@ __all__ = (
     "config_rule",
     "config_weights",
     "disable",
+    "distilled_weights",
     "dualproj_rule",
     "dualproj_weights",
     "dwa_rule",

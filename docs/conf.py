@@ -66,6 +66,7 @@ nitpick_ignore = [
         "DWAState",
         "EncodecState",
         "GradNormState",
+        "MetaBalanceState",
         "ReLoBRaLoState",
         "SoftAdaptState",
         "UncertaintyState",

@@ -121,6 +121,12 @@ class AdaptiveState(NamedTuple):
       spike_stats: the spike guard's log-scale statistics of the losses and gradient norms,
         which a spike does not inflate (see :class:`SpikeStats`; left empty when the guard
         is off).
+      start_ramp: ``(n,)`` the slow start's progress per term, from 0 (the weight at its
+        lower bound) to 1 (the ramp is over; 1 from the start when ``ramp_steps=0``), see
+        ``ramp_steps`` of :func:`adaptive_optax.guarded`.
+      weight_average: ``(n,)`` the running mean (bias-corrected EMA of decay ``ema_decay``)
+        of the normalised weights ``w / sum(w)``: what :func:`adaptive_optax.distilled_weights`
+        freezes.
       rule_state: whatever state the rule keeps (an empty tuple for stateless rules).
     """
 
@@ -134,6 +140,8 @@ class AdaptiveState(NamedTuple):
     counters: Counters
     stats: RunningStats
     spike_stats: SpikeStats
+    start_ramp: chex.Array
+    weight_average: chex.Array
     rule_state: PyTree
 
 

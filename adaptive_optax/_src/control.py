@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
+from adaptive_optax._src import config
 from adaptive_optax._src.base import AdaptiveState, LossWeighting, PyTree
-from adaptive_optax._src.config import check_flag
 from adaptive_optax._src.statistics import count_where
 from adaptive_optax._src.terms import stack_terms, term_names
 
@@ -143,12 +143,13 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
 
     Per term ``<name>`` (its key path, ``"mel"`` or ``"heads/stop"``): ``weight``,
     ``previous_weight``, ``base_weight``, ``loss_ema`` (bias-corrected), ``loss_rel_variance``,
-    ``grad_norm_avg``, ``steps_since_change``, ``stable_steps``, ``adjustments``, ``rejected``,
-    ``nonfinite``, ``rollbacks``, ``healed``, ``spikes``, ``first_nonfinite_step`` and
-    ``last_nonfinite_step`` (which term went NaN or Inf first, and when: 0 for never), as keys
-    ``"<metric>/<name>"``; plus ``step`` and ``enabled``; plus ``"rule/<field>/<name>"`` for
-    each per-term vector in the rule's state (GradNorm's learned weights, uncertainty
-    weighting's log-variances, ...). Jittable.
+    ``grad_norm_avg``, ``steps_since_change``, ``stable_steps``, ``start_ramp`` (the slow
+    start's progress), ``weight_average`` (the running mean of the normalised weights, see
+    :func:`distilled_weights`), ``adjustments``, ``rejected``, ``nonfinite``, ``rollbacks``,
+    ``healed``, ``spikes``, ``first_nonfinite_step`` and ``last_nonfinite_step`` (which term
+    went NaN or Inf first, and when: 0 for never), as keys ``"<metric>/<name>"``; plus ``step``
+    and ``enabled``; plus ``"rule/<field>/<name>"`` for each per-term vector in the rule's state
+    (GradNorm's learned weights, uncertainty weighting's log-variances, ...). Jittable.
 
     Args:
       tree: an :class:`AdaptiveState` or a pytree holding exactly one.
@@ -173,6 +174,8 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
         "grad_norm_avg": stats.grad_mean,
         "steps_since_change": state.step[..., None] - state.last_change,
         "stable_steps": state.stable_steps,
+        "start_ramp": state.start_ramp,
+        "weight_average": state.weight_average,
         **state.counters._asdict(),
     }
     names = term_names(state.base_weights)
@@ -192,6 +195,51 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
     return out
 
 
+def distilled_weights(tree: PyTree, total: float | None = None) -> PyTree:
+    """Fixed weights to freeze what an adaptive run found: its time-averaged weight ratios.
+
+    The state keeps a running mean of the normalised weights ``w / sum(w)`` (a bias-corrected
+    EMA of decay ``ema_decay`` of :func:`adaptive_optax.guarded`, about the last
+    ``1 / (1 - ema_decay)`` steps); this returns it times ``total``. Training the next run
+    with these fixed weights separates what the adaptive run's *ratios* were worth from what
+    its *scale* was (Gama & Grassi replay averaged normalised weights the same way).
+
+    Args:
+      tree: an :class:`AdaptiveState` or a pytree holding exactly one (a batched state gives
+        batched weights).
+      total: the sum of the returned weights; default: the sum of the base weights, so the
+        fixed weights are on the scale the run started from.
+
+    Returns:
+      Weights in the structure of the base weights, in the dtype of the state's weights.
+
+    Examples:
+      >>> import adaptive_optax as ao
+      >>> weighting = ao.uncertainty_weights({"a": 1.0, "b": 1.0}, lr=0.5)
+      >>> state = weighting.init()
+      >>> for _ in range(3):
+      ...     weights, state = weighting.update({"a": 3.0, "b": 1.0}, state)
+      >>> fixed = ao.distilled_weights(state)
+      >>> round(float(fixed["a"] + fixed["b"]), 4), bool(fixed["a"] < fixed["b"])
+      (2.0, True)
+
+    References:
+      Gama & Grassi, 2025 (code: UnitScal_vs_SMTOs): an adaptive method's averaged,
+      normalised weights replayed as fixed weights.
+    """
+    if total is not None:
+        config.check_number(
+            "total", total, low=0, low_open=True, high=float(jnp.finfo(jnp.float32).max)
+        )
+    state = find_state(tree)
+    base = stack_terms(state.base_weights)
+    scale = jnp.sum(base, axis=-1, keepdims=True) if total is None else total
+    fixed = state.weight_average * jnp.asarray(scale, state.weight_average.dtype)
+    dtype = jnp.result_type(base)
+    leaves = [fixed[..., i].astype(dtype) for i in range(base.shape[-1])]
+    return jax.tree.unflatten(jax.tree.structure(state.base_weights), leaves)
+
+
 def _float_fields(state: AdaptiveState) -> dict[str, Any]:
     """The floating-point fields of a state, by the paths users read them with."""
     fields = {
@@ -199,6 +247,8 @@ def _float_fields(state: AdaptiveState) -> dict[str, Any]:
         "previous_weights": state.previous_weights,
         "base_weights": state.base_weights,
         "rule_state": state.rule_state,
+        "start_ramp": state.start_ramp,
+        "weight_average": state.weight_average,
     }
     for name, value in state.stats._asdict().items():
         fields[f"stats.{name}"] = value
@@ -255,7 +305,7 @@ def checked(weighting: LossWeighting, *, check_inputs: bool = True) -> LossWeigh
       ...     print(str(error).split(" (`check`")[0])
       loss term 'mel': its loss or gradient statistic was NaN or Inf at step 2 (first at step 2)
     """
-    check_inputs = check_flag("check_inputs", check_inputs)
+    check_inputs = config.check_flag("check_inputs", check_inputs)
 
     def update(losses, state, grad_norms, grad_stats):
         _assert_all_finite(state, "is not finite on input")

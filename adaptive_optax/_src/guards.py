@@ -28,7 +28,13 @@ from adaptive_optax._src.schedules import (
     scheduled_base,
 )
 from adaptive_optax._src.spikes import detect_spikes, init_spike_stats
-from adaptive_optax._src.statistics import at_least_float32, count_where, init_stats, update_stats
+from adaptive_optax._src.statistics import (
+    at_least_float32,
+    count_where,
+    ema_update,
+    init_stats,
+    update_stats,
+)
 from adaptive_optax._src.terms import Terms, select, terms_of
 
 SPIKE_WARMUP = 10  # values a term's statistics need before the spike guard judges them
@@ -65,6 +71,10 @@ class Settings(NamedTuple):
     spike_factor: Any
     spike_decay: Any
     every: Any
+    moves: str
+    ramp_steps: int
+    spike_prior: Any
+    normalize: str | None
 
 
 def guarded(
@@ -87,6 +97,10 @@ def guarded(
     spike_factor: float = 0.5,
     spike_decay: float = 0.97,
     every: int = 1,
+    moves: str = "weights",
+    ramp_steps: int = 0,
+    spike_prior: float | None = None,
+    normalize: str | None = None,
     axis_name: Hashable | None = None,
     dtype: Any = jnp.float32,
 ) -> LossWeighting:
@@ -133,7 +147,8 @@ def guarded(
       max_weight: absolute upper bound, a scalar or a pytree shaped like ``base_weights``.
       max_change: largest relative change of a weight per adjustment, in ``(0, 1)``, or None.
       warmup_steps: no adjustment while ``step <= warmup_steps``.
-      cooling_period: at least this many steps between two adjustments of a term.
+      cooling_period: at least this many steps between two adjustments of a term (or a spike
+        cut or rollback and the next adjustment); the first adjustment waits for warmup only.
       min_stable_steps: consecutive stable steps required before an adjustment.
       variance_threshold: a step is stable when the recent relative variance of the loss
         (variance / mean**2) is below this.
@@ -151,6 +166,38 @@ def guarded(
         the weights in between: for a rule whose solver is expensive. In-graph
         (``lax.cond``): the rule's computation is skipped, not masked; the statistics and the
         spike guard still see every step.
+      moves: what the rule may move: ``"weights"`` (each weight, and so their total scale) or
+        ``"ratios"``: each proposal is rescaled so that the adaptive terms whose gate is open
+        keep their total, stepped toward the total of their base weights by at most
+        ``max_change`` per adjustment. Under ``"ratios"`` only the spike guard's cut (fast)
+        and this slow return toward the base total change the scale: the rule is a
+        re-weighting, not a learning-rate schedule. ``max_change`` and the bounds still win
+        where they bind, so the total is kept up to them; with one adaptive term the rule
+        moves nothing and only the spike guard and its recovery act.
+      ramp_steps: the slow start (0: off). Each adaptive weight starts at its lower bound,
+        under a ceiling that rises linearly from the lower bound to the base weight over
+        ``ramp_steps`` calm steps (finite, stable in the sense of ``variance_threshold``, no
+        spike), as learning-rate warmup does for the step size; after the ramp the usual
+        upper bound applies. The weight rises only through the rule's proposals and the slow
+        gates: a rule that proposes its base (``base_rule``, or one that steps back toward
+        it) follows the ramp up, the seed's rule, which lowers the weight of a falling loss,
+        stays low. A spike during the ramp cuts the weight as usual and the ceiling restarts
+        from the cut weight. With ``bounds=None`` the lower bound is 0, where a rule that
+        multiplies the weight stays: give ``min_weight``. A Python int.
+      spike_prior: the spike guard's prior standard deviation of a log loss or log gradient
+        norm (> 0), or None. With a prior the guard judges from a term's second value on
+        instead of after 10 values, the observed variance shrunk toward ``spike_prior ** 2``
+        with the weight of 10 values (``adaptive_optax._src.spikes``); 0.25 lets a jump by a
+        factor ``exp(0.75) = 2.1`` count as a spike at ``spike_threshold=3``.
+      normalize: the scale normalisation: ``None``, ``"first_loss"`` or ``"running"``. The
+        rule, the bounds, the ramp and ``moves="ratios"`` then work around normalised base
+        weights ``b_i * c / L_i``, with ``L_i`` the term's first finite loss (GradNorm's
+        ``L_i(0)``) or its running mean, and ``c`` keeping the adaptive terms' base total:
+        terms whose losses differ by orders of magnitude start on a common scale, and the
+        bounds are factors of the normalised base. ``"first_loss"`` is fixed after the first
+        step, so a noisy term, whose loss stays high, keeps its share; ``"running"`` follows
+        the losses and hands that share away as ``1 / loss`` methods do. Non-adaptive terms,
+        and every term while disabled, keep the base weights given here.
       axis_name: a mapped axis (``shard_map``, ``pmap``) over which losses and gradient
         statistics are averaged before deciding, so that every replica takes the same decisions.
       dtype: floating dtype of the weights; statistics use at least float32.
@@ -185,6 +232,10 @@ def guarded(
         spike_factor=spike_factor,
         spike_decay=spike_decay,
         every=every,
+        moves=moves,
+        ramp_steps=ramp_steps,
+        spike_prior=spike_prior,
+        normalize=normalize,
     )
     try:
         if not jnp.issubdtype(dtype, jnp.floating):
@@ -207,20 +258,25 @@ def guarded(
     # the discriminator warms up): the spike guard waits longer before judging it
     spike_warmup = np.where(schedules.scheduled, ENTRY_SPIKE_WARMUP, SPIKE_WARMUP)
 
+    ramping = adaptive & (settings.ramp_steps > 0)
+    start = jnp.where(ramping, bounds_of(initial_base)[0], initial_base)
+
     def init() -> AdaptiveState:
         zeros = jnp.zeros((terms.size,), jnp.int32)
-        weights = terms.tree(initial_base)
+        weights = terms.tree(start)
         state = AdaptiveState(
             step=jnp.zeros([], jnp.int32),
             enabled=jnp.ones([], bool),
             weights=weights,
             previous_weights=weights,
-            base_weights=weights,
+            base_weights=terms.tree(initial_base),
             last_change=zeros,
             stable_steps=zeros,
             counters=Counters(*[zeros] * len(Counters._fields)),
             stats=init_stats(terms.size, stats_dtype),
             spike_stats=init_spike_stats(terms.size, stats_dtype),
+            start_ramp=jnp.where(ramping, 0.0, 1.0).astype(stats_dtype),
+            weight_average=normalised(start.astype(stats_dtype)),
             rule_state=rule.init(initial_base),
         )
         # Every leaf its own buffer, so that a jitted step can donate the state (leaves above
@@ -266,27 +322,41 @@ def guarded(
             ema_decay=settings.ema_decay,
             window=settings.window,
         )
+        rule_base = base
+        if settings.normalize is not None:
+            rule_base = _normalized_base(settings.normalize, base, stats, adaptive)
         spiked, spike_stats = _spikes(
             settings, state, loss, gradients, finite, entered, spike_warmup
         )
         proposal, rule_state = _propose(
-            rule, settings.every, signals, weights, base, state.rule_state
+            rule, settings.every, signals, weights, rule_base, state.rule_state
         )
 
         active = state.enabled & adaptive
         stable, open_gate = _gate(settings, state, signals, active)
-        low, high = bounds_of(base)
-        proposal, valid = _limit(settings, proposal.astype(dtype), weights, low, high, loss)
+        low, high = bounds_of(rule_base)
+        proposal = proposal.astype(dtype)
+        if settings.moves == "ratios":
+            proposal = _keep_total(proposal, weights, rule_base, open_gate, settings.max_change)
+        proposal, valid = _limit(settings, proposal, weights, low, high, loss)
+        ramping = active & (state.start_ramp < 1)  # False for a corrupted (NaN) progress
         wants = open_gate & (proposal != weights)
         applied = wants & valid
 
         new_weights, previous, last_change, undone = _apply_or_roll_back(
             settings, step, active, ~missing, applied, proposal, weights, previous, base, state
         )
+        calm = (stable > 0) & ~spiked
+        new_weights, start_ramp = _ramp(
+            settings, state.start_ramp, ramping, calm, new_weights, low, rule_base
+        )
         cut = spiked & active
         new_weights, previous, last_change = _cut_on_spikes(
             settings, step, cut, weights, low, new_weights, previous, last_change
         )
+        # a cut during the slow start: the ramp resumes from the cut weight
+        position = _ramp_position(new_weights, low, rule_base).astype(start_ramp.dtype)
+        start_ramp = jnp.where(cut & ramping, position, start_ramp)
         if schedules:  # a term absent at the next step weighs nothing, whatever its bounds
             new_weights = jnp.where(base > 0, new_weights, 0)
             previous = jnp.where(base > 0, previous, 0)
@@ -314,6 +384,8 @@ def guarded(
             ),
             stats=stats,
             spike_stats=spike_stats,
+            start_ramp=jnp.where(jnp.isfinite(start_ramp), start_ramp, 1.0).astype(stats_dtype),
+            weight_average=_average(state, normalised(new_weights.astype(stats_dtype)), settings),
             rule_state=rule_state,
         )
         return new_state.weights, new_state
@@ -342,8 +414,24 @@ def _check_settings(**values: Any) -> Settings:
     )
     config.check_number("spike_decay", values["spike_decay"], low=0, high=1, high_open=True)
     config.check_number("every", values["every"], low=1, integer=True)
+    _check_choice("moves", values["moves"], ("weights", "ratios"))
+    _check_choice("normalize", values["normalize"], (None, "first_loss", "running"))
+    ramp = values["ramp_steps"]
+    config.check_number("ramp_steps", ramp, low=0, integer=True)
+    if config.concrete(ramp) is None:
+        raise ValueError(
+            f"ramp_steps must be a Python int (it sets the initial weights), got {ramp}"
+        )
+    values["ramp_steps"] = int(ramp)
+    if values["spike_prior"] is not None:
+        config.check_number("spike_prior", values["spike_prior"], low=0, low_open=True)
     values["auto_rollback"] = config.check_flag("auto_rollback", values["auto_rollback"])
     return Settings(**values)
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if not any(value is c or (isinstance(value, str) and value == c) for c in choices):
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def _bounds(terms: Terms, base, adaptive, bounds, min_weight, max_weight):
@@ -496,6 +584,7 @@ def _spikes(
         threshold=settings.spike_threshold,
         decay=settings.spike_decay,
         warmup=warmup,
+        prior_std=settings.spike_prior,
     )
 
 
@@ -531,7 +620,8 @@ def _gate(settings: Settings, state: AdaptiveState, signals: Signals, active):
         active
         & signals.finite
         & (signals.step > settings.warmup_steps)
-        & (signals.step - state.last_change >= settings.cooling_period)
+        # the cooling period follows a change: the first adjustment waits only for warmup
+        & ((state.last_change == 0) | (signals.step - state.last_change >= settings.cooling_period))
         & (stable >= settings.min_stable_steps)
     )
     return stable, open_gate
@@ -591,3 +681,90 @@ def _cut_on_spikes(settings: Settings, step, cut, weights, low, new_weights, pre
     previous = jnp.where(cut, new_weights, previous)
     last_change = jnp.where(cut, step, last_change)
     return new_weights, previous, last_change
+
+
+# The controller's options: scale normalisation, ratios only, slow start, the weight average ----
+
+
+def normalised(weights: jax.Array) -> jax.Array:
+    """``w / sum(w)`` for finite weights >= 0, without overflow; uniform when all are 0."""
+    top = jnp.max(weights)
+    scaled = weights / jnp.where(top > 0, top, 1.0)
+    total = jnp.sum(scaled)
+    uniform = jnp.full_like(weights, 1.0 / weights.shape[0])
+    return jnp.where(total > 0, scaled / jnp.where(total > 0, total, 1.0), uniform)
+
+
+def _normalized_base(how: str, base, stats, adaptive) -> jax.Array:
+    """Base weights ``b_i * c / L_i`` over the adaptive terms with a loss seen, their total kept.
+
+    ``L_i`` is ``|first_loss|`` or ``|loss_mean|``, floored at ``1e-8`` times the largest (so
+    every ratio is at most 1e8 and finite); other terms keep their base weight.
+    """
+    scale = jnp.abs(stats.first_loss if how == "first_loss" else stats.loss_mean)
+    known = adaptive & (stats.loss_count > 0)
+    top = jnp.max(jnp.where(known, scale, 0.0))
+    known &= top > 0
+    relative = jnp.maximum(scale / jnp.where(top > 0, top, 1.0), 1e-8)  # in [1e-8, 1]
+    b = base.astype(scale.dtype)
+    inverse = jnp.where(known, b / relative, 0.0)
+    peak = jnp.max(inverse)
+    inverse = inverse / jnp.where(peak > 0, peak, 1.0)  # in [0, 1]: the sum cannot overflow
+    total_base = jnp.sum(jnp.where(known, b, 0.0))
+    total_inverse = jnp.sum(inverse)
+    normalized = inverse * (total_base / jnp.where(total_inverse > 0, total_inverse, 1.0))
+    good = known & jnp.isfinite(normalized) & (normalized > 0)
+    return jnp.where(good, normalized, b).astype(base.dtype)
+
+
+def _keep_total(proposal, weights, base, moving, max_change) -> jax.Array:
+    """The proposal of the ``moving`` terms rescaled: only their ratios move.
+
+    Their total is the current one, stepped toward their base total by at most
+    ``max_change`` (all the way without it). With ``max_change`` the move toward the
+    rescaled proposal is shortened as a whole until no term changes by more than
+    ``max_change``, rather than clipped term by term (which would change the total). Terms
+    whose proposal is not a finite number >= 0 are left to validation.
+    """
+    moving = moving & jnp.isfinite(proposal) & (proposal >= 0)
+    held = jnp.where(moving, proposal, 0.0)
+    top = jnp.max(held)
+    ratios = held / jnp.where(top > 0, top, 1.0)  # in [0, 1]
+    current = jnp.sum(jnp.where(moving, weights, 0.0))
+    goal = jnp.sum(jnp.where(moving, base, 0.0))
+    if max_change is not None:
+        change = jnp.asarray(max_change, weights.dtype)
+        goal = jnp.clip(goal, current * (1 - change), current * (1 + change))
+    total = jnp.sum(ratios)
+    rescaled = ratios * (goal / jnp.where(total > 0, total, 1.0))
+    if max_change is not None:
+        # one step of length theta toward the rescaled proposal, theta as large as max_change
+        # allows every term: the ratios move the rule's way and the total moves toward goal
+        step = jnp.where(moving, rescaled - weights, 0.0)
+        room = change * weights / jnp.where(step != 0, jnp.abs(step), 1.0)
+        theta = jnp.clip(jnp.min(jnp.where(step != 0, room, 1.0)), 0.0, 1.0)
+        rescaled = weights + theta * step
+    return jnp.where(moving & (top > 0), rescaled.astype(proposal.dtype), proposal)
+
+
+def _ramp_position(weights, low, base) -> jax.Array:
+    """Where ``weights`` stand on the ramp from ``low`` to ``base``, in ``[0, 1]``."""
+    span = base - low
+    position = (weights - low) / jnp.where(span > 0, span, 1.0)
+    return jnp.where(span > 0, jnp.clip(position, 0.0, 1.0), 1.0)
+
+
+def _ramp(settings: Settings, progress, ramping, calm, new_weights, low, base):
+    """The slow start: a ceiling from ``low`` to ``base`` that rises on calm steps."""
+    if settings.ramp_steps == 0:
+        return new_weights, progress
+    advanced = jnp.minimum(progress + 1.0 / settings.ramp_steps, 1.0)
+    progress = jnp.where(ramping & calm, advanced, progress)
+    ceiling = low + (base - low) * progress.astype(base.dtype)
+    return jnp.where(ramping, jnp.minimum(new_weights, ceiling), new_weights), progress
+
+
+def _average(state: AdaptiveState, ratios, settings: Settings) -> jax.Array:
+    """The running mean of the normalised weights after this step (restarted if corrupted)."""
+    average = ema_update(state.weight_average, state.step, ratios, settings.ema_decay)
+    return jnp.where(jnp.isfinite(average), average, ratios)

@@ -33,7 +33,7 @@ def init_spike_stats(n_terms: int, dtype) -> SpikeStats:
     return SpikeStats(loss=empty, grad=empty)
 
 
-def z_score(stats: LogStats, value: jax.Array, *, threshold, decay, warmup):
+def z_score(stats: LogStats, value: jax.Array, *, threshold, decay, warmup, prior_std=None):
     """This value's z-score (0 until ``warmup`` values or for ``value <= 0``), and new stats.
 
     Args:
@@ -41,7 +41,9 @@ def z_score(stats: LogStats, value: jax.Array, *, threshold, decay, warmup):
       value: ``(n,)`` values; only finite positive normal numbers are observed.
       threshold: z-score at which the value is clipped before it enters the statistics.
       decay: decay of the EMAs, in ``[0, 1)``.
-      warmup: values needed before a z-score is given.
+      warmup: values needed before a z-score is given; with ``prior_std``, the weight of
+        the prior in values (one value is then enough).
+      prior_std: the prior standard deviation of ``log x`` (> 0), or None for no prior.
 
     Returns:
       ``(z, new_stats)``, both finite.
@@ -49,8 +51,15 @@ def z_score(stats: LogStats, value: jax.Array, *, threshold, decay, warmup):
     # subnormal values may be flushed to zero, and log(0) is -inf: observe normal numbers only
     observed = jnp.isfinite(value) & (value >= jnp.finfo(value.dtype).tiny)
     log_value = jnp.log(jnp.where(observed, value, 1.0))
-    std = jnp.maximum(jnp.sqrt(stats.variance), MIN_STD)
-    warm = stats.count >= warmup
+    variance = stats.variance
+    if prior_std is None:
+        warm = stats.count >= warmup
+    else:
+        seen = stats.count.astype(variance.dtype)
+        prior = jnp.asarray(prior_std, variance.dtype) ** 2
+        variance = (seen * variance + warmup * prior) / (seen + warmup)
+        warm = stats.count >= 1
+    std = jnp.maximum(jnp.sqrt(variance), MIN_STD)
     z = jnp.where(observed & warm, (log_value - stats.mean) / std, 0.0)
     clipped = jnp.where(warm, jnp.minimum(log_value, stats.mean + threshold * std), log_value)
     mean = ema_update(stats.mean, stats.count, clipped, decay)
@@ -65,7 +74,7 @@ def z_score(stats: LogStats, value: jax.Array, *, threshold, decay, warmup):
 
 
 def detect_spikes(
-    stats: SpikeStats, losses, grad_norms, finite, *, threshold, decay, warmup
+    stats: SpikeStats, losses, grad_norms, finite, *, threshold, decay, warmup, prior_std=None
 ) -> tuple[jax.Array, SpikeStats]:
     """Which terms spike this step (their loss or gradient norm), and the new statistics.
 
@@ -74,12 +83,12 @@ def detect_spikes(
       losses: ``(n,)`` this step's losses.
       grad_norms: ``(n,)`` this step's gradient norms, or None.
       finite: ``(n,)`` bool; other terms are neither judged nor observed.
-      threshold, decay, warmup: see :func:`z_score`.
+      threshold, decay, warmup, prior_std: see :func:`z_score`.
 
     Returns:
       ``(spiked, new_stats)``.
     """
-    settings = dict(threshold=threshold, decay=decay, warmup=warmup)
+    settings = dict(threshold=threshold, decay=decay, warmup=warmup, prior_std=prior_std)
     z_loss, loss = z_score(stats.loss, jnp.where(finite, losses, 0.0), **settings)
     spiked = z_loss > threshold
     grad = stats.grad

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.guards import RELAXED, guarded
 from adaptive_optax._src.statistics import at_least_float32
+from adaptive_optax._src.terms import terms_of
 
 BARE = MappingProxyType(RELAXED | dict(bounds=None))
 """Guard settings of a bare balancer: only non-finite inputs are skipped; weights in [0, inf)."""
@@ -65,3 +66,15 @@ def require(signals: Signals, name: str, rule: str) -> jax.Array:
             "adaptive_optax.weight_gradients, which computes it from per-term gradients"
         )
     return value
+
+
+def main_index(base_weights: PyTree, main: str | int) -> int:
+    """The leaf index of the main term, given by name or index; ``ValueError`` if none."""
+    names = terms_of(base_weights).names
+    if isinstance(main, str):
+        if main not in names:
+            raise ValueError(f"main must name a term {names}, got {main!r}")
+        return names.index(main)
+    if not (isinstance(main, int) and 0 <= main < len(names)):
+        raise ValueError(f"main must be a term name or an index below {len(names)}, got {main!r}")
+    return main
