@@ -8,7 +8,7 @@ import optax
 from flax import serialization
 
 import adaptive_optax as ao
-from tests.helpers import run
+from helpers import run
 
 STEPS, SAVE_AT = 60, 30  # two halves of one length: one compiled scan
 

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import adaptive_optax as ao
-from tests.helpers import TTS_BASE, run
+from helpers import TTS_BASE, run
 
 STEPS = 12
 

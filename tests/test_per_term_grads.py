@@ -177,11 +177,12 @@ def test_exact_when_the_representation_is_the_shared_parameter(seed):
 
 # ------------------------------------------------------------------------------------ donation
 
-REQUIRED = {"lr_annealing_weights": dict(main="a")}
+REQUIRED = {"lr_annealing_weights": dict(main="a"), "metabalance_weights": dict(main="a")}
 
 
 def all_weightings():
-    names = sorted(n for n in ao.__all__ if n.endswith("_weights"))
+    # every weighting factory (distilled_weights reads a state: not a factory)
+    names = sorted(n for n in ao.__all__ if n.endswith("_weights") and n != "distilled_weights")
     return {n: getattr(ao, n)(BASE, **REQUIRED.get(n, {})) for n in names}
 
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adaptive_optax as ao
-from tests.helpers import run
+from helpers import run
 
 FAST = dict(warmup_steps=0, cooling_period=0, min_stable_steps=0)
 ENTRY = 30

@@ -57,7 +57,8 @@ def z_score(stats: LogStats, value: jax.Array, *, threshold, decay, warmup, prio
     else:
         seen = stats.count.astype(variance.dtype)
         prior = jnp.asarray(prior_std, variance.dtype) ** 2
-        variance = (seen * variance + warmup * prior) / (seen + warmup)
+        pseudo = jnp.asarray(warmup, variance.dtype)  # the prior counts as this many values
+        variance = (seen * variance + pseudo * prior) / (seen + pseudo)
         warm = stats.count >= 1
     std = jnp.maximum(jnp.sqrt(variance), MIN_STD)
     z = jnp.where(observed & warm, (log_value - stats.mean) / std, 0.0)
