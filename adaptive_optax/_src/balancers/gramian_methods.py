@@ -473,9 +473,10 @@ def cagrad_rule(
     and the loss weight is ``b_i w_i``. The inner problem is solved in-graph (``iterations``
     root-finding steps of ``qp_iterations`` interior-point steps each), where the authors use
     scipy and TorchJD cvxpy. ``rescale=True`` divides by ``1 + c**2`` as the authors' code
-    does; TorchJD does not. At a (nearly) Pareto-stationary point (``||J^T w*||`` below
-    ``norm_eps`` of the Gramian's scale, floored near ``3.5e-3`` in float32) the weights are
-    0, as in TorchJD.
+    does; TorchJD does not. The weights are 0, as in TorchJD, only where ``||J^T w*||`` is
+    below ``norm_eps`` of the Gramian's scale (``sqrt(trace(G_b))``) or below its rounding
+    error; gradients of disparate norms (one 3000 times shorter) still move. ``norm_eps=0``
+    never stops, as the authors' code.
 
     Recommended guards: ``every=k`` (each solve is ``iterations`` QPs); none for the method's
     guarantee.
@@ -483,7 +484,8 @@ def cagrad_rule(
     Args:
       c: radius of the ball relative to ``||g_0||`` (>= 0); the authors use 0.4 to 0.5.
       rescale: divide the weights by ``1 + c**2``.
-      norm_eps: relative norm below which the gradients are taken as Pareto-stationary (>= 0).
+      norm_eps: relative norm below which the gradients are taken as Pareto-stationary, in
+        ``[0, 1)`` (a simplex point is never longer than the longest gradient).
       iterations: root-finding steps (static, >= 1).
       qp_iterations: interior-point iterations of each QP (static, >= 1).
 
@@ -500,7 +502,7 @@ def cagrad_rule(
     """
     config.check_number("c", c, low=0, high=jnp.inf, high_open=True)
     rescale = config.check_flag("rescale", rescale)
-    config.check_number("norm_eps", norm_eps, low=0, high=jnp.inf, high_open=True)
+    config.check_number("norm_eps", norm_eps, low=0, high=1, high_open=True)
     _check_iterations("iterations", iterations)
     _check_iterations("qp_iterations", qp_iterations)
     return _rule(
