@@ -796,19 +796,23 @@ def nash_mtl_from_gramian(
     sequence of up to 20 convex approximations (linearising ``log(G a)``), stopping when
     ``||G_n a - 1/a|| < 1e-3``, starting from the previous step's ``alpha``. Damped Newton
     reaches a relative residual ``||G a - 1/a|| / ||1/a||`` of about ``1e-7`` in float32 in
-    under 20 steps on well-posed problems. ``reg_eps`` (relative to each term's squared
-    gradient norm) keeps a solution when none exists (``0`` in the conic hull of the
-    gradients, or a zero gradient): ``alpha`` then grows to about ``1/sqrt(reg_eps)`` (in
-    units of ``1/||g_i||``) in the offending directions instead of diverging; on well-posed
-    problems it changes ``alpha_i (G alpha)_i = 1`` by ``reg_eps * ||g_i||^2 alpha_i^2``,
+    under 20 steps on well-posed problems, rank-deficient Gramians included. When no
+    solution exists (``0`` in the conic hull of the gradients, e.g. two opposite gradients,
+    or a zero gradient), the weights are ``init`` (ones by default), as in TorchJD, whose
+    solver fails there and keeps its previous ``alpha`` (ones at first); this is detected by
+    ``reg_eps`` (relative to each term's squared gradient norm), which keeps the Newton
+    iterates bounded: ``alpha_i`` grows to about ``1/sqrt(reg_eps)`` in units of
+    ``1/||g_i||`` and ``alpha_i (G alpha)_i`` falls below ``1/2``. On well-posed problems
+    ``reg_eps`` changes ``alpha_i (G alpha)_i = 1`` by ``reg_eps * ||g_i||^2 alpha_i^2``,
     about ``reg_eps`` relative. ``max_norm`` rescales
     ``alpha`` so that ``||J^T alpha|| <= max_norm``, like the authors' gradient clipping
     (``max_norm=1.0`` there and in TorchJD; default here: no clipping).
 
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
-      init: optional ``(K,)`` warm start, e.g. the previous step's weights; only its direction
-        is used (it is rescaled optimally). Ignored unless finite and positive.
+      init: optional ``(K,)`` previous weights: the warm start (only its direction is used,
+        rescaled optimally) and the weights when no solution exists. Ignored unless finite
+        and positive.
       max_norm: optional bound on ``||J^T alpha||`` (``> 0``).
       reg_eps: ridge added to the unit-diagonal Gramian ``C`` (``>= 0``).
       iterations: Newton steps (static).
@@ -845,9 +849,15 @@ def nash_mtl_from_gramian(
     eye = jnp.eye(g.shape[0], dtype=g.dtype)
     # A left-out term is a decoupled unit gradient: it does not move the others' solution.
     q = jnp.where(n.active[:, None] & n.active[None, :], correlation, eye) + reg_eps * eye
-    start = _nash_start(q, None if init is None else root * _vector("init", init, g))
-    beta = _nash_newton(q, start, iterations)
-    beta = jnp.where(n.active, beta, 0.0)
+    previous = jnp.ones_like(diag)
+    if init is not None:
+        init = _vector("init", init, g)
+        previous = jnp.where(jnp.all(jnp.isfinite(init) & (init > 0)), init, previous)
+    beta = _nash_newton(q, _nash_start(q, root * previous), iterations)
+    # Without a bargaining solution beta_i grows to about 1 / sqrt(reg_eps) and
+    # beta_i (C beta)_i = 1 - reg_eps beta_i^2 falls far below 1: keep the previous alpha.
+    solved = jnp.all(jnp.where(n.active, beta * (correlation @ beta) > 0.5, True))
+    beta = jnp.where(n.active, jnp.where(solved, beta, previous * root * n.root_scale), 0.0)
     if max_norm is not None:
         # ||J^T alpha|| = sqrt(beta^T C beta): the normalisations cancel.
         norm = jnp.sqrt(jnp.maximum(beta @ correlation @ beta, 0.0))

@@ -726,9 +726,9 @@ def nash_mtl_rule(
     ``b_i alpha_i(D_b G D_b)`` equals ``alpha_i(G)``: the base weights have no effect on
     Nash-MTL. ``max_norm`` rescales ``alpha`` so that ``||sum_i alpha_i g_i|| <= max_norm``,
     as the authors' gradient clipping (``max_norm=1.0`` there and in TorchJD; default here:
-    none). ``reg_eps`` keeps a solution when none exists (a zero gradient, or zero in the
-    gradients' conic hull): ``alpha`` then grows to about ``1 / sqrt(reg_eps)`` over the
-    gradient's norm instead of diverging.
+    none). When no solution exists (a zero gradient, or zero in the gradients' conic hull)
+    the previous ``alpha`` is kept (ones at first), as TorchJD does; ``reg_eps`` keeps the
+    solver bounded there and detects it.
 
     Recommended guards: ``every=k`` as the authors' ``update_weights_every``; ``max_weight``
     if a vanishing gradient should not get a huge weight (``alpha_i`` grows like
