@@ -316,10 +316,10 @@ def _bounds(terms: Terms, base, adaptive, bounds, min_weight, max_weight):
         config.check_number("bounds[1]", bounds[1], low=0, low_open=True)
     detail = f"(bounds={bounds}, min_weight={min_weight}, max_weight={max_weight})"
     if min_weight is not None:
-        config.check_number("min_weight", min_weight, low=0)
+        config.check_number("min_weight", min_weight, low=0, per_term=True)
         min_weight = terms.per_term(min_weight, "min_weight", base.dtype)
     if max_weight is not None:
-        config.check_number("max_weight", max_weight, low=0, low_open=True)
+        config.check_number("max_weight", max_weight, low=0, low_open=True, per_term=True)
         max_weight = terms.per_term(max_weight, "max_weight", base.dtype)
 
     def bounds_of(base: jax.Array) -> tuple[jax.Array, jax.Array]:

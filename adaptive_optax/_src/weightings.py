@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from adaptive_optax._src import config
+from adaptive_optax._src.balancers._common import preset
 from adaptive_optax._src.base import LossWeighting, PyTree
 from adaptive_optax._src.guards import RELAXED, guarded
 from adaptive_optax._src.rules import loss_ratio_rule, tanh_rule
@@ -12,6 +13,7 @@ from adaptive_optax._src.rules import loss_ratio_rule, tanh_rule
 SPIKE_THRESHOLD = 3.0  # the spike guard of stable_weights: a z-score of the log loss or norm
 
 
+@preset
 def stable_weights(
     base_weights: PyTree,
     *,
@@ -66,6 +68,7 @@ def stable_weights(
     return guarded(rule, base_weights, max_change=max_change, **settings)
 
 
+@preset
 def legacy_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
     """The seed's older tanh rule, step for step: the baseline of the benchmarks.
 
@@ -92,6 +95,7 @@ def legacy_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
     return guarded(tanh_rule(), base_weights, **(RELAXED | guards))
 
 
+@preset
 def unguarded_weights(
     base_weights: PyTree,
     *,

@@ -7,7 +7,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype, require
+from adaptive_optax._src.balancers._common import bare, float_dtype, preset, require
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.terms import terms_of
 
@@ -79,6 +79,7 @@ def lr_annealing_rule(
     return Rule(init=lambda base_weights: (), propose=propose, needs=("max_abs", "mean_abs"))
 
 
+@preset
 def lr_annealing_weights(
     base_weights: PyTree,
     *,

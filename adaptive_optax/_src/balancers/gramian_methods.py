@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from adaptive_optax._src import config
 from adaptive_optax._src import gramian as solvers
-from adaptive_optax._src.balancers._common import bare, float_dtype, require
+from adaptive_optax._src.balancers._common import bare, float_dtype, preset, require
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.gradients import GRAMIAN
 
@@ -133,6 +133,7 @@ def mgda_rule(*, iterations: int = solvers.QP_ITERATIONS) -> Rule:
     )
 
 
+@preset
 def mgda_weights(
     base_weights: PyTree, *, iterations: int = solvers.QP_ITERATIONS, **guards: Any
 ) -> LossWeighting:
@@ -208,6 +209,7 @@ def upgrad_rule(*, reg_eps: float = 1e-4, iterations: int = solvers.QP_ITERATION
     )
 
 
+@preset
 def upgrad_weights(
     base_weights: PyTree,
     *,
@@ -281,6 +283,7 @@ def dualproj_rule(*, reg_eps: float = 1e-4, iterations: int = solvers.QP_ITERATI
     )
 
 
+@preset
 def dualproj_weights(
     base_weights: PyTree,
     *,
@@ -351,6 +354,7 @@ def imtl_g_rule() -> Rule:
     return _rule("imtl_g_rule", lambda g, m: solvers.imtl_g_from_gramian(g, mask=m))
 
 
+@preset
 def imtl_g_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
     """IMTL-G (Liu et al. 2021) as a weighting: equal projections on the unit gradients.
 
@@ -416,6 +420,7 @@ def aligned_mtl_rule(*, scale_mode: Literal["min", "median", "rmse"] = "min") ->
     )
 
 
+@preset
 def aligned_mtl_weights(
     base_weights: PyTree,
     *,
@@ -519,6 +524,7 @@ def cagrad_rule(
     )
 
 
+@preset
 def cagrad_weights(
     base_weights: PyTree,
     *,
@@ -618,6 +624,7 @@ def pcgrad_rule(*, seed: int | None = 0) -> Rule:
     return Rule(init=init, propose=propose, needs=NEEDS)
 
 
+@preset
 def pcgrad_weights(base_weights: PyTree, *, seed: int | None = 0, **guards: Any) -> LossWeighting:
     """PCGrad (Yu et al. 2020) as a weighting: gradient surgery, random orders in the state.
 
@@ -678,6 +685,7 @@ def config_rule() -> Rule:
     return _rule("config_rule", lambda g, m: solvers.config_from_gramian(g, mask=m))
 
 
+@preset
 def config_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
     """ConFIG (Liu et al. 2025) as a weighting: conflict-free, equally aligned updates.
 
@@ -778,6 +786,7 @@ def nash_mtl_rule(
     return Rule(init=init, propose=propose, needs=NEEDS)
 
 
+@preset
 def nash_mtl_weights(
     base_weights: PyTree,
     *,

@@ -8,7 +8,7 @@ import chex
 import jax.numpy as jnp
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype
+from adaptive_optax._src.balancers._common import bare, float_dtype, preset
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
 
@@ -90,6 +90,7 @@ def imtl_l_rule(
     return Rule(init=init, propose=propose)
 
 
+@preset
 def imtl_l_weights(
     base_weights: PyTree,
     *,

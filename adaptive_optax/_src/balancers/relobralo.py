@@ -13,6 +13,7 @@ from adaptive_optax._src.balancers._common import (
     bare,
     finite_or,
     float_dtype,
+    preset,
     safe_divide,
     scaled_softmax,
 )
@@ -104,6 +105,7 @@ def relobralo_rule(
     return Rule(init=init, propose=propose)
 
 
+@preset
 def relobralo_weights(
     base_weights: PyTree,
     *,

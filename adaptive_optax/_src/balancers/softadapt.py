@@ -10,7 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype, safe_divide, scaled_softmax
+from adaptive_optax._src.balancers._common import (
+    bare,
+    float_dtype,
+    preset,
+    safe_divide,
+    scaled_softmax,
+)
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
 VARIANTS = ("original", "loss_weighted", "normalized")
@@ -165,6 +171,7 @@ def softadapt_rule(
     return Rule(init=init, propose=propose)
 
 
+@preset
 def softadapt_weights(
     base_weights: PyTree,
     *,

@@ -8,7 +8,7 @@ import chex
 import jax.numpy as jnp
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype
+from adaptive_optax._src.balancers._common import bare, float_dtype, preset
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
 
@@ -80,6 +80,7 @@ def uncertainty_rule(
     return Rule(init=init, propose=propose)
 
 
+@preset
 def uncertainty_weights(
     base_weights: PyTree,
     *,
