@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import inspect
 import math
+from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 import adaptive_optax as ao
@@ -133,3 +136,28 @@ def test_a_misspelled_keyword_names_the_preset_and_its_settings(name):
     # guard settings are accepted by every preset, and their errors name the preset
     with pytest.raises(ValueError, match=rf"^{name}: warmup_steps"):
         call(name, factories()[name], warmup_steps=-1)
+
+
+# Settings that fix the computation's structure or are read only at init: refused when traced.
+STATIC = {"iterations", "qp_iterations", "order", "seed", "min_losses", "max_log_scale",
+          "max_log_variance"}  # fmt: skip
+
+
+def test_traced_settings_work_or_are_refused_and_the_guide_lists_the_refused():
+    refused = set()
+    for name, setting, default in CASES:
+        value = {"min_weight": 0.1, "max_weight": 10.0}.get(setting, default)
+
+        def build(v, name=name, setting=setting):
+            call(name, factories()[name], **{setting: v})
+            return jnp.zeros(())
+
+        try:
+            jax.jit(build)(jnp.asarray(1 if value is None else value))
+        except ValueError as error:
+            assert f"{setting} is static: it cannot be traced" in str(error)
+            refused.add(setting)
+    assert refused == STATIC
+    guide = (Path(__file__).parents[1] / "docs" / "guides" / "integration.md").read_text()
+    line = next(line for line in guide.splitlines() if "cannot be traced or injected" in line)
+    assert all(f"`{setting}`" in line for setting in STATIC), line

@@ -51,6 +51,7 @@ def check_number(
     high_open: bool = False,
     integer: bool = False,
     per_term: bool = False,
+    static: bool = False,
 ) -> None:
     """Raises ``ValueError`` unless ``value`` is a finite number in the interval, e.g. ``(0, 1)``.
 
@@ -62,11 +63,18 @@ def check_number(
       low_open, high_open: whether an end is excluded.
       integer: whether the value must be a whole number (a step count or a seed).
       per_term: whether one value per term is accepted.
+      static: whether the value fixes the computation's structure or is read only at
+        ``init`` (an iteration count, a seed): a traced value is then refused.
 
     A Python ``int`` must fit an int32 (JAX converts it to one): ``2**40`` is refused; pass a
     float for a large real setting.
     """
     if _is_traced(value):
+        if static:
+            raise ValueError(
+                f"{name} is static: it cannot be traced or injected; pass a Python number "
+                f"(with optax.inject_hyperparams, list it in static_args=({name!r},))"
+            )
         return
     kind = "a whole number" if integer else "a real number"
     leaves = jax.tree.leaves(value)

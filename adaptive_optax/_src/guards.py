@@ -180,6 +180,8 @@ def guarded(
         raise ValueError(f"dtype must be a floating dtype, got {dtype!r}") from None
     stats_dtype = at_least_float32(dtype)
     initial_base = _base_vector(terms, base_weights, dtype)
+    if rule.per_term_base:  # at rest, the method's uniform weights (see Rule)
+        initial_base = initial_base / terms.size
     bounds_of = _bounds(terms, initial_base, adaptive, bounds, min_weight, max_weight)
 
     def init() -> AdaptiveState:
@@ -208,6 +210,7 @@ def guarded(
         **extra_args: Any,
     ) -> tuple[PyTree, AdaptiveState]:
         del extra_args
+        _check_state(state, rule, initial_base)
         if jnp.ndim(state.step) != 0:
             raise ValueError(
                 f"update got a state with batch axes (its step has shape {jnp.shape(state.step)}):"
@@ -392,6 +395,26 @@ def _gramian_matrix(terms: Terms, value, dtype) -> jax.Array:
             f"got shape {np.shape(value)}"
         )
     return jnp.asarray(value).astype(dtype)
+
+
+def _check_state(state: Any, rule: Rule, base: jax.Array) -> None:
+    """Raises ``ValueError`` unless ``state`` is an :class:`AdaptiveState` whose rule state has
+    the structure this weighting's rule keeps (not another weighting's state)."""
+    if not isinstance(state, AdaptiveState):
+        raise ValueError(
+            "update expects the adaptive_optax.AdaptiveState made by this weighting's init, "
+            f"got {type(state).__name__}"
+        )
+    expected = jax.tree.structure(
+        jax.eval_shape(rule.init, jax.ShapeDtypeStruct(base.shape, base.dtype))
+    )
+    if jax.tree.structure(state.rule_state) != expected:
+        raise ValueError(
+            "update got the state of another weighting: its rule_state is "
+            f"{type(state.rule_state).__name__} with structure "
+            f"{jax.tree.structure(state.rule_state)}, this weighting's rule keeps {expected}; "
+            "pass the state made by this weighting's init"
+        )
 
 
 def _heal(terms: Terms, state: AdaptiveState, initial_base, dtype):

@@ -115,6 +115,7 @@ def famo_rule(
         low_open=True,
         high_open=True,
         per_term=True,
+        static=True,
     )
     floors = np.ravel(np.asarray(min_losses, np.float64))
 
@@ -236,6 +237,7 @@ def _per_term_floors(base_weights: PyTree, min_losses: PyTree | float) -> float 
         low_open=True,
         high_open=True,
         per_term=True,
+        static=True,
     )
     terms = terms_of(base_weights)
     structure = jax.tree.structure(min_losses)

@@ -13,7 +13,15 @@ it departs from the authors' and TorchJD's code.
 
 Terms whose loss or gradient statistics are not finite this step (``signals.finite`` False)
 are left out of the solve, as if absent: the method balances the other terms, and the guards
-keep the left-out terms' weights.
+keep the left-out terms' weights (their last solved weights).
+
+At rest the weights are the method's uniform weights ``b_i / n``, not the base weights: the
+guards store ``b / n`` as the base (``Rule.per_term_base``; ``state.base_weights`` and the
+``base/<term>`` metrics show it), so the initial weights, the weights after
+:func:`adaptive_optax.disable`, those of terms that do not adapt and those of a term left out
+before its first solve are ``b_i / n``, the scale of the method's weights (which sum to about
+1 for unit base weights), not ``n`` times it: under SGD, disabling the method or skipping a
+step does not multiply the step by ``n``. ``bounds`` factors apply to ``b_i / n``.
 """
 
 from __future__ import annotations
@@ -58,10 +66,11 @@ class PCGradState(NamedTuple):
 def _scaled_gramian(signals: Signals, base_weights, rule: str):
     """``D_u G D_u`` with ``u = b / max(b)`` (the base-scaled Gramian over ``max(b)**2``: no
     overflow, and the same weights for every method invariant to ``G -> c G``), ``b`` and
-    ``u``, in the rule's float dtype."""
+    ``u``, in the rule's float dtype. ``b`` is the user's base weights: the guards store
+    ``b / n`` (``Rule.per_term_base``), the method's uniform weights."""
     gramian = require(signals, GRAMIAN, rule)
     dtype = float_dtype(gramian)
-    base = base_weights.astype(dtype)
+    base = base_weights.astype(dtype) * base_weights.shape[0]
     unit = base / jnp.max(base)
     return unit[:, None] * gramian.astype(dtype) * unit[None, :], base, unit
 
@@ -83,11 +92,11 @@ def _rule(rule: str, solve: Callable[[chex.Array, chex.Array], chex.Array]) -> R
         w = solve(gramian, signals.finite)
         return _proposal(signals, weights, base * w), state
 
-    return Rule(init=init, propose=propose, needs=NEEDS)
+    return Rule(init=init, propose=propose, needs=NEEDS, per_term_base=True)
 
 
 def _check_iterations(name: str, value: Any) -> None:
-    config.check_number(name, value, low=1, integer=True)
+    config.check_number(name, value, low=1, integer=True, static=True)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an int (a fixed iteration count), got {value!r}")
 
@@ -609,7 +618,7 @@ def pcgrad_rule(*, seed: int | None = 0) -> Rule:
     """
     if seed is None:
         return _rule("pcgrad_rule", lambda g, m: solvers.pcgrad_from_gramian(g, mask=m))
-    config.check_number("seed", seed, integer=True)
+    config.check_number("seed", seed, integer=True, static=True)
 
     def init(base_weights: chex.Array) -> PCGradState:
         del base_weights
@@ -621,7 +630,7 @@ def pcgrad_rule(*, seed: int | None = 0) -> Rule:
         w = solvers.pcgrad_from_gramian(gramian, key=draw, mask=signals.finite)
         return _proposal(signals, weights, base * w), PCGradState(jax.random.key_data(key))
 
-    return Rule(init=init, propose=propose, needs=NEEDS)
+    return Rule(init=init, propose=propose, needs=NEEDS, per_term_base=True)
 
 
 @preset
@@ -783,7 +792,7 @@ def nash_mtl_rule(
         new_state = NashMTLState(jnp.where(signals.finite, alpha, state.alpha))
         return _proposal(signals, weights, alpha), new_state
 
-    return Rule(init=init, propose=propose, needs=NEEDS)
+    return Rule(init=init, propose=propose, needs=NEEDS, per_term_base=True)
 
 
 @preset

@@ -71,7 +71,7 @@ def imtl_l_rule(
       loss_scale``).
     """
     config.check_number("lr", lr, low=0, low_open=True)
-    config.check_number("max_log_scale", max_log_scale, low=0, low_open=True)
+    config.check_number("max_log_scale", max_log_scale, low=0, low_open=True, static=True)
     config.check_number("init_log_scale", init_log_scale, low=-max_log_scale, high=max_log_scale)
 
     def init(base_weights: chex.Array) -> IMTLLState:

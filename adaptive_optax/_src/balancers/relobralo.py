@@ -75,7 +75,7 @@ def relobralo_rule(
     config.check_number("alpha", alpha, low=0, high=1)
     config.check_number("temperature", temperature, low=0, low_open=True)
     config.check_number("expected_rho", expected_rho, low=0, high=1)
-    config.check_number("seed", seed, integer=True)
+    config.check_number("seed", seed, integer=True, static=True)
 
     def init(base_weights: chex.Array) -> ReLoBRaLoState:
         key = jax.random.key_data(jax.random.key(seed))

@@ -123,7 +123,7 @@ def softadapt_rule(
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     config.check_number("beta", beta, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True)
-    config.check_number("order", order, low=1, high=MAX_ORDER, integer=True)
+    config.check_number("order", order, low=1, high=MAX_ORDER, integer=True, static=True)
     config.check_number("eps", eps, low=0, low_open=True)
     order = int(order)
     size = order + 1

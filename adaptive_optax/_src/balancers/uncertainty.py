@@ -59,7 +59,7 @@ def uncertainty_rule(
       Geometry and Semantics", CVPR 2018 (arXiv:1705.07115), section 3.2.
     """
     config.check_number("lr", lr, low=0, low_open=True)
-    config.check_number("max_log_variance", max_log_variance, low=0, low_open=True)
+    config.check_number("max_log_variance", max_log_variance, low=0, low_open=True, static=True)
     config.check_number(
         "init_log_variance", init_log_variance, low=-max_log_variance, high=max_log_variance
     )
