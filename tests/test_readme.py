@@ -20,7 +20,7 @@ pytestmark = pytest.mark.standard_promotion
 
 ROOT = pathlib.Path(__file__).parents[1]
 PREAMBLE = ROOT / "docs" / "snippet_setup.py"
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+DOCUMENTS = [ROOT / "README.md", ROOT / "MEASURED.md", *sorted((ROOT / "docs").rglob("*.md"))]
 DOCUMENTS = [d for d in DOCUMENTS if "_build" not in d.parts]
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)\s*(?P<info>[^`\s]*)")

@@ -37,6 +37,12 @@ def stable_weights(
     (``spike_threshold=3.0``) halves a weight at once when its loss or the gradient norm jumps
     far above its running statistics; ``spike_threshold=None`` switches it off.
 
+    A steadily converging loss sits below its running mean, so the rule lowers its weight at
+    every adjustment: on a converging physics-informed network every weight reaches its floor
+    (``0.4 x base``) and the controller acts as a slow learning-rate decay (see the PINN of
+    ``MEASURED.md``). Use it where losses spike or plateau;
+    :func:`adaptive_optax.relative_ratio_rule` moves toward the base weights instead.
+
     Args:
       base_weights: a pytree of positive floats, one per loss term.
       max_change: relative change of one adjustment, in ``(0, 1)``: the rule's step and the

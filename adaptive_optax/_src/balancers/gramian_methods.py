@@ -343,7 +343,7 @@ def imtl_g_rule() -> Rule:
     change only the length of the aggregate, not its direction. IMTL-G gives a negative
     weight to a term whose gradient is much longer than another's and well aligned with it;
     the weights of this library are non-negative, and the guards clip such a weight to 0 (or
-    to the lower bound): a departure from the method, which the README's toy benchmark
+    to the lower bound): a departure from the method, which the toy benchmark of MEASURED.md
     shows.
 
     Recommended guards: ``every=k`` to amortise the eigendecomposition; bounds if a weight
