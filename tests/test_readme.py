@@ -72,8 +72,8 @@ BLOCKS = [block for path in DOCUMENTS for block in extract(path)]
 
 def test_blocks_are_found():
     readme = [b for b in BLOCKS if b.path.name == "README.md"]
-    assert len(readme) >= 5
-    assert any("wait_until_finished" in b.code for b in readme)
+    assert len(readme) >= 2  # the five lines and the methods: the README is the front door
+    assert any("wait_until_finished" in b.code for b in BLOCKS)  # the checkpoint guide
 
 
 def test_skips_give_a_reason_and_stay_rare():
