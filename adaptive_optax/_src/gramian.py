@@ -371,7 +371,7 @@ def dualproj_from_gramian(
     ``w = argmin_v v^T G v`` s.t. ``v >= u`` with ``u = pref_vector`` (default ``1/K``): the
     weights of the projection of ``J^T u`` onto ``{d : J d >= 0}`` (Equation 11 of GEM,
     in TorchJD's dual form). Same solver, regularisation and departures as
-    :func:`upgrad_from_gramian`.
+    ``upgrad_from_gramian`` (``ao.gramian.upgrad``).
 
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
