@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import cho_factor, cho_solve
 
+from adaptive_optax._src import config
+
 Array = jax.Array
 
 #: Iterations of the interior-point QP solver (MGDA, UPGrad, DualProj and each CAGrad step);
@@ -131,14 +133,16 @@ def _preference(pref_vector, n: _Normalized, *, mean: bool) -> Array:
 
 
 def _check(name: str, value, *, low: float = 0.0) -> None:
-    """Raises ``ValueError`` for a concrete ``value < low`` (traced values are not checked)."""
-    if isinstance(value, (int, float)) and not value >= low:
-        raise ValueError(f"{name} must be >= {low:g}, got {value!r}")
+    """Raises ``ValueError`` unless ``value`` is one finite number ``>= low`` (traced values
+    are not checked)."""
+    config.check_number(name, value, low=low)
 
 
 def _check_iterations(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1 (a fixed iteration count), got {value!r}")
+    """``value``, a Python int ``>= 1`` (a fixed iteration count, static); else ``ValueError``."""
+    config.check_number(name, value, low=1, integer=True, static=True)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int (a fixed iteration count), got {value!r}")
     return value
 
 

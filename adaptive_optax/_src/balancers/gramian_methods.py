@@ -38,6 +38,7 @@ from adaptive_optax._src import gramian as solvers
 from adaptive_optax._src.balancers._common import bare, float_dtype, preset, require
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.gradients import GRAMIAN
+from adaptive_optax._src.gramian import _check_iterations
 
 NEEDS = (GRAMIAN,)
 
@@ -93,12 +94,6 @@ def _rule(rule: str, solve: Callable[[chex.Array, chex.Array], chex.Array]) -> R
         return _proposal(signals, weights, base * w), state
 
     return Rule(init=init, propose=propose, needs=NEEDS, per_term_base=True)
-
-
-def _check_iterations(name: str, value: Any) -> None:
-    config.check_number(name, value, low=1, integer=True, static=True)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int (a fixed iteration count), got {value!r}")
 
 
 def _check_reg_eps(reg_eps: Any) -> None:
