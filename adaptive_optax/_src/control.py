@@ -50,6 +50,10 @@ def find_state(tree: PyTree) -> AdaptiveState:
 def disable(tree: PyTree) -> PyTree:
     """Switches adaptation off: weights return to the base weights at once and stay there.
 
+    The stored base weights: for a Gramian method, its uniform weights ``base / n``, the
+    scale of its weights (see :class:`adaptive_optax.Rule`, ``per_term_base``), so that
+    disabling it does not multiply an SGD step by ``n``.
+
     Statistics keep updating, so :func:`enable` resumes from warm statistics.
 
     Args:
