@@ -33,7 +33,7 @@ def test_initial_and_disabled_weights_are_the_uniform_weights(preset):
     np.testing.assert_allclose(vector(ao.disable(weighting.init()).weights), uniform, rtol=1e-6)
 
 
-@pytest.mark.parametrize("preset", [ao.mgda_weights, ao.nash_mtl_weights], ids=str)
+@pytest.mark.parametrize("preset", [ao.mgda_weights, ao.nash_mtl_weights], ids=lambda p: p.__name__)
 def test_left_out_and_disabled_terms_stay_at_the_uniform_weights(preset):
     weighting = preset(BASE)
     uniform = vector(BASE) / 3

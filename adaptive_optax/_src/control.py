@@ -192,16 +192,20 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
     return out
 
 
-def _float_fields(state: AdaptiveState) -> dict[str, Any]:
-    """The floating-point fields of a state, by the paths users read them with."""
-    fields = {
-        "weights": state.weights,
-        "previous_weights": state.previous_weights,
-        "base_weights": state.base_weights,
-        "rule_state": state.rule_state,
-    }
-    for name, value in state.stats._asdict().items():
-        fields[f"stats.{name}"] = value
+def _float_fields(state: Any, prefix: str = "") -> dict[str, Any]:
+    """The floating-point fields of a state, by the paths users read them with.
+
+    Derived from the NamedTuples (nested NamedTuples give dotted paths, down to the fields
+    that hold arrays or pytrees of terms), so a field added to the state is checked without
+    being listed here.
+    """
+    fields = {}
+    for name, value in state._asdict().items():
+        path = f"{prefix}{name}"
+        if hasattr(value, "_asdict"):
+            fields |= _float_fields(value, f"{path}.")
+        elif any(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in jax.tree.leaves(value)):
+            fields[path] = value
     return fields
 
 
