@@ -8,6 +8,7 @@ A weighting is a pure ``(init, update)`` pair over an immutable :class:`Adaptive
     total = ao.weighted_sum(losses, weights)
 """
 
+from adaptive_optax import gramian as gramian  # the pure solvers: ao.gramian.upgrad(G)
 from adaptive_optax._src.balancers.annealing import lr_annealing_rule as lr_annealing_rule
 from adaptive_optax._src.balancers.annealing import lr_annealing_weights as lr_annealing_weights
 from adaptive_optax._src.balancers.dwa import dwa_rule as dwa_rule

@@ -366,7 +366,8 @@ def test_contract_any_input_finite_bounded_and_guarded(name, losses, norms, max_
         assert_finite_tree((weights, state))
         assert np.all(np.asarray(weights) >= 0)
         assert_finite_tree(ao.metrics(state))
-    base = np.array(list(BASE.values()), np.float32)
+    # the stored base: the user's, or base / n for a method in a mean's scale (Gramian methods)
+    base = np.asarray(jax.tree.leaves(FACTORIES[name](**GUARDED).init().base_weights), np.float32)
     w = np.asarray(guard_w, np.float64)
     # bounds
     if name != "normalized":
@@ -443,11 +444,12 @@ def test_no_recompilation_checkpoint_disable_and_axis_name(name):
         w1, state = step(state, t)
         w2, resumed = step(resumed, t)
         np.testing.assert_array_equal(jax.tree.leaves(w1), jax.tree.leaves(w2))
-    assert not np.allclose(jax.tree.leaves(state.weights), list(BASE.values()))
+    rest = jax.tree.leaves(weighting.init().base_weights)  # base / n for a Gramian method
+    assert not np.allclose(jax.tree.leaves(state.weights), rest)
 
-    # disable: the base weights at once
+    # disable: the stored base weights at once
     weights, _ = step(ao.disable(state), 4)
-    np.testing.assert_allclose(jax.tree.leaves(weights), list(BASE.values()))
+    np.testing.assert_allclose(jax.tree.leaves(weights), rest)
 
     # axis_name: 4 replicas with different inputs decide as one weighting fed the means
     mapped = FACTORIES[name](**BARE, axis_name="replica")

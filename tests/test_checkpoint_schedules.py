@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
+from helpers import run
 
 import adaptive_optax as ao
-from helpers import run
 
 STEPS, SAVE_AT = 60, 30  # two halves of one length: one compiled scan
 

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import TTS_BASE, run
 
 import adaptive_optax as ao
-from helpers import TTS_BASE, run
 
 STEPS = 12
 

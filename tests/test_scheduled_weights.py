@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adaptive_optax as ao
-from helpers import run
 
 FAST = dict(warmup_steps=0, cooling_period=0, min_stable_steps=0)
 ENTRY = 30

@@ -230,8 +230,14 @@ class Rule(NamedTuple):
         of a returned state are replaced by their previous values.
       needs: gradient statistics the rule reads, keys of
         ``adaptive_optax.GRADIENT_STATISTICS`` (``signals.grad_stats[name]``).
+      per_term_base: whether the rule's scale is that of a mean (the Gramian methods, whose
+        uniform weights are ``1/n``): then :func:`adaptive_optax.guarded` stores the base
+        weights divided by the number of terms ``n``, so that the weights at rest (initial,
+        disabled, not adaptive, left out of a step) are the method's uniform weights, not
+        ``n`` times them; the rule receives those stored base weights.
     """
 
     init: Callable[[chex.Array], PyTree]
     propose: Callable[[Signals, chex.Array, chex.Array, PyTree], tuple[chex.Array, PyTree]]
     needs: tuple[str, ...] = ()
+    per_term_base: bool = False

@@ -50,23 +50,48 @@ def check_number(
     low_open: bool = False,
     high_open: bool = False,
     integer: bool = False,
+    per_term: bool = False,
+    static: bool = False,
 ) -> None:
-    """Raises ``ValueError`` unless ``value`` is a number in the interval, e.g. ``(0, 1)``.
+    """Raises ``ValueError`` unless ``value`` is a finite number in the interval, e.g. ``(0, 1)``.
 
     Args:
       name: the setting's name, used in the message.
-      value: a number, an array of numbers or a pytree of them (tracers are not checked).
-      low, high: the interval's ends.
+      value: one number (a Python number or a 0-d array); with ``per_term``, also an array of
+        numbers or a pytree of them, one per term. Tracers are not checked.
+      low, high: the interval's ends; values must be finite whatever the ends.
       low_open, high_open: whether an end is excluded.
-      integer: whether the value must be a whole number that fits an int32 (a step count).
+      integer: whether the value must be a whole number (a step count or a seed).
+      per_term: whether one value per term is accepted.
+      static: whether the value fixes the computation's structure or is read only at
+        ``init`` (an iteration count, a seed): a traced value is then refused.
+
+    A Python ``int`` must fit an int32 (JAX converts it to one): ``2**40`` is refused; pass a
+    float for a large real setting.
     """
     if _is_traced(value):
+        if static:
+            raise ValueError(
+                f"{name} is static: it cannot be traced or injected; pass a Python number "
+                f"(with optax.inject_hyperparams, list it in static_args=({name!r},))"
+            )
         return
+    kind = "a whole number" if integer else "a real number"
     leaves = jax.tree.leaves(value)
     if not leaves or not all(_is_number(leaf) for leaf in leaves):
-        kind = "a whole number" if integer else "a real number"
         raise ValueError(f"{name} must be {kind}, got {value!r} of type {type(value).__name__}")
+    if not per_term and (len(leaves) != 1 or leaves[0] is not value or np.ndim(value) != 0):
+        raise ValueError(
+            f"{name} must be a single number ({kind}), got {value!r} of type {type(value).__name__}"
+        )
+    if any(isinstance(leaf, int) and abs(leaf) > INT32_MAX for leaf in leaves):
+        raise ValueError(
+            f"{name} must fit an int32 (at most {INT32_MAX}), got {value!r}; pass a float "
+            "for a large real setting"
+        )
     array = concrete(value)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     # NaN fails both comparisons, so it is never inside.
     inside = np.all(array > low if low_open else array >= low) and np.all(

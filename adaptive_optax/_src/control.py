@@ -52,6 +52,10 @@ def find_state(tree: PyTree) -> AdaptiveState:
 def disable(tree: PyTree) -> PyTree:
     """Switches adaptation off: weights return to the base weights at once and stay there.
 
+    The stored base weights: for a Gramian method, its uniform weights ``base / n``, the
+    scale of its weights (see :class:`adaptive_optax.Rule`, ``per_term_base``), so that
+    disabling it does not multiply an SGD step by ``n``.
+
     Statistics keep updating, so :func:`enable` resumes from warm statistics.
 
     Args:
@@ -240,18 +244,20 @@ def distilled_weights(tree: PyTree, total: float | None = None) -> PyTree:
     return jax.tree.unflatten(jax.tree.structure(state.base_weights), leaves)
 
 
-def _float_fields(state: AdaptiveState) -> dict[str, Any]:
-    """The floating-point fields of a state, by the paths users read them with."""
-    fields = {
-        "weights": state.weights,
-        "previous_weights": state.previous_weights,
-        "base_weights": state.base_weights,
-        "rule_state": state.rule_state,
-        "start_ramp": state.start_ramp,
-        "weight_average": state.weight_average,
-    }
-    for name, value in state.stats._asdict().items():
-        fields[f"stats.{name}"] = value
+def _float_fields(state: Any, prefix: str = "") -> dict[str, Any]:
+    """The floating-point fields of a state, by the paths users read them with.
+
+    Derived from the NamedTuples (nested NamedTuples give dotted paths, down to the fields
+    that hold arrays or pytrees of terms), so a field added to the state is checked without
+    being listed here.
+    """
+    fields = {}
+    for name, value in state._asdict().items():
+        path = f"{prefix}{name}"
+        if hasattr(value, "_asdict"):
+            fields |= _float_fields(value, f"{path}.")
+        elif any(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in jax.tree.leaves(value)):
+            fields[path] = value
     return fields
 
 

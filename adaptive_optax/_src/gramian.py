@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import cho_factor, cho_solve
 
+from adaptive_optax._src import config
+
 Array = jax.Array
 
 #: Iterations of the interior-point QP solver (MGDA, UPGrad, DualProj and each CAGrad step);
@@ -131,14 +133,16 @@ def _preference(pref_vector, n: _Normalized, *, mean: bool) -> Array:
 
 
 def _check(name: str, value, *, low: float = 0.0) -> None:
-    """Raises ``ValueError`` for a concrete ``value < low`` (traced values are not checked)."""
-    if isinstance(value, (int, float)) and not value >= low:
-        raise ValueError(f"{name} must be >= {low:g}, got {value!r}")
+    """Raises ``ValueError`` unless ``value`` is one finite number ``>= low`` (traced values
+    are not checked)."""
+    config.check_number(name, value, low=low)
 
 
 def _check_iterations(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1 (a fixed iteration count), got {value!r}")
+    """``value``, a Python int ``>= 1`` (a fixed iteration count, static); else ``ValueError``."""
+    config.check_number(name, value, low=1, integer=True, static=True)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int (a fixed iteration count), got {value!r}")
     return value
 
 
@@ -371,7 +375,7 @@ def dualproj_from_gramian(
     ``w = argmin_v v^T G v`` s.t. ``v >= u`` with ``u = pref_vector`` (default ``1/K``): the
     weights of the projection of ``J^T u`` onto ``{d : J d >= 0}`` (Equation 11 of GEM,
     in TorchJD's dual form). Same solver, regularisation and departures as
-    :func:`upgrad_from_gramian`.
+    ``upgrad_from_gramian`` (``ao.gramian.upgrad``).
 
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
@@ -497,61 +501,72 @@ def aligned_mtl_from_gramian(
     return _finish(jnp.where(jnp.any(keep), balance @ pref, pref), n)
 
 
-def _cagrad_direction_weights(
-    g: Array, mean: Array, s: Array, norm_eps, iterations, qp_iterations, active: Array
-):
-    """``argmin_{w in simplex} w^T G mean + s sqrt(w^T G w)`` and a stationarity flag.
+def _cagrad_direction_weights(g: Array, mean: Array, s: Array, iterations, qp_iterations, active):
+    """``w* = argmin_{w in simplex} w^T G mean + s sqrt(w^T G w)``.
 
     Since ``sqrt(q) = min_t (q / t + t) / 2``, the minimiser is ``w(t*)`` with
     ``w(t) = argmin_simplex (t / s) (G 1/K)^T w + 1/2 w^T G w`` and ``t* = ||J^T w(t*)||``;
     ``psi(t) = log ||J^T w(t)|| - log t`` decreases in ``t`` (the partial minimum over ``w`` is
-    convex in ``t``), so the root is bracketed by ``[norm_eps, sqrt(max G_ii)]`` and found by
-    the Illinois method in ``log t``. ``psi(norm_eps) <= 0`` means ``||J^T w*|| <= norm_eps``:
-    the gradients are (nearly) Pareto-stationary.
+    convex in ``t``). The root is bracketed by ``[||J^T w_0||, sqrt(max G_ii)]``, where
+    ``w_0 = w(0)`` is the min-norm point (no simplex point is shorter, none longer than the
+    longest gradient), and found by the Illinois method in ``log t``. The lower end is raised
+    to the rounding error of ``||J^T w_0||`` when ``0`` is (numerically) in the hull. The
+    bracket follows the gradients' scales: a term whose gradient is thousands of times shorter
+    than another's still moves the solution (no fixed floor).
     """
     b = g @ mean
+    tiny = jnp.sqrt(jnp.finfo(g.dtype).tiny)
+
+    def norm(w):
+        return jnp.sqrt(jnp.maximum(w @ g @ w, 0.0))
+
+    def floor(w):
+        # The shortest resolved ||J^T w||: below it, psi is rounding noise.
+        return jnp.maximum(jnp.sqrt(_rounding_error(g, w)), tiny)
 
     def evaluate(log_t):
         w = _min_norm_weights(g, qp_iterations, shift=b * jnp.exp(log_t) / s, active=active)
-        return jnp.log(jnp.sqrt(jnp.maximum(w @ g @ w, jnp.finfo(g.dtype).tiny))) - log_t, w
+        return jnp.log(jnp.maximum(norm(w), tiny)) - log_t, w
 
     def step(t, state):
-        # Steps 0 and 1 evaluate the ends of the bracket, the others its secant point, so that
-        # the graph holds one QP (it compiles in about half the time of two).
+        # Step 0 finds the min-norm point (t = 0), steps 1 and 2 evaluate the ends of the
+        # bracket, the others its secant point, so that the graph holds one QP (it compiles in
+        # about half the time of two).
         lo, f_lo, w_lo, hi, f_hi, w_hi, side = state
         secant = (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
         mid = jnp.where(jnp.isfinite(secant), jnp.clip(secant, lo, hi), 0.5 * (lo + hi))
-        f_mid, w_mid = evaluate(jnp.where(t == 0, lo, jnp.where(t == 1, hi, mid)))
+        log_t = jnp.select([t == 0, t == 1, t == 2], [-jnp.inf, lo, hi], mid)
+        f_mid, w_mid = evaluate(log_t)
         low_side = f_mid > 0  # the root lies above mid
         # Illinois: halve the value kept at an end that survives twice in a row.
         halved_hi = jnp.where(low_side & (side == 1), 0.5 * f_hi, f_hi)
         halved_lo = jnp.where(~low_side & (side == -1), 0.5 * f_lo, f_lo)
-        secant_step = (
-            jnp.where(low_side, mid, lo),
-            jnp.where(low_side, f_mid, halved_lo),
-            jnp.where(low_side, w_mid, w_lo),
-            jnp.where(low_side, hi, mid),
-            jnp.where(low_side, halved_hi, f_mid),
-            jnp.where(low_side, w_hi, w_mid),
-            jnp.where(low_side, jnp.int32(1), jnp.int32(-1)),
+        cases = (
+            (jnp.log(jnp.maximum(norm(w_mid), floor(w_mid))), f_lo, w_mid, hi, f_hi, w_mid, side),
+            (lo, f_mid, w_mid, hi, f_hi, w_hi, side),
+            (lo, f_lo, w_lo, hi, f_mid, w_mid, side),
+            (
+                jnp.where(low_side, mid, lo),
+                jnp.where(low_side, f_mid, halved_lo),
+                jnp.where(low_side, w_mid, w_lo),
+                jnp.where(low_side, hi, mid),
+                jnp.where(low_side, halved_hi, f_mid),
+                jnp.where(low_side, w_hi, w_mid),
+                jnp.where(low_side, jnp.int32(1), jnp.int32(-1)),
+            ),
         )
-        low_end = (lo, f_mid, w_mid, hi, f_hi, w_hi, side)
-        high_end = (lo, f_lo, w_lo, hi, f_mid, w_mid, side)
-        return jax.tree.map(
-            lambda a, b, c: jnp.where(t == 0, a, jnp.where(t == 1, b, c)),
-            low_end,
-            high_end,
-            secant_step,
-        )
+        return jax.tree.map(lambda *x: jnp.select([t == 0, t == 1, t == 2], x[:3], x[3]), *cases)
 
-    # In float32, ||J^T w|| is only resolved down to about sqrt(eps) of the normalised scale.
-    floor = jnp.maximum(norm_eps, 10.0 * jnp.sqrt(jnp.finfo(g.dtype).eps))
-    lo = jnp.log(jnp.asarray(floor, g.dtype))
-    hi = jnp.maximum(0.5 * jnp.log(jnp.max(jnp.diag(g))), lo)
+    hi = 0.5 * jnp.log(jnp.maximum(jnp.max(jnp.diag(g)), tiny**2))
     zero, weights = jnp.zeros((), g.dtype), jnp.zeros_like(mean)
-    start = (lo, zero, weights, hi, zero, weights, jnp.zeros((), jnp.int32))
-    lo, f_lo, w_lo, hi, f_hi, w_hi, _ = jax.lax.fori_loop(0, iterations + 2, step, start)
-    return jnp.where(jnp.abs(f_lo) < jnp.abs(f_hi), w_lo, w_hi), f_lo <= 0
+    start = (hi, zero, weights, hi, zero, weights, jnp.zeros((), jnp.int32))
+    lo, f_lo, w_lo, hi, f_hi, w_hi, _ = jax.lax.fori_loop(0, iterations + 3, step, start)
+    return jnp.where(jnp.abs(f_lo) < jnp.abs(f_hi), w_lo, w_hi)
+
+
+def _rounding_error(g: Array, w: Array) -> Array:
+    """A bound on the rounding error of ``w^T G w`` (``||J^T w||^2``) in ``g``'s dtype."""
+    return 8 * g.shape[0] * jnp.finfo(g.dtype).eps * (jnp.abs(w) @ jnp.abs(g) @ jnp.abs(w))
 
 
 def cagrad_from_gramian(
@@ -572,20 +587,28 @@ def cagrad_from_gramian(
         weights = 1/K + (s / ||J^T w*||) w*
 
     (TorchJD's formulation, Algorithm 1 of Liu et al.). The simplex subproblem is solved
-    in-graph (see ``_cagrad_direction_weights``: ``iterations`` Illinois steps, each one
-    interior-point QP of ``qp_iterations``), where TorchJD uses cvxpy/Clarabel and the authors
-    scipy's SLSQP. The weights do not depend on the scale of ``G``. If ``||J^T w*|| <=
-    norm_eps`` (relative to ``sqrt(trace(G))``; floored at ``10 sqrt(eps)``, about ``3.5e-3``
-    in float32, where the norm is still resolved) the gradients are taken as Pareto-stationary
-    and the weights are zero, as in TorchJD. ``c = 0`` (or a zero mean gradient) gives
-    ``1/K``. ``rescale=True`` divides by ``1 + c**2``, as the authors' NYUv2 code does by
-    default; TorchJD does not rescale.
+    in-graph (see ``_cagrad_direction_weights``: one min-norm QP, then ``iterations`` Illinois
+    steps, each one interior-point QP of ``qp_iterations``), where TorchJD uses cvxpy/Clarabel
+    and the authors scipy's SLSQP. The weights do not depend on the scale of ``G``.
+
+    The weights are zero, as in TorchJD, only when ``||J^T w*|| < norm_eps`` (relative to
+    ``sqrt(trace(G))``, TorchJD's normalisation) or when ``||J^T w*||^2`` is below its
+    rounding error in the computing dtype (``w*`` is then noise; this happens near
+    Pareto-stationary points, where ``0`` is in the convex hull of the gradients). Gradients
+    of different scales are not stationary: a term whose gradient is 3000 times shorter than
+    another's (relative norm ``3e-4``) still gives CAGrad's direction, as in TorchJD and the
+    authors' code. ``norm_eps=0`` never zeroes the weights, as the authors' code: where
+    ``||J^T w*||`` is not resolved it gives the mean gradient (``1/K`` each). A term with a
+    zero gradient keeps ``1/K`` (its weight does not change the aggregate). ``c = 0`` (or a
+    zero mean gradient) gives ``1/K``.
+    ``rescale=True`` divides by ``1 + c**2``, as the authors' NYUv2 code does by default;
+    TorchJD does not rescale.
 
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
       c: radius of the ball, relative to ``||g_0||`` (``>= 0``).
       rescale: divide the weights by ``1 + c**2``.
-      norm_eps: relative norm of ``J^T w*`` below which the weights are zero.
+      norm_eps: relative norm of ``J^T w*`` below which the weights are zero, in ``[0, 1)``.
       iterations: root-finding steps (static).
       qp_iterations: interior-point iterations of each QP (static).
       mask: optional ``(K,)`` bools, the terms to solve for (see the module's conventions).
@@ -613,12 +636,14 @@ def cagrad_from_gramian(
     mean = _uniform(n.active, g.dtype)
     s = c * jnp.sqrt(jnp.maximum(mean @ g @ mean, 0.0))
     safe_s = jnp.where(s > 0, s, 1.0)
-    w, stationary = _cagrad_direction_weights(
-        g, mean, safe_s, norm_eps, iterations, qp_iterations, n.active
-    )
+    w = _cagrad_direction_weights(g, mean, safe_s, iterations, qp_iterations, n.active)
     norm = jnp.sqrt(jnp.maximum(w @ g @ w, 0.0))
-    weights = mean + _safe_divide(s, norm) * w
-    weights = jnp.where(s > 0, jnp.where(stationary, 0.0, weights), mean)
+    resolved = w @ g @ w > _rounding_error(g, w)
+    moving = jnp.where(resolved, mean + _safe_divide(s, norm) * w, mean)
+    # A zero gradient's weight does not move the aggregate: keep its share of the mean.
+    moving = jnp.where(jnp.diag(g) > 0, moving, mean)
+    stationary = (norm_eps > 0) & (~resolved | (norm < norm_eps))
+    weights = jnp.where(s > 0, jnp.where(stationary, 0.0, moving), mean)
     if rescale:
         weights = weights / (1.0 + c**2)
     return _finish(weights, n)
@@ -775,19 +800,23 @@ def nash_mtl_from_gramian(
     sequence of up to 20 convex approximations (linearising ``log(G a)``), stopping when
     ``||G_n a - 1/a|| < 1e-3``, starting from the previous step's ``alpha``. Damped Newton
     reaches a relative residual ``||G a - 1/a|| / ||1/a||`` of about ``1e-7`` in float32 in
-    under 20 steps on well-posed problems. ``reg_eps`` (relative to each term's squared
-    gradient norm) keeps a solution when none exists (``0`` in the conic hull of the
-    gradients, or a zero gradient): ``alpha`` then grows to about ``1/sqrt(reg_eps)`` (in
-    units of ``1/||g_i||``) in the offending directions instead of diverging; on well-posed
-    problems it changes ``alpha_i (G alpha)_i = 1`` by ``reg_eps * ||g_i||^2 alpha_i^2``,
+    under 20 steps on well-posed problems, rank-deficient Gramians included. When no
+    solution exists (``0`` in the conic hull of the gradients, e.g. two opposite gradients,
+    or a zero gradient), the weights are ``init`` (ones by default), as in TorchJD, whose
+    solver fails there and keeps its previous ``alpha`` (ones at first); this is detected by
+    ``reg_eps`` (relative to each term's squared gradient norm), which keeps the Newton
+    iterates bounded: ``alpha_i`` grows to about ``1/sqrt(reg_eps)`` in units of
+    ``1/||g_i||`` and ``alpha_i (G alpha)_i`` falls below ``1/2``. On well-posed problems
+    ``reg_eps`` changes ``alpha_i (G alpha)_i = 1`` by ``reg_eps * ||g_i||^2 alpha_i^2``,
     about ``reg_eps`` relative. ``max_norm`` rescales
     ``alpha`` so that ``||J^T alpha|| <= max_norm``, like the authors' gradient clipping
     (``max_norm=1.0`` there and in TorchJD; default here: no clipping).
 
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
-      init: optional ``(K,)`` warm start, e.g. the previous step's weights; only its direction
-        is used (it is rescaled optimally). Ignored unless finite and positive.
+      init: optional ``(K,)`` previous weights: the warm start (only its direction is used,
+        rescaled optimally) and the weights when no solution exists. Ignored unless finite
+        and positive.
       max_norm: optional bound on ``||J^T alpha||`` (``> 0``).
       reg_eps: ridge added to the unit-diagonal Gramian ``C`` (``>= 0``).
       iterations: Newton steps (static).
@@ -824,9 +853,15 @@ def nash_mtl_from_gramian(
     eye = jnp.eye(g.shape[0], dtype=g.dtype)
     # A left-out term is a decoupled unit gradient: it does not move the others' solution.
     q = jnp.where(n.active[:, None] & n.active[None, :], correlation, eye) + reg_eps * eye
-    start = _nash_start(q, None if init is None else root * _vector("init", init, g))
-    beta = _nash_newton(q, start, iterations)
-    beta = jnp.where(n.active, beta, 0.0)
+    previous = jnp.ones_like(diag)
+    if init is not None:
+        init = _vector("init", init, g)
+        previous = jnp.where(jnp.all(jnp.isfinite(init) & (init > 0)), init, previous)
+    beta = _nash_newton(q, _nash_start(q, root * previous), iterations)
+    # Without a bargaining solution beta_i grows to about 1 / sqrt(reg_eps) and
+    # beta_i (C beta)_i = 1 - reg_eps beta_i^2 falls far below 1: keep the previous alpha.
+    solved = jnp.all(jnp.where(n.active, beta * (correlation @ beta) > 0.5, True))
+    beta = jnp.where(n.active, jnp.where(solved, beta, previous * root * n.root_scale), 0.0)
     if max_norm is not None:
         # ||J^T alpha|| = sqrt(beta^T C beta): the normalisations cancel.
         norm = jnp.sqrt(jnp.maximum(beta @ correlation @ beta, 0.0))

@@ -244,6 +244,9 @@ def guarded(
         raise ValueError(f"dtype must be a floating dtype, got {dtype!r}") from None
     stats_dtype = at_least_float32(dtype)
     initial_base, schedules = base_vector(terms, base_weights, dtype)
+    rest_scale = 1.0 / terms.size if rule.per_term_base else 1.0
+    # at rest, the method's uniform weights (see Rule); a schedule's values scaled alike
+    initial_base = initial_base * rest_scale
     # a schedule's base moves: its bounds are checked on a unit base, its base not against them
     bounds_of = _bounds(
         terms,
@@ -292,6 +295,7 @@ def guarded(
         **extra_args: Any,
     ) -> tuple[PyTree, AdaptiveState]:
         del extra_args
+        _check_state(state, rule, initial_base)
         if jnp.ndim(state.step) != 0:
             raise ValueError(
                 f"update got a state with batch axes (its step has shape {jnp.shape(state.step)}):"
@@ -308,7 +312,7 @@ def guarded(
             # was 0 was absent, and its loss is not read (not folded, judged or counted)
             present = base > 0
             base, weights, previous, bad_schedule, entered = _follow_schedules(
-                schedules, step, base, weights, previous
+                schedules, step, base, weights, previous, rest_scale
             )
             corrupt |= bad_schedule
         missing = present & ~finite
@@ -445,10 +449,10 @@ def _bounds(terms: Terms, base, adaptive, bounds, min_weight, max_weight):
         config.check_number("bounds[1]", bounds[1], low=0, low_open=True)
     detail = f"(bounds={bounds}, min_weight={min_weight}, max_weight={max_weight})"
     if min_weight is not None:
-        config.check_number("min_weight", min_weight, low=0)
+        config.check_number("min_weight", min_weight, low=0, per_term=True)
         min_weight = terms.per_term(min_weight, "min_weight", base.dtype)
     if max_weight is not None:
-        config.check_number("max_weight", max_weight, low=0, low_open=True)
+        config.check_number("max_weight", max_weight, low=0, low_open=True, per_term=True)
         max_weight = terms.per_term(max_weight, "max_weight", base.dtype)
 
     def bounds_of(base: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -523,6 +527,26 @@ def _gramian_matrix(terms: Terms, value, dtype) -> jax.Array:
     return jnp.asarray(value).astype(dtype)
 
 
+def _check_state(state: Any, rule: Rule, base: jax.Array) -> None:
+    """Raises ``ValueError`` unless ``state`` is an :class:`AdaptiveState` whose rule state has
+    the structure this weighting's rule keeps (not another weighting's state)."""
+    if not isinstance(state, AdaptiveState):
+        raise ValueError(
+            "update expects the adaptive_optax.AdaptiveState made by this weighting's init, "
+            f"got {type(state).__name__}"
+        )
+    expected = jax.tree.structure(
+        jax.eval_shape(rule.init, jax.ShapeDtypeStruct(base.shape, base.dtype))
+    )
+    if jax.tree.structure(state.rule_state) != expected:
+        raise ValueError(
+            "update got the state of another weighting: its rule_state is "
+            f"{type(state.rule_state).__name__} with structure "
+            f"{jax.tree.structure(state.rule_state)}, this weighting's rule keeps {expected}; "
+            "pass the state made by this weighting's init"
+        )
+
+
 def _heal(terms: Terms, state: AdaptiveState, initial_base, dtype, schedules: Schedules):
     """The state's base, current and previous weights as vectors, a corrupted value replaced.
 
@@ -542,14 +566,14 @@ def _heal(terms: Terms, state: AdaptiveState, initial_base, dtype, schedules: Sc
     return base, weights, previous, corrupt
 
 
-def _follow_schedules(schedules: Schedules, step, base, weights, previous):
+def _follow_schedules(schedules: Schedules, step, base, weights, previous, scale=1.0):
     """The scheduled base weights at ``step``, the weights carried along with their factor.
 
     Returns ``(base, weights, previous, bad, entered)``: ``bad`` marks schedules whose value
     was not finite and ``>= 0`` (the previous base is kept), ``entered`` whether a base rose
     by more than ``ENTRY_FACTOR`` (a term entering the loss).
     """
-    new_base, bad = scheduled_base(schedules, step, base)
+    new_base, bad = scheduled_base(schedules, step, base, scale)
     weights, previous = follow(weights, base, new_base), follow(previous, base, new_base)
     return new_base, weights, previous, bad, entering(base, new_base)
 

@@ -107,20 +107,24 @@ def _call(schedule: Callable, step: jax.Array) -> jax.Array:
         return jnp.asarray(schedule(step))
 
 
-def scheduled_base(schedules: Schedules, step: jax.Array, base: jax.Array) -> tuple:
+def scheduled_base(
+    schedules: Schedules, step: jax.Array, base: jax.Array, scale: float = 1.0
+) -> tuple:
     """Each scheduled base at ``step``; a non-finite or negative value keeps ``base``.
 
     Args:
       schedules: the schedules.
       step: the step after this update.
       base: ``(n,)`` the base weights of the state (at the previous step).
+      scale: a factor on each schedule's value (``1 / n`` for a rule whose weights rest at
+        ``base / n``, see :class:`adaptive_optax.Rule`).
 
     Returns:
       ``(new_base, bad)``: the base weights at ``step`` and which schedules gave a value that
       is not finite and ``>= 0`` (healed to the previous base, and counted as healed).
     """
     values = [
-        base[i] if fn is None else _call(fn, step).astype(base.dtype).reshape(())
+        base[i] if fn is None else (_call(fn, step).astype(base.dtype) * scale).reshape(())
         for i, fn in enumerate(schedules.functions)
     ]
     new = jnp.stack(values)

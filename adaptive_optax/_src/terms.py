@@ -12,6 +12,14 @@ import numpy as np
 PyTree = Any
 
 
+def _is_real(leaf: Any) -> bool:
+    """A real number or an array of them: not a bool, a complex number, a string or None."""
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+        return isinstance(leaf, (int, float)) and not isinstance(leaf, bool)
+    return np.dtype(dtype).kind in "fiu" or jnp.issubdtype(dtype, jnp.floating)
+
+
 def term_names(tree: PyTree) -> tuple[str, ...]:
     """Names of the leaves of ``tree``: key paths joined with "/", or the index for a leaf."""
     paths = jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -70,6 +78,11 @@ class Terms(NamedTuple):
         self.check_structure(tree, what)
         leaves = jax.tree.leaves(tree)
         for name, leaf in zip(self.names, leaves, strict=True):
+            if not _is_real(leaf):
+                raise ValueError(
+                    f"{what}[{name!r}] must be a real number, got {leaf!r} of type "
+                    f"{type(leaf).__name__}"
+                )
             if np.shape(leaf) != ():
                 raise ValueError(f"{what}[{name!r}] must be a scalar, got shape {np.shape(leaf)}")
         return jnp.stack([jnp.asarray(leaf, dtype) for leaf in leaves])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from adaptive_optax._src import config
+from adaptive_optax._src.balancers._common import preset
 from adaptive_optax._src.base import LossWeighting, PyTree
 from adaptive_optax._src.guards import RELAXED, guarded
 from adaptive_optax._src.rules import loss_ratio_rule, tanh_rule
@@ -12,6 +13,7 @@ from adaptive_optax._src.rules import loss_ratio_rule, tanh_rule
 SPIKE_THRESHOLD = 3.0  # the spike guard of stable_weights: a z-score of the log loss or norm
 
 
+@preset
 def stable_weights(
     base_weights: PyTree,
     *,
@@ -34,6 +36,12 @@ def stable_weights(
     One guard is ours, not the seed's, and on by default here: the spike guard
     (``spike_threshold=3.0``) halves a weight at once when its loss or the gradient norm jumps
     far above its running statistics; ``spike_threshold=None`` switches it off.
+
+    A steadily converging loss sits below its running mean, so the rule lowers its weight at
+    every adjustment: on a converging physics-informed network every weight reaches its floor
+    (``0.4 x base``) and the controller acts as a slow learning-rate decay (see the PINN of
+    ``MEASURED.md``). Use it where losses spike or plateau;
+    :func:`adaptive_optax.relative_ratio_rule` moves toward the base weights instead.
 
     Args:
       base_weights: a pytree of positive floats, one per loss term, or schedules (callables
@@ -67,6 +75,7 @@ def stable_weights(
     return guarded(rule, base_weights, max_change=max_change, **settings)
 
 
+@preset
 def legacy_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
     """The seed's older tanh rule, step for step: the baseline of the benchmarks.
 
@@ -94,6 +103,7 @@ def legacy_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
     return guarded(tanh_rule(), base_weights, **(RELAXED | guards))
 
 
+@preset
 def unguarded_weights(
     base_weights: PyTree,
     *,

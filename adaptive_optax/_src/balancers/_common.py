@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +18,45 @@ from adaptive_optax._src.terms import terms_of
 
 BARE = MappingProxyType(RELAXED | dict(bounds=None))
 """Guard settings of a bare balancer: only non-finite inputs are skipped; weights in [0, inf)."""
+
+
+GUARD_SETTINGS = tuple(
+    name
+    for name, parameter in inspect.signature(guarded).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+)
+"""The keyword settings of :func:`adaptive_optax.guarded`, which every preset accepts."""
+
+Factory = TypeVar("Factory", bound=Callable[..., LossWeighting])
+
+
+def preset(factory: Factory) -> Factory:
+    """Makes a preset's errors name the preset: an unknown keyword is a ``TypeError`` naming
+    it, its own settings and the guards' (not ``guarded()``), and a bad value is a
+    ``ValueError`` that starts with its name."""
+    parameters = inspect.signature(factory).parameters.values()
+    own = tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    accepted = {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    name = factory.__name__
+
+    @functools.wraps(factory)
+    def named(*args: Any, **kwargs: Any) -> LossWeighting:
+        for keyword in kwargs:
+            if keyword not in accepted and keyword not in GUARD_SETTINGS:
+                raise TypeError(
+                    f"{name}() got an unexpected keyword argument {keyword!r}; its settings: "
+                    f"{', '.join(own) or 'none'}, and those of adaptive_optax.guarded: "
+                    f"{', '.join(GUARD_SETTINGS)}"
+                )
+        try:
+            return factory(*args, **kwargs)
+        except ValueError as error:
+            message = str(error)
+            raise ValueError(
+                message if message.startswith(f"{name}: ") else f"{name}: {message}"
+            ) from None
+
+    return named  # type: ignore[return-value]
 
 
 def bare(rule: Rule, base_weights: PyTree, guards: dict[str, Any]) -> LossWeighting:

@@ -7,7 +7,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype, main_index, require
+from adaptive_optax._src.balancers._common import bare, float_dtype, main_index, preset, require
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
 
@@ -78,6 +78,7 @@ def lr_annealing_rule(
     return Rule(init=lambda base_weights: (), propose=propose, needs=("max_abs", "mean_abs"))
 
 
+@preset
 def lr_annealing_weights(
     base_weights: PyTree,
     *,
@@ -94,21 +95,22 @@ def lr_annealing_weights(
     passed through ``guards``. See :func:`adaptive_optax.lr_annealing_rule` for the formula.
 
     Recommended guards: ``max_weight=1e3, cooling_period=10, auto_rollback=True``: a cap on the
-    weight about ten times the weight the rule settles at when every batch holds every term (tens to
-    a few hundred on the README's PINN), and no warmup, change limit or spike guard. In a batch
-    where a term's gradient vanishes (a PINN batch without boundary points) the estimate is ``max
-    |grad| / eps``, about 1e12, and the bare rule adopts 90 % of it at once; in the failure gym
-    (``python -m benchmarks.failures``, ``results/failures.md``) that left the bare PINN at a
-    relative error of 1 (no solution), against 0.016 under these guards. The rule needs its weight
-    early: on the README's PINN (20 seeds) the median error under these guards was 0.40 times the
-    bare one, and 1.48 times under the guards that PINN used before (``warmup_steps=100,
-    max_change=0.5, max_weight=1e4``), which hold the weight back. The spike guard would halve the
-    boundary weight when the boundary loss jumps, which is when it needs more. The cooling period
-    used to count from step 0, so it held the rule's first estimate back for ``cooling_period``
-    steps (the estimate the rule needs most); on the 1-D Poisson PINN (width 32, 2000 steps,
-    seeds 0-2) ``cooling_period=10`` alone then had a mean error of 1.0e-2 against 1.5e-3 bare.
-    It now follows a change, and ``cooling_period=10`` with ``interval=1`` is ``interval=10``
-    (mean 8.1e-4); these recommended guards, 3.0e-4.
+    weight about ten times the weight the rule settles at when every batch holds every term
+    (tens to a few hundred on the PINN of ``MEASURED.md``), and no warmup, change limit or spike
+    guard. In a batch where a term's gradient vanishes (a PINN batch without boundary points)
+    the estimate is ``max |grad| / eps``, about 1e12, and the bare rule adopts 90 % of it at
+    once; in the failure gym (``python -m benchmarks.failures``, ``results/failures.md``) that
+    left the bare PINN at a relative error of 1 (no solution), against 0.016 under these guards.
+    The rule needs its weight early: on that PINN (20 seeds) the median error under these guards
+    was 0.40 times the bare one, and 1.48 times under the guards that PINN used before
+    (``warmup_steps=100, max_change=0.5, max_weight=1e4``), which hold the weight back. The
+    spike guard would halve the boundary weight when the boundary loss jumps, which is when it
+    needs more. The cooling
+    period used to count from step 0, so it held the rule's first estimate back for
+    ``cooling_period`` steps (the estimate the rule needs most); on the 1-D Poisson PINN (width
+    32, 2000 steps, seeds 0-2) ``cooling_period=10`` alone then had a mean error of 1.0e-2
+    against 1.5e-3 bare. It now follows a change, and ``cooling_period=10`` with ``interval=1``
+    is ``interval=10`` (mean 8.1e-4); these recommended guards, 3.0e-4.
 
     Args:
       base_weights: a pytree of positive floats, one per loss term (the initial weights).

@@ -12,6 +12,7 @@ from adaptive_optax._src.balancers._common import (
     bare,
     finite_or,
     float_dtype,
+    preset,
     safe_divide,
     scaled_softmax,
 )
@@ -73,6 +74,7 @@ def dwa_rule(*, temperature: float = 2.0) -> Rule:
     return Rule(init=init, propose=propose)
 
 
+@preset
 def dwa_weights(base_weights: PyTree, *, temperature: float = 2.0, **guards: Any) -> LossWeighting:
     """Dynamic Weight Average (Liu et al. 2019) as a weighting.
 

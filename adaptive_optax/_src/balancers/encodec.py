@@ -8,7 +8,7 @@ import chex
 import jax.numpy as jnp
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype, require
+from adaptive_optax._src.balancers._common import bare, float_dtype, preset, require
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.statistics import count_where, ema_update
 
@@ -81,6 +81,7 @@ def encodec_rule(*, total_norm: float = 1.0, ema_decay: float = 0.999, eps: floa
     return Rule(init=init, propose=propose, needs=("norm",))
 
 
+@preset
 def encodec_weights(
     base_weights: PyTree,
     *,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype
+from adaptive_optax._src.balancers._common import bare, float_dtype, preset
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.statistics import count_where
 from adaptive_optax._src.terms import terms_of
@@ -108,7 +108,14 @@ def famo_rule(
     config.check_number("weight_decay", weight_decay, low=0, high=np.inf, high_open=True)
     config.check_number("eps", eps, low=0, low_open=True, high=np.inf, high_open=True)
     config.check_number(
-        "min_losses", min_losses, low=-np.inf, high=np.inf, low_open=True, high_open=True
+        "min_losses",
+        min_losses,
+        low=-np.inf,
+        high=np.inf,
+        low_open=True,
+        high_open=True,
+        per_term=True,
+        static=True,
     )
     floors = np.ravel(np.asarray(min_losses, np.float64))
 
@@ -168,6 +175,7 @@ def famo_rule(
     return Rule(init=init, propose=propose)
 
 
+@preset
 def famo_weights(
     base_weights: PyTree,
     *,
@@ -222,7 +230,14 @@ def famo_weights(
 def _per_term_floors(base_weights: PyTree, min_losses: PyTree | float) -> float | list[float]:
     """``min_losses`` as one number or a list in the leaf order of the base weights."""
     config.check_number(
-        "min_losses", min_losses, low=-np.inf, high=np.inf, low_open=True, high_open=True
+        "min_losses",
+        min_losses,
+        low=-np.inf,
+        high=np.inf,
+        low_open=True,
+        high_open=True,
+        per_term=True,
+        static=True,
     )
     terms = terms_of(base_weights)
     structure = jax.tree.structure(min_losses)

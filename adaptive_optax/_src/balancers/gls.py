@@ -8,7 +8,7 @@ import chex
 import jax.numpy as jnp
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype
+from adaptive_optax._src.balancers._common import bare, float_dtype, preset
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
 
@@ -74,6 +74,7 @@ def gls_rule(*, min_loss: float = 1e-8) -> Rule:
     return Rule(init=init, propose=propose)
 
 
+@preset
 def gls_weights(base_weights: PyTree, *, min_loss: float = 1e-8, **guards: Any) -> LossWeighting:
     """GLS (Chennupati et al. 2019) as a weighting: ``w_i = base_i * G / L_i``.
 

@@ -8,7 +8,14 @@ import chex
 import jax.numpy as jnp
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, finite_or, float_dtype, require, safe_divide
+from adaptive_optax._src.balancers._common import (
+    bare,
+    finite_or,
+    float_dtype,
+    preset,
+    require,
+    safe_divide,
+)
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
 
@@ -92,6 +99,7 @@ def gradnorm_rule(*, alpha: float = 1.5, lr: float = 0.025) -> Rule:
     return Rule(init=init, propose=propose, needs=("norm",))
 
 
+@preset
 def gradnorm_weights(
     base_weights: PyTree, *, alpha: float = 1.5, lr: float = 0.025, **guards: Any
 ) -> LossWeighting:

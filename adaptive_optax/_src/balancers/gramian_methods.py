@@ -13,7 +13,15 @@ it departs from the authors' and TorchJD's code.
 
 Terms whose loss or gradient statistics are not finite this step (``signals.finite`` False)
 are left out of the solve, as if absent: the method balances the other terms, and the guards
-keep the left-out terms' weights.
+keep the left-out terms' weights (their last solved weights).
+
+At rest the weights are the method's uniform weights ``b_i / n``, not the base weights: the
+guards store ``b / n`` as the base (``Rule.per_term_base``; ``state.base_weights`` and the
+``base/<term>`` metrics show it), so the initial weights, the weights after
+:func:`adaptive_optax.disable`, those of terms that do not adapt and those of a term left out
+before its first solve are ``b_i / n``, the scale of the method's weights (which sum to about
+1 for unit base weights), not ``n`` times it: under SGD, disabling the method or skipping a
+step does not multiply the step by ``n``. ``bounds`` factors apply to ``b_i / n``.
 """
 
 from __future__ import annotations
@@ -27,9 +35,10 @@ import jax.numpy as jnp
 
 from adaptive_optax._src import config
 from adaptive_optax._src import gramian as solvers
-from adaptive_optax._src.balancers._common import bare, float_dtype, require
+from adaptive_optax._src.balancers._common import bare, float_dtype, preset, require
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.gradients import GRAMIAN
+from adaptive_optax._src.gramian import _check_iterations
 
 NEEDS = (GRAMIAN,)
 
@@ -58,10 +67,11 @@ class PCGradState(NamedTuple):
 def _scaled_gramian(signals: Signals, base_weights, rule: str):
     """``D_u G D_u`` with ``u = b / max(b)`` (the base-scaled Gramian over ``max(b)**2``: no
     overflow, and the same weights for every method invariant to ``G -> c G``), ``b`` and
-    ``u``, in the rule's float dtype."""
+    ``u``, in the rule's float dtype. ``b`` is the user's base weights: the guards store
+    ``b / n`` (``Rule.per_term_base``), the method's uniform weights."""
     gramian = require(signals, GRAMIAN, rule)
     dtype = float_dtype(gramian)
-    base = base_weights.astype(dtype)
+    base = base_weights.astype(dtype) * base_weights.shape[0]
     unit = base / jnp.max(base)
     return unit[:, None] * gramian.astype(dtype) * unit[None, :], base, unit
 
@@ -83,13 +93,7 @@ def _rule(rule: str, solve: Callable[[chex.Array, chex.Array], chex.Array]) -> R
         w = solve(gramian, signals.finite)
         return _proposal(signals, weights, base * w), state
 
-    return Rule(init=init, propose=propose, needs=NEEDS)
-
-
-def _check_iterations(name: str, value: Any) -> None:
-    config.check_number(name, value, low=1, integer=True)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int (a fixed iteration count), got {value!r}")
+    return Rule(init=init, propose=propose, needs=NEEDS, per_term_base=True)
 
 
 def _check_reg_eps(reg_eps: Any) -> None:
@@ -133,6 +137,7 @@ def mgda_rule(*, iterations: int = solvers.QP_ITERATIONS) -> Rule:
     )
 
 
+@preset
 def mgda_weights(
     base_weights: PyTree, *, iterations: int = solvers.QP_ITERATIONS, **guards: Any
 ) -> LossWeighting:
@@ -208,6 +213,7 @@ def upgrad_rule(*, reg_eps: float = 1e-4, iterations: int = solvers.QP_ITERATION
     )
 
 
+@preset
 def upgrad_weights(
     base_weights: PyTree,
     *,
@@ -281,6 +287,7 @@ def dualproj_rule(*, reg_eps: float = 1e-4, iterations: int = solvers.QP_ITERATI
     )
 
 
+@preset
 def dualproj_weights(
     base_weights: PyTree,
     *,
@@ -331,7 +338,7 @@ def imtl_g_rule() -> Rule:
     change only the length of the aggregate, not its direction. IMTL-G gives a negative
     weight to a term whose gradient is much longer than another's and well aligned with it;
     the weights of this library are non-negative, and the guards clip such a weight to 0 (or
-    to the lower bound): a departure from the method, which the README's toy benchmark
+    to the lower bound): a departure from the method, which the toy benchmark of MEASURED.md
     shows.
 
     Recommended guards: ``every=k`` to amortise the eigendecomposition; bounds if a weight
@@ -351,6 +358,7 @@ def imtl_g_rule() -> Rule:
     return _rule("imtl_g_rule", lambda g, m: solvers.imtl_g_from_gramian(g, mask=m))
 
 
+@preset
 def imtl_g_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
     """IMTL-G (Liu et al. 2021) as a weighting: equal projections on the unit gradients.
 
@@ -416,6 +424,7 @@ def aligned_mtl_rule(*, scale_mode: Literal["min", "median", "rmse"] = "min") ->
     )
 
 
+@preset
 def aligned_mtl_weights(
     base_weights: PyTree,
     *,
@@ -473,9 +482,10 @@ def cagrad_rule(
     and the loss weight is ``b_i w_i``. The inner problem is solved in-graph (``iterations``
     root-finding steps of ``qp_iterations`` interior-point steps each), where the authors use
     scipy and TorchJD cvxpy. ``rescale=True`` divides by ``1 + c**2`` as the authors' code
-    does; TorchJD does not. At a (nearly) Pareto-stationary point (``||J^T w*||`` below
-    ``norm_eps`` of the Gramian's scale, floored near ``3.5e-3`` in float32) the weights are
-    0, as in TorchJD.
+    does; TorchJD does not. The weights are 0, as in TorchJD, only where ``||J^T w*||`` is
+    below ``norm_eps`` of the Gramian's scale (``sqrt(trace(G_b))``) or below its rounding
+    error; gradients of disparate norms (one 3000 times shorter) still move. ``norm_eps=0``
+    never stops, as the authors' code.
 
     Recommended guards: ``every=k`` (each solve is ``iterations`` QPs); none for the method's
     guarantee.
@@ -483,7 +493,8 @@ def cagrad_rule(
     Args:
       c: radius of the ball relative to ``||g_0||`` (>= 0); the authors use 0.4 to 0.5.
       rescale: divide the weights by ``1 + c**2``.
-      norm_eps: relative norm below which the gradients are taken as Pareto-stationary (>= 0).
+      norm_eps: relative norm below which the gradients are taken as Pareto-stationary, in
+        ``[0, 1)`` (a simplex point is never longer than the longest gradient).
       iterations: root-finding steps (static, >= 1).
       qp_iterations: interior-point iterations of each QP (static, >= 1).
 
@@ -500,7 +511,7 @@ def cagrad_rule(
     """
     config.check_number("c", c, low=0, high=jnp.inf, high_open=True)
     rescale = config.check_flag("rescale", rescale)
-    config.check_number("norm_eps", norm_eps, low=0, high=jnp.inf, high_open=True)
+    config.check_number("norm_eps", norm_eps, low=0, high=1, high_open=True)
     _check_iterations("iterations", iterations)
     _check_iterations("qp_iterations", qp_iterations)
     return _rule(
@@ -517,6 +528,7 @@ def cagrad_rule(
     )
 
 
+@preset
 def cagrad_weights(
     base_weights: PyTree,
     *,
@@ -601,7 +613,7 @@ def pcgrad_rule(*, seed: int | None = 0) -> Rule:
     """
     if seed is None:
         return _rule("pcgrad_rule", lambda g, m: solvers.pcgrad_from_gramian(g, mask=m))
-    config.check_number("seed", seed, integer=True)
+    config.check_number("seed", seed, integer=True, static=True)
 
     def init(base_weights: chex.Array) -> PCGradState:
         del base_weights
@@ -613,9 +625,10 @@ def pcgrad_rule(*, seed: int | None = 0) -> Rule:
         w = solvers.pcgrad_from_gramian(gramian, key=draw, mask=signals.finite)
         return _proposal(signals, weights, base * w), PCGradState(jax.random.key_data(key))
 
-    return Rule(init=init, propose=propose, needs=NEEDS)
+    return Rule(init=init, propose=propose, needs=NEEDS, per_term_base=True)
 
 
+@preset
 def pcgrad_weights(base_weights: PyTree, *, seed: int | None = 0, **guards: Any) -> LossWeighting:
     """PCGrad (Yu et al. 2020) as a weighting: gradient surgery, random orders in the state.
 
@@ -676,6 +689,7 @@ def config_rule() -> Rule:
     return _rule("config_rule", lambda g, m: solvers.config_from_gramian(g, mask=m))
 
 
+@preset
 def config_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
     """ConFIG (Liu et al. 2025) as a weighting: conflict-free, equally aligned updates.
 
@@ -724,9 +738,9 @@ def nash_mtl_rule(
     ``b_i alpha_i(D_b G D_b)`` equals ``alpha_i(G)``: the base weights have no effect on
     Nash-MTL. ``max_norm`` rescales ``alpha`` so that ``||sum_i alpha_i g_i|| <= max_norm``,
     as the authors' gradient clipping (``max_norm=1.0`` there and in TorchJD; default here:
-    none). ``reg_eps`` keeps a solution when none exists (a zero gradient, or zero in the
-    gradients' conic hull): ``alpha`` then grows to about ``1 / sqrt(reg_eps)`` over the
-    gradient's norm instead of diverging.
+    none). When no solution exists (a zero gradient, or zero in the gradients' conic hull)
+    the previous ``alpha`` is kept (ones at first), as TorchJD does; ``reg_eps`` keeps the
+    solver bounded there and detects it.
 
     Recommended guards: ``every=k`` as the authors' ``update_weights_every``; ``max_weight``
     if a vanishing gradient should not get a huge weight (``alpha_i`` grows like
@@ -773,9 +787,10 @@ def nash_mtl_rule(
         new_state = NashMTLState(jnp.where(signals.finite, alpha, state.alpha))
         return _proposal(signals, weights, alpha), new_state
 
-    return Rule(init=init, propose=propose, needs=NEEDS)
+    return Rule(init=init, propose=propose, needs=NEEDS, per_term_base=True)
 
 
+@preset
 def nash_mtl_weights(
     base_weights: PyTree,
     *,

@@ -8,7 +8,7 @@ import chex
 import jax.numpy as jnp
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype
+from adaptive_optax._src.balancers._common import bare, float_dtype, preset
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
 
@@ -71,7 +71,7 @@ def imtl_l_rule(
       loss_scale``).
     """
     config.check_number("lr", lr, low=0, low_open=True)
-    config.check_number("max_log_scale", max_log_scale, low=0, low_open=True)
+    config.check_number("max_log_scale", max_log_scale, low=0, low_open=True, static=True)
     config.check_number("init_log_scale", init_log_scale, low=-max_log_scale, high=max_log_scale)
 
     def init(base_weights: chex.Array) -> IMTLLState:
@@ -90,6 +90,7 @@ def imtl_l_rule(
     return Rule(init=init, propose=propose)
 
 
+@preset
 def imtl_l_weights(
     base_weights: PyTree,
     *,

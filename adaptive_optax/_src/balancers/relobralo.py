@@ -13,6 +13,7 @@ from adaptive_optax._src.balancers._common import (
     bare,
     finite_or,
     float_dtype,
+    preset,
     safe_divide,
     scaled_softmax,
 )
@@ -74,7 +75,7 @@ def relobralo_rule(
     config.check_number("alpha", alpha, low=0, high=1)
     config.check_number("temperature", temperature, low=0, low_open=True)
     config.check_number("expected_rho", expected_rho, low=0, high=1)
-    config.check_number("seed", seed, integer=True)
+    config.check_number("seed", seed, integer=True, static=True)
 
     def init(base_weights: chex.Array) -> ReLoBRaLoState:
         key = jax.random.key_data(jax.random.key(seed))
@@ -104,6 +105,7 @@ def relobralo_rule(
     return Rule(init=init, propose=propose)
 
 
+@preset
 def relobralo_weights(
     base_weights: PyTree,
     *,

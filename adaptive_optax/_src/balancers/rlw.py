@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype, scaled_softmax
+from adaptive_optax._src.balancers._common import bare, float_dtype, preset, scaled_softmax
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
 
@@ -62,7 +62,7 @@ def rlw_rule(*, seed: int = 0) -> Rule:
       Test for Multi-Task Learning", TMLR 2022 (arXiv:2111.10603); LibMTL
       ``weighting/RLW.py``.
     """
-    config.check_number("seed", seed, integer=True)
+    config.check_number("seed", seed, integer=True, static=True)
 
     def init(base_weights: chex.Array) -> RLWState:
         key = jax.random.key_data(jax.random.key(seed))
@@ -81,6 +81,7 @@ def rlw_rule(*, seed: int = 0) -> Rule:
     return Rule(init=init, propose=propose)
 
 
+@preset
 def rlw_weights(base_weights: PyTree, *, seed: int = 0, **guards: Any) -> LossWeighting:
     """Random loss weighting (Lin et al. 2022) as a weighting, its key in the state.
 

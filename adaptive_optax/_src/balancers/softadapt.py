@@ -10,7 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype, safe_divide, scaled_softmax
+from adaptive_optax._src.balancers._common import (
+    bare,
+    float_dtype,
+    preset,
+    safe_divide,
+    scaled_softmax,
+)
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
 VARIANTS = ("original", "loss_weighted", "normalized")
@@ -117,7 +123,7 @@ def softadapt_rule(
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     config.check_number("beta", beta, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True)
-    config.check_number("order", order, low=1, high=MAX_ORDER, integer=True)
+    config.check_number("order", order, low=1, high=MAX_ORDER, integer=True, static=True)
     config.check_number("eps", eps, low=0, low_open=True)
     order = int(order)
     size = order + 1
@@ -165,6 +171,7 @@ def softadapt_rule(
     return Rule(init=init, propose=propose)
 
 
+@preset
 def softadapt_weights(
     base_weights: PyTree,
     *,

@@ -8,7 +8,7 @@ import chex
 import jax.numpy as jnp
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype
+from adaptive_optax._src.balancers._common import bare, float_dtype, preset
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
 
@@ -59,7 +59,7 @@ def uncertainty_rule(
       Geometry and Semantics", CVPR 2018 (arXiv:1705.07115), section 3.2.
     """
     config.check_number("lr", lr, low=0, low_open=True)
-    config.check_number("max_log_variance", max_log_variance, low=0, low_open=True)
+    config.check_number("max_log_variance", max_log_variance, low=0, low_open=True, static=True)
     config.check_number(
         "init_log_variance", init_log_variance, low=-max_log_variance, high=max_log_variance
     )
@@ -80,6 +80,7 @@ def uncertainty_rule(
     return Rule(init=init, propose=propose)
 
 
+@preset
 def uncertainty_weights(
     base_weights: PyTree,
     *,

@@ -140,6 +140,10 @@ def test_checked_mode_names_the_non_finite_field():
     bad = state._replace(stats=state.stats._replace(loss_mean=np.array([1.0, np.nan, 1.0])))
     with pytest.raises(AssertionError, match=r"AdaptiveState\.stats\.loss_mean"):
         weighting.update(losses, bad)
+    # every float field is checked, derived from the NamedTuples (spike_stats included)
+    nan = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), state.spike_stats)
+    with pytest.raises(AssertionError, match=r"AdaptiveState\.spike_stats\."):
+        weighting.update(losses, state._replace(spike_stats=nan))
     # it keeps what the weighting needs and passes gradient statistics through
     assert weighting.needs == ("norm",)
     _, state = weighting.update(losses, state, grad_norms=2.0)

@@ -1,4 +1,4 @@
-"""What a new user met (issue 10): the errors the README describes, and its orbax snippet."""
+"""Integration errors that name their fix (linen, shard_map) and the orbax checkpoint snippet."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A NaN batch reaches neither the parameters nor the optimiser state (issue 9, item 3).
+"""A NaN batch reaches neither the parameters nor the optimiser state, in every training pattern.
 
 For every training step that README.md and the guides show (run as written, from their
 Markdown) and for both Flax examples: train a few steps, feed one batch whose target for one

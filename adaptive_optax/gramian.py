@@ -1,0 +1,37 @@
+"""Pure Gramian weightings, for users who write their own aggregation (as TorchJD's weightings).
+
+Each function maps the ``(K, K)`` Gramian ``G = J J^T`` of ``K`` gradients (the rows of ``J``)
+to ``(K,)`` weights ``w``; the aggregate is ``w^T J``. All are pure and jittable, run a fixed
+number of iterations in-graph, accept a ``mask`` of the terms to solve for, and give finite
+weights for any input (uniform ``1/K`` for an invalid Gramian). Conventions and departures
+from the authors' and TorchJD's code: :mod:`adaptive_optax._src.gramian`.
+
+Examples:
+  >>> import jax.numpy as jnp
+  >>> import adaptive_optax as ao
+  >>> J = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+  >>> [round(float(w), 4) for w in ao.gramian.upgrad(J @ J.T)]  # TorchJD: 1.1109, 0.7894
+  [1.1109, 0.7894]
+"""
+
+from adaptive_optax._src.gramian import aligned_mtl_from_gramian as aligned_mtl
+from adaptive_optax._src.gramian import cagrad_from_gramian as cagrad
+from adaptive_optax._src.gramian import config_from_gramian as config
+from adaptive_optax._src.gramian import dualproj_from_gramian as dualproj
+from adaptive_optax._src.gramian import imtl_g_from_gramian as imtl_g
+from adaptive_optax._src.gramian import mgda_from_gramian as mgda
+from adaptive_optax._src.gramian import nash_mtl_from_gramian as nash_mtl
+from adaptive_optax._src.gramian import pcgrad_from_gramian as pcgrad
+from adaptive_optax._src.gramian import upgrad_from_gramian as upgrad
+
+__all__ = (
+    "aligned_mtl",
+    "cagrad",
+    "config",
+    "dualproj",
+    "imtl_g",
+    "mgda",
+    "nash_mtl",
+    "pcgrad",
+    "upgrad",
+)
