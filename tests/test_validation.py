@@ -19,10 +19,17 @@ import pytest
 import adaptive_optax as ao
 
 BASE = {"a": 1.0, "b": 2.0}
-REQUIRED = {"lr_annealing_weights": {"main": 0}}
+REQUIRED = {"lr_annealing_weights": {"main": 0}, "metabalance_weights": {"main": 0}}
 
 # Settings whose default is None but which take a number.
-OPTIONAL_NUMBERS = {"max_norm", "spike_threshold", "min_weight", "max_weight", "max_change"}
+OPTIONAL_NUMBERS = {
+    "max_norm",
+    "spike_threshold",
+    "spike_prior",
+    "min_weight",
+    "max_weight",
+    "max_change",
+}
 
 # Settings that take one value per term (a list of the right length is valid).
 PER_TERM = {"min_losses"}
@@ -57,10 +64,13 @@ OUT_OF_RANGE = {
     "norm_eps": 1.5,
     "order": 0,
     "qp_iterations": 0,
+    "ramp_steps": -1,
     "reg_eps": -1e-3,
+    "relax_factor": 1.0,
     "seed": 0.5,
     "spike_decay": 1.0,
     "spike_factor": 1.0,
+    "spike_prior": 0.0,
     "spike_threshold": 0.0,
     "step_size": 1.0,
     "temperature": 0.0,
@@ -74,6 +84,7 @@ OUT_OF_RANGE = {
 
 def factories():
     names = [n for n in ao.__all__ if n.endswith(("_weights", "_rule"))] + ["guarded"]
+    names.remove("distilled_weights")  # reads a state: not a factory
     return {name: getattr(ao, name) for name in names}
 
 
@@ -140,7 +151,7 @@ def test_a_misspelled_keyword_names_the_preset_and_its_settings(name):
 
 # Settings that fix the computation's structure or are read only at init: refused when traced.
 STATIC = {"iterations", "qp_iterations", "order", "seed", "min_losses", "max_log_scale",
-          "max_log_variance"}  # fmt: skip
+          "max_log_variance", "ramp_steps"}  # fmt: skip
 
 
 def test_traced_settings_work_or_are_refused_and_the_guide_lists_the_refused():

@@ -421,11 +421,8 @@ def _check_settings(**values: Any) -> Settings:
     _check_choice("moves", values["moves"], ("weights", "ratios"))
     _check_choice("normalize", values["normalize"], (None, "first_loss", "running"))
     ramp = values["ramp_steps"]
-    config.check_number("ramp_steps", ramp, low=0, integer=True)
-    if config.concrete(ramp) is None:
-        raise ValueError(
-            f"ramp_steps must be a Python int (it sets the initial weights), got {ramp}"
-        )
+    # static: it sets the initial weights
+    config.check_number("ramp_steps", ramp, low=0, integer=True, static=True)
     values["ramp_steps"] = int(ramp)
     if values["spike_prior"] is not None:
         config.check_number("spike_prior", values["spike_prior"], low=0, low_open=True)

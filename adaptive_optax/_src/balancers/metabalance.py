@@ -8,7 +8,7 @@ import chex
 import jax.numpy as jnp
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype, main_index, require
+from adaptive_optax._src.balancers._common import bare, float_dtype, main_index, preset, require
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.statistics import count_where, ema_update
 
@@ -93,6 +93,7 @@ def metabalance_rule(main: int = 0, *, relax_factor: float = 0.7, beta: float = 
     return Rule(init=init, propose=propose, needs=("norm",))
 
 
+@preset
 def metabalance_weights(
     base_weights: PyTree,
     *,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adaptive_optax._src.balancers._common import bare
+from adaptive_optax._src.balancers._common import bare, preset
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
 
@@ -30,6 +30,7 @@ def base_rule() -> Rule:
     return Rule(init=lambda base_weights: (), propose=propose)
 
 
+@preset
 def normalized_weights(
     base_weights: PyTree, *, reference: str = "first_loss", **guards: Any
 ) -> LossWeighting:

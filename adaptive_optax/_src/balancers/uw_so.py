@@ -7,7 +7,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from adaptive_optax._src import config
-from adaptive_optax._src.balancers._common import bare, float_dtype, scaled_softmax
+from adaptive_optax._src.balancers._common import bare, float_dtype, preset, scaled_softmax
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
 
@@ -57,6 +57,7 @@ def uw_so_rule(*, temperature: float = 1.0, eps: float = 1e-8) -> Rule:
     return Rule(init=lambda base_weights: (), propose=propose)
 
 
+@preset
 def uw_so_weights(
     base_weights: PyTree, *, temperature: float = 1.0, eps: float = 1e-8, **guards: Any
 ) -> LossWeighting:
