@@ -165,6 +165,7 @@ class Runs(NamedTuple):
     mean_weights: np.ndarray  # (runs, terms) the weights averaged over the steps
     weights: np.ndarray  # (runs, CHECKPOINTS, terms) the weights at each checkpoint
     spikes: np.ndarray  # (runs,) spike-guard cuts, summed over terms
+    trace: np.ndarray | None  # (runs, steps, terms) the weights at every step, when asked
     compile_s: float
     run_s: float
 
@@ -208,8 +209,9 @@ class Trainer(NamedTuple):
             outs.append(jax.tree.map(np.asarray, jax.block_until_ready(out)))
         run_s = time.perf_counter() - start
         out = jax.tree.map(lambda *x: np.concatenate(x)[:n], *outs)
-        metrics, finished, first, mean_w, weights, spikes = out
-        return Runs(metrics, finished, first, mean_w, weights, spikes, self.compile_s, run_s)
+        metrics, finished, first, mean_w, weights, spikes, trace = out
+        trace = trace if trace.ndim == 3 else None
+        return Runs(metrics, finished, first, mean_w, weights, spikes, trace, self.compile_s, run_s)
 
 
 def trainer(
@@ -219,7 +221,8 @@ def trainer(
     batch: int = 64,
     steps: int | None = None,
     skip_nonfinite: bool = False,
-    poisoned: Callable[[jax.Array], jax.Array] | None = None,
+    excused: Callable[[jax.Array], jax.Array] | None = None,
+    trace: bool = False,
 ) -> Trainer:
     """Compiles the training of one problem with fixed weights or one weighting.
 
@@ -235,7 +238,9 @@ def trainer(
         ``CHECKPOINTS``.
       skip_nonfinite: wrap the optimiser in ``ao.apply_if_finite`` (and tell
         ``ao.weight_gradients``), as the documentation recommends for a training step.
-      poisoned: ``step -> bool``: steps whose losses are replaced by NaN (a failure scenario).
+      excused: ``step -> bool``: steps whose batch is deliberately non-finite (a failure
+        scenario): a non-finite loss there does not count as a failure of the run.
+      trace: also return the weights at every step (``Runs.trace``).
 
     Returns:
       A :class:`Trainer`.
@@ -251,10 +256,7 @@ def trainer(
         return ao.apply_if_finite(tx) if skip_nonfinite else tx
 
     def losses_at(params, key, t):
-        losses = problem.losses(params, jax.random.fold_in(key, t), t)
-        if poisoned is not None:
-            losses = jax.tree.map(lambda x: jnp.where(poisoned(t), jnp.nan, x), losses)
-        return losses
+        return problem.losses(params, jax.random.fold_in(key, t), t)
 
     def one(seed, lr, w):
         init_key, data_key = jax.random.split(jax.random.key(seed))
@@ -300,7 +302,10 @@ def trainer(
                 else:
                     updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            ok = _all_finite(losses) & _all_finite(params)
+            finite_losses = _all_finite(losses)
+            if excused is not None:
+                finite_losses = finite_losses | excused(t)
+            ok = finite_losses & _all_finite(params)
             vector = jnp.stack([jnp.asarray(weights[k], jnp.float32) for k in terms])
             return (params, opt_state, state), (ok, vector)
 
@@ -326,6 +331,7 @@ def trainer(
             jnp.mean(vectors, axis=0),
             vectors[chunk - 1 :: chunk],
             spikes,
+            vectors if trace else jnp.zeros(()),
         )
 
     args = (
@@ -363,6 +369,7 @@ def take(runs: Runs, index: np.ndarray) -> Runs:
         mean_weights=pick(runs.mean_weights),
         weights=pick(runs.weights),
         spikes=pick(runs.spikes),
+        trace=None if runs.trace is None else pick(runs.trace),
     )
 
 

@@ -287,14 +287,25 @@ def from_json(x):
     return x
 
 
-def save(result: harness.ProblemResult, out: pathlib.Path, command: str) -> dict:
-    """Writes ``<problem>.json``, ``.md`` and ``.png`` into ``out``; returns the data."""
+def save(
+    result: harness.ProblemResult,
+    out: pathlib.Path,
+    command: str,
+    *,
+    merge: bool = False,
+    machine_text: str | None = None,
+) -> dict:
+    """Writes ``<problem>.json``, ``.md`` and ``.png`` into ``out``; returns the data.
+
+    With ``merge``, the arms of an existing ``<problem>.json`` that this run did not train are
+    kept (the fixed grid, on the same seeds, is the same), and the commands are joined.
+    """
     problem = result.problem
     data = dict(
         problem=problem.name,
         kind=problem.regret,
         command=command,
-        machine=machine(),
+        machine=machine_text or machine(),
         seconds=result.seconds,
         compile_s=result.compile_s,
         steps=problem.steps,
@@ -303,6 +314,14 @@ def save(result: harness.ProblemResult, out: pathlib.Path, command: str) -> dict
         grid=result.grid,
         rows=rows(result),
     )
+    path = out / f"{problem.name}.json"
+    if merge and path.exists():
+        old = from_json(json.loads(path.read_text()))
+        labels = {r["label"] for r in data["rows"]}
+        data["rows"] += [r for r in old["rows"] if r["label"] not in labels]
+        data["command"] = f"{old['command']}; {command}"
+        data["seconds"] += old["seconds"]
+        data["compile_s"] += old["compile_s"]
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{problem.name}.json").write_text(json.dumps(to_json(data), indent=1))
     (out / f"{problem.name}.md").write_text(problem_markdown(problem, data))
@@ -335,6 +354,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--quick", action="store_true", help="every problem, tiny")
     parser.add_argument("--summary", action="store_true", help="only rebuild summary.md")
     parser.add_argument("--machine", default=None, help="how to describe the machine")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the arms of an existing <problem>.json"
+    )
     args = parser.parse_args(argv)
     command = "python -m benchmarks.report " + " ".join(argv if argv is not None else sys.argv[1:])
     done: dict[str, dict] = {}
@@ -348,12 +370,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
                 labels = labels or QUICK_ARMS.get(name, ())
             start = time.perf_counter()
             result = harness.run_problem(problem, labels=labels, **seeds)
-            data = save(result, args.out, command)
-            if args.machine:
-                data["machine"] = args.machine
-                (args.out / f"{name}.json").write_text(json.dumps(to_json(data), indent=1))
-                (args.out / f"{name}.md").write_text(problem_markdown(problem, data))
-            done[name] = data
+            done[name] = save(
+                result, args.out, command, merge=args.merge, machine_text=args.machine
+            )
             print(f"[{name}] done in {time.perf_counter() - start:.0f} s: {args.out / name}.md")
     path = write_summary(args.out)
     print(path.read_text())
