@@ -189,6 +189,10 @@ class Trainer(NamedTuple):
     steps: int
     compile_s: float
 
+    def slots(self, runs: int) -> int:
+        """Runs trained (padded to whole chunks) to train ``runs`` runs."""
+        return -(-runs // self.batch) * self.batch
+
     def __call__(
         self, seeds: Sequence[int], rates: Sequence[float], fixed: np.ndarray | None = None
     ) -> Runs:
@@ -472,7 +476,7 @@ def run_problem(
         fixed=np.stack([settings[c[0]] for c in cells]),
     )
     compile_s = grid_runs.compile_s
-    fixed_step_s = grid_runs.run_s / (len(cells) * fixed_trainer.steps)
+    fixed_step_s = grid_runs.run_s / (fixed_trainer.slots(len(cells)) * fixed_trainer.steps)
     log(
         f"[{problem.name}] fixed grid: {len(settings)} weights x {len(rates)} rates x "
         f"{len(calibration_seeds)} seeds, compile {grid_runs.compile_s:.0f} s, "
@@ -502,38 +506,47 @@ def run_problem(
         for lr in rates
     ]
 
-    # 2. every method over the rates, calibration and evaluation seeds in one call
+    # 2. every method over the rates on the calibration seeds, then at its best rate on the
+    # evaluation seeds (one compile); with ``problem.stability``, every rate on every seed
     results: list[ArmResult] = []
-    replays: list[tuple[str, str, np.ndarray, float, int, str]] = []
-    seeds_all = calibration_seeds + evaluation_seeds
+    replays: list[tuple[str, str, np.ndarray, float]] = []
     for variant in variants(arms):
         if labels is not None and variant.label not in labels:
             continue
         weighting = variant.make(problem)
+        seeds_all = calibration_seeds + (evaluation_seeds if problem.stability else ())
         cells_m = [(lr, seed) for lr in rates for seed in seeds_all]
-        runs = train(
-            problem,
-            weighting,
-            seeds=[c[1] for c in cells_m],
-            rates=[c[0] for c in cells_m],
-            batch=batch,
-        )
+        size = len(cells_m) if problem.stability else max(len(cells_m), len(evaluation_seeds))
+        method_trainer = trainer(problem, weighting, batch=min(batch, size))
+        runs = method_trainer(seeds=[c[1] for c in cells_m], rates=[c[0] for c in cells_m])
         compile_s += runs.compile_s
         lr_of = np.asarray([c[0] for c in cells_m])
         calibration = np.isin([c[1] for c in cells_m], calibration_seeds)
         scores = {lr: float(np.median(runs.score[(lr_of == lr) & calibration, -1])) for lr in rates}
         lr = _best(scores)
-        evaluation = (lr_of == lr) & ~calibration
+        run_s, slots = runs.run_s, method_trainer.slots(len(cells_m))
+        if problem.stability:
+            evaluation = take(runs, np.flatnonzero((lr_of == lr) & ~calibration))
+            stable = _stable_rate(lr_of[~calibration], runs.finished[~calibration])
+        else:
+            evaluation = method_trainer(
+                seeds=list(evaluation_seeds), rates=[lr] * len(evaluation_seeds)
+            )
+            run_s, slots = (
+                run_s + evaluation.run_s,
+                slots + method_trainer.slots(len(evaluation_seeds)),
+            )
+            stable = _stable_rate(lr_of, runs.finished)
         results.append(
             ArmResult(
                 label=variant.label,
                 kind="method",
                 rate=lr,
                 weights=None,
-                runs=take(runs, np.flatnonzero(evaluation)),
+                runs=evaluation,
                 runs_needed=len(rates),
-                step_s=runs.run_s / (len(cells_m) * fixed_trainer.steps),
-                stable_rate=_stable_rate(lr_of[~calibration], runs.finished[~calibration]),
+                step_s=run_s / (slots * method_trainer.steps),
+                stable_rate=stable,
                 calibration_score=scores[lr],
                 guarded=variant.guarded,
                 method=variant.method,
@@ -558,7 +571,9 @@ def run_problem(
     fixed_arms += [(f"{label} ({kind})", kind, w, lr) for label, kind, w, lr in replays]
     cells_f = []
     for index, (*_, lr) in enumerate(fixed_arms):
-        for r in rates if lr is None else (lr,):
+        if lr is None:  # base and best fixed: every rate, or the chosen one
+            every = rates if problem.stability else ((base_lr, best_lr)[index],)
+        for r in every if lr is None else (lr,):
             cells_f += [(index, r, seed) for seed in evaluation_seeds]
     fixed_runs = fixed_trainer(
         seeds=[c[2] for c in cells_f],
@@ -587,9 +602,13 @@ def run_problem(
                 runs_needed={0: len(rates), 1: len(settings) * len(rates)}.get(index, len(rates)),
                 step_s=fixed_step_s,
                 stable_rate=(
-                    _stable_rate(f_lr[mine], fixed_runs.finished[mine])
-                    if index < 2
-                    else float("nan")
+                    float("nan")
+                    if index >= 2
+                    else _stable_rate(f_lr[mine], fixed_runs.finished[mine])
+                    if problem.stability
+                    else _stable_rate(
+                        cell_lr[cell_g == grid_key[0]], grid_runs.finished[cell_g == grid_key[0]]
+                    )
                 ),
                 calibration_score=grid_scores[grid_key] if grid_key else float("nan"),
                 method=label.split(" (")[0] if index >= 2 else "",

@@ -69,6 +69,8 @@ class Problem:
         metric whose best value is about 0).
       metric_name: what the score (the mean of the heads' metrics) is.
       gradient_filter: the part of a term's gradient that gradient statistics use.
+      stability: train every arm at every rate on the evaluation seeds too (the largest stable
+        learning rate on evaluation seeds), not only at its chosen rate.
       quick: overrides of the fields above for ``--quick``.
     """
 
@@ -88,6 +90,7 @@ class Problem:
     metric_name: str
     regret: str = "relative"
     gradient_filter: Callable[[PyTree], PyTree] | None = None
+    stability: bool = False
     quick: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -168,6 +171,7 @@ def tts(optimizer: str) -> Problem:
         steps=1000,
         main="mel",
         metric_name="held-out mel loss",
+        stability=optimizer == "sgd",
         quick=dict(
             steps=30,
             rates=(0.05, 50.0) if optimizer == "sgd" else (0.01,),
@@ -226,7 +230,7 @@ def poisson() -> Problem:
         rates=(1e-3, 3e-3, 1e-2),
         ratios=tuple({"boundary": b, "residual": 1.0} for b in (1.0, 10.0, 100.0, 1e3, 1e4)),
         scales=(1.0,),
-        steps=3000,
+        steps=2000,
         main="residual",
         metric_name="relative L2 error of u",
         quick=dict(steps=30, rates=(1e-3,), ratios=({"boundary": 1.0, "residual": 1.0},)),
