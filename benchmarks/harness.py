@@ -15,23 +15,29 @@ Grassi (2025) on one problem:
    1), scales ``s`` and learning rates, on the calibration seeds: the best setting (lowest
    median score) is ``best fixed``, the base weights' best rate is ``base``;
 2. every arm of :data:`ARMS` (every ``*_weights`` preset of the library, bare and under the
-   guards its docstring recommends) over the learning-rate grid, on the calibration and the
-   evaluation seeds in one call; each arm's learning rate is the best on the calibration seeds;
+   guards its docstring recommends) over the learning-rate grid on the calibration seeds, then
+   at its best rate (lowest median score) on the evaluation seeds, with the same compile (a
+   problem with ``stability`` set trains every rate on the evaluation seeds too);
 3. per adaptive arm, two fixed-weight replays of its calibration runs at its learning rate: its
    time-averaged weights normalised to the base weights' total (``distilled``: the ratio it
    found) and as they were (``averaged``: ratio and scale);
-4. the fixed arms (base and best fixed at every rate, the replays at their arm's rate) on the
-   evaluation seeds.
+4. the fixed arms (base and best fixed at their chosen rates, or every rate with
+   ``stability``; the replays at their arm's rate) on the evaluation seeds.
 
 Every arm is then scored on the evaluation seeds (disjoint from the calibration seeds): median
 and range of the score, regret against the best fixed weights at equal steps and at equal
 wall-clock (a slower arm is read at the checkpoint its time reaches), runs needed to choose its
-setting, and the largest learning rate at which at least 90 % of its runs finish.
+setting, and the largest learning rate at which at least 90 % of its runs finish (on the
+evaluation seeds with ``stability``, else on the calibration seeds).
 
 Adding an arm is one line in :data:`ARMS`: ``Arm(label, factory, kwargs, guards)``; the factory
 is called as ``factory(base, **kwargs)`` for the bare arm and ``factory(base, **kwargs,
 **guards)`` for the guarded one (``guards=None``: no guarded arm). A keyword whose value is
-:data:`MAIN` receives the problem's main term.
+:data:`MAIN` receives the problem's main term. For example, a new option of ``ao.guarded``
+measured under ``ao.stable_weights`` is ``Arm("stable ratio-only", ao.stable_weights,
+dict(ratio_only=True))``, and a new balancer ``Arm("uw_so", ao.uw_so_weights,
+guards=STANDARD)``; then ``python -m benchmarks.report --arms "stable ratio-only,uw_so,uw_so+guards"
+--merge --out results`` adds their rows to the committed tables.
 """
 
 from __future__ import annotations

@@ -232,9 +232,10 @@ def summary_markdown(results: dict[str, dict]) -> str:
         "(weights and learning rate chosen on the same calibration seeds): `+10 %` is 10 % "
         "worse; `failed`: the median run did not finish; the toy's cells are absolute "
         "distances to the Pareto set. Cost: seconds per step over fixed weights (batched "
-        "runs, shared CPU: indicative). Per-problem tables, settings and figures: "
-        + ", ".join(f"[{n}]({n}.md)" for n in names)
-        + ".",
+        "runs, shared CPU: indicative). Gradients: what the method needs beyond the losses. "
+        "Per-problem tables, settings and figures: "
+        + ", ".join(f"`results/{n}.md`" for n in names)
+        + " (in the documentation: the page *The benchmark suite, problem by problem*).",
         "",
         "Commands and machines: "
         + "; ".join(f"{n}: `{d['command']}` ({d['machine']})" for n, d in results.items())
