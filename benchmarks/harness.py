@@ -442,10 +442,12 @@ def run_problem(
     labels: Sequence[str] | None = None,
     batch: int = 64,
     log: Callable[[str], None] = print,
+    progress: Callable[[ProblemResult], None] | None = None,
 ) -> ProblemResult:
     """The protocol on one problem (see the module docstring).
 
-    ``labels`` restricts the arms to these labels of :func:`variants` (e.g. ``"dwa+guards"``).
+    ``labels`` restricts the arms to these labels of :func:`variants` (e.g. ``"dwa+guards"``);
+    ``progress`` is called with the results so far after the fixed arms and after each method.
     """
     start = time.perf_counter()
     calibration_seeds, evaluation_seeds = tuple(calibration_seeds), tuple(evaluation_seeds)
@@ -512,10 +514,76 @@ def run_problem(
         for lr in rates
     ]
 
+    # the fixed arms on the evaluation seeds (the fixed trainer: no new compile): base and best
+    # fixed at their chosen rates (every rate with ``problem.stability``), then each replay
+    def evaluate_fixed(arms_f: list[tuple[str, str, np.ndarray, float | None]]) -> list:
+        cells_f = []
+        for index, (*_, lr) in enumerate(arms_f):
+            every = rates if problem.stability and lr is None else ()
+            for r in every or (lr if lr is not None else (base_lr, best_lr)[index],):
+                cells_f += [(index, r, seed) for seed in evaluation_seeds]
+        runs_f = fixed_trainer(
+            seeds=[c[2] for c in cells_f],
+            rates=[c[1] for c in cells_f],
+            fixed=np.stack([arms_f[c[0]][2] for c in cells_f]),
+        )
+        f_index = np.asarray([c[0] for c in cells_f])
+        f_lr = np.asarray([c[1] for c in cells_f])
+        out = []
+        for index, (label, kind, w, lr) in enumerate(arms_f):
+            grid_key = (
+                {0: (base_g, base_lr), 1: (best_g, best_lr)}.get(index) if lr is None else None
+            )
+            lr = grid_key[1] if grid_key else lr
+            mine = f_index == index
+            if grid_key is None:
+                stable = float("nan")
+            elif problem.stability:
+                stable = _stable_rate(f_lr[mine], runs_f.finished[mine])
+            else:
+                in_grid = cell_g == grid_key[0]
+                stable = _stable_rate(cell_lr[in_grid], grid_runs.finished[in_grid])
+            out.append(
+                ArmResult(
+                    label=label,
+                    kind=kind,
+                    rate=lr,
+                    weights=dict(zip(terms, map(float, w), strict=True)),
+                    runs=take(runs_f, np.flatnonzero(mine & (f_lr == lr))),
+                    runs_needed=len(settings) * len(rates)
+                    if index == 1 and grid_key
+                    else len(rates),
+                    step_s=fixed_step_s,
+                    stable_rate=stable,
+                    calibration_score=grid_scores[grid_key] if grid_key else float("nan"),
+                    method="" if grid_key else label.split(" (")[0],
+                )
+            )
+        return out
+
+    fixed_results = evaluate_fixed(
+        [("base", "fixed", base_vec, None), ("best fixed", "fixed", settings[best_g], None)]
+    )
+    log(f"[{problem.name}] base and best fixed on the evaluation seeds")
+    results: list[ArmResult] = []
+    replay_results: list[ArmResult] = []
+
+    def so_far() -> ProblemResult:
+        return ProblemResult(
+            problem=problem,
+            arms=fixed_results + results + replay_results,
+            grid=grid,
+            calibration_seeds=calibration_seeds,
+            evaluation_seeds=evaluation_seeds,
+            seconds=time.perf_counter() - start,
+            compile_s=compile_s,
+        )
+
+    if progress is not None:
+        progress(so_far())
+
     # 2. every method over the rates on the calibration seeds, then at its best rate on the
     # evaluation seeds (one compile); with ``problem.stability``, every rate on every seed
-    results: list[ArmResult] = []
-    replays: list[tuple[str, str, np.ndarray, float]] = []
     for variant in variants(arms):
         if labels is not None and variant.label not in labels:
             continue
@@ -566,69 +634,21 @@ def run_problem(
         if cal_at.any():
             mean = runs.mean_weights[cal_at].mean(axis=0)
             if np.all(np.isfinite(mean)) and mean.sum() > 0:
-                replays.append((variant.label, "distilled", mean / mean.sum() * total, lr))
-                replays.append((variant.label, "averaged", mean, lr))
+                replay_results += evaluate_fixed(
+                    [
+                        (
+                            f"{variant.label} (distilled)",
+                            "distilled",
+                            mean / mean.sum() * total,
+                            lr,
+                        ),
+                        (f"{variant.label} (averaged)", "averaged", mean, lr),
+                    ]
+                )
+        if progress is not None:
+            progress(so_far())
 
-    # 3-4. the fixed arms on the evaluation seeds: base and best fixed at every rate, replays
-    fixed_arms = [
-        ("base", "fixed", base_vec, None),
-        ("best fixed", "fixed", settings[best_g], None),
-    ]
-    fixed_arms += [(f"{label} ({kind})", kind, w, lr) for label, kind, w, lr in replays]
-    cells_f = []
-    for index, (*_, lr) in enumerate(fixed_arms):
-        if lr is None:  # base and best fixed: every rate, or the chosen one
-            every = rates if problem.stability else ((base_lr, best_lr)[index],)
-        for r in every if lr is None else (lr,):
-            cells_f += [(index, r, seed) for seed in evaluation_seeds]
-    fixed_runs = fixed_trainer(
-        seeds=[c[2] for c in cells_f],
-        rates=[c[1] for c in cells_f],
-        fixed=np.stack([fixed_arms[c[0]][2] for c in cells_f]),
-    )
-    log(
-        f"[{problem.name}] fixed arms: {len(cells_f)} evaluation runs, run {fixed_runs.run_s:.0f} s"
-    )
-    f_index = np.asarray([c[0] for c in cells_f])
-    f_lr = np.asarray([c[1] for c in cells_f])
-    chosen = {0: base_lr, 1: best_lr}
-    fixed_results = []
-    for index, (label, kind, w, lr) in enumerate(fixed_arms):
-        lr = chosen.get(index, lr)
-        mine = f_index == index
-        at = mine & (f_lr == lr)
-        grid_key = {0: (base_g, base_lr), 1: (best_g, best_lr)}.get(index)
-        fixed_results.append(
-            ArmResult(
-                label=label,
-                kind=kind,
-                rate=lr,
-                weights=dict(zip(terms, map(float, w), strict=True)),
-                runs=take(fixed_runs, np.flatnonzero(at)),
-                runs_needed={0: len(rates), 1: len(settings) * len(rates)}.get(index, len(rates)),
-                step_s=fixed_step_s,
-                stable_rate=(
-                    float("nan")
-                    if index >= 2
-                    else _stable_rate(f_lr[mine], fixed_runs.finished[mine])
-                    if problem.stability
-                    else _stable_rate(
-                        cell_lr[cell_g == grid_key[0]], grid_runs.finished[cell_g == grid_key[0]]
-                    )
-                ),
-                calibration_score=grid_scores[grid_key] if grid_key else float("nan"),
-                method=label.split(" (")[0] if index >= 2 else "",
-            )
-        )
-    return ProblemResult(
-        problem=problem,
-        arms=fixed_results[:2] + results + fixed_results[2:],
-        grid=grid,
-        calibration_seeds=calibration_seeds,
-        evaluation_seeds=evaluation_seeds,
-        seconds=time.perf_counter() - start,
-        compile_s=compile_s,
-    )
+    return so_far()
 
 
 # Scoring ----------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ copies. ``--arms stable,dwa`` restricts the methods (their labels in ``harness.A
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import pathlib
@@ -24,6 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 from benchmarks import harness, problems
@@ -293,13 +295,13 @@ def save(
     out: pathlib.Path,
     command: str,
     *,
-    merge: bool = False,
+    previous: dict | None = None,
     machine_text: str | None = None,
 ) -> dict:
     """Writes ``<problem>.json``, ``.md`` and ``.png`` into ``out``; returns the data.
 
-    With ``merge``, the arms of an existing ``<problem>.json`` that this run did not train are
-    kept (the fixed grid, on the same seeds, is the same), and the commands are joined.
+    ``previous``: the data of an earlier run of the problem (``--merge``), whose arms that this
+    run did not train are kept (the fixed grid, on the same seeds, is the same).
     """
     problem = result.problem
     data = dict(
@@ -315,14 +317,12 @@ def save(
         grid=result.grid,
         rows=rows(result),
     )
-    path = out / f"{problem.name}.json"
-    if merge and path.exists():
-        old = from_json(json.loads(path.read_text()))
+    if previous is not None:
         labels = {r["label"] for r in data["rows"]}
-        data["rows"] += [r for r in old["rows"] if r["label"] not in labels]
-        data["command"] = f"{old['command']}; {command}"
-        data["seconds"] += old["seconds"]
-        data["compile_s"] += old["compile_s"]
+        data["rows"] += [r for r in previous["rows"] if r["label"] not in labels]
+        data["command"] = f"{previous['command']}; {command}"
+        data["seconds"] += previous["seconds"]
+        data["compile_s"] += previous["compile_s"]
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{problem.name}.json").write_text(json.dumps(to_json(data), indent=1))
     (out / f"{problem.name}.md").write_text(problem_markdown(problem, data))
@@ -355,10 +355,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--quick", action="store_true", help="every problem, tiny")
     parser.add_argument("--summary", action="store_true", help="only rebuild summary.md")
     parser.add_argument("--machine", default=None, help="how to describe the machine")
+    parser.add_argument("--steps", type=int, default=None, help="override the steps")
+    parser.add_argument("--rates", default=None, help="override the learning rates: a,b,c")
+    parser.add_argument(
+        "--calibration-seeds", type=int, default=None, help="use the first K calibration seeds"
+    )
+    parser.add_argument(
+        "--cache", type=pathlib.Path, default=None, help="a folder for compiled programs"
+    )
     parser.add_argument(
         "--merge", action="store_true", help="keep the arms of an existing <problem>.json"
     )
     args = parser.parse_args(argv)
+    if args.cache:  # a rerun of a problem (``--merge``) compiles its fixed grid again otherwise
+        jax.config.update("jax_compilation_cache_dir", str(args.cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     command = "python -m benchmarks.report " + " ".join(argv if argv is not None else sys.argv[1:])
     done: dict[str, dict] = {}
     if not args.summary:
@@ -369,11 +380,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
             if args.quick:
                 problem = problem.quick_version()
                 labels = labels or QUICK_ARMS.get(name, ())
+            if args.steps:
+                problem = dataclasses.replace(problem, steps=args.steps)
+            if args.rates:
+                rates = tuple(float(r) for r in args.rates.split(","))
+                problem = dataclasses.replace(problem, rates=rates)
+            if args.calibration_seeds:
+                calibration = harness.CALIBRATION_SEEDS[: args.calibration_seeds]
+                seeds = dict(seeds, calibration_seeds=calibration)
             start = time.perf_counter()
-            result = harness.run_problem(problem, labels=labels, **seeds)
-            done[name] = save(
-                result, args.out, command, merge=args.merge, machine_text=args.machine
-            )
+            path = args.out / f"{name}.json"
+            previous = None
+            if args.merge and path.exists():
+                previous = from_json(json.loads(path.read_text()))
+
+            def write(result, previous=previous):
+                return save(result, args.out, command, previous=previous, machine_text=args.machine)
+
+            done[name] = write(harness.run_problem(problem, labels=labels, progress=write, **seeds))
             print(f"[{name}] done in {time.perf_counter() - start:.0f} s: {args.out / name}.md")
     path = write_summary(args.out)
     print(path.read_text())
