@@ -103,9 +103,8 @@ def test_the_distilled_arm_replays_the_methods_average_weights(quick):
 def test_fixed_weights_are_traced_one_compile_trains_a_grid():
     """Runs with different weights and rates differ; the same seed and setting agree."""
     problem = problems.PROBLEMS["toy"]().quick_version()
-    runs = harness.train(
-        problem,
-        None,
+    train = harness.trainer(problem, None, batch=4)
+    runs = train(
         seeds=[0, 0, 0, 1],
         rates=[0.01, 0.01, 0.03, 0.01],
         fixed=np.asarray([[1.0, 1.0], [0.2, 1.8], [1.0, 1.0], [1.0, 1.0]]),
@@ -114,7 +113,7 @@ def test_fixed_weights_are_traced_one_compile_trains_a_grid():
     assert runs.finished.all() and np.isfinite(final).all()
     assert len(set(np.round(final, 6))) == 4
     np.testing.assert_allclose(runs.mean_weights[1], [0.2, 1.8], rtol=1e-6)
-    again = harness.train(problem, None, seeds=[0], rates=[0.01], fixed=np.asarray([[1.0, 1.0]]))
+    again = train(seeds=[0], rates=[0.01], fixed=np.asarray([[1.0, 1.0]]))  # padded: no compile
     np.testing.assert_allclose(again.metrics["pareto"][0], runs.metrics["pareto"][0], rtol=1e-5)
 
 
