@@ -258,7 +258,6 @@ def trainer(
     chunk = max(1, (steps or problem.steps) // CHECKPOINTS)
     steps = chunk * CHECKPOINTS
     terms = problem.terms
-    treedef = jax.tree.structure(problem.base)
     per_term = weighting is not None and bool(weighting.needs)
 
     def optimizer(lr):
@@ -271,7 +270,7 @@ def trainer(
     def one(seed, lr, w):
         init_key, data_key = jax.random.split(jax.random.key(seed))
         params = problem.init(init_key)
-        fixed_weights = jax.tree.unflatten(treedef, list(w))
+        fixed_weights = {k: w[i] for i, k in enumerate(terms)}  # w is in the order of terms
         if per_term:
             tx = optax.chain(
                 ao.weight_gradients(

@@ -8,6 +8,7 @@ chosen, and the distilled arms must replay what the adaptive arm did.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -103,6 +104,8 @@ def test_the_distilled_arm_replays_the_methods_average_weights(quick):
 def test_fixed_weights_are_traced_one_compile_trains_a_grid():
     """Runs with different weights and rates differ; the same seed and setting agree."""
     problem = problems.PROBLEMS["toy"]().quick_version()
+    # the terms out of sorted order: each column of ``fixed`` is the term of its position
+    problem = dataclasses.replace(problem, base={"f2": 1.0, "f1": 1.0})
     train = harness.trainer(problem, None, batch=4)
     runs = train(
         seeds=[0, 0, 0, 1],
@@ -112,7 +115,7 @@ def test_fixed_weights_are_traced_one_compile_trains_a_grid():
     final = runs.metrics["pareto"][:, -1]
     assert runs.finished.all() and np.isfinite(final).all()
     assert len(set(np.round(final, 6))) == 4
-    np.testing.assert_allclose(runs.mean_weights[1], [0.2, 1.8], rtol=1e-6)
+    np.testing.assert_allclose(runs.mean_weights[1], [0.2, 1.8], rtol=1e-6)  # f2 0.2, f1 1.8
     again = train(seeds=[0], rates=[0.01], fixed=np.asarray([[1.0, 1.0]]))  # padded: no compile
     np.testing.assert_allclose(again.metrics["pareto"][0], runs.metrics["pareto"][0], rtol=1e-5)
 
