@@ -336,10 +336,7 @@ def write_summary(out: pathlib.Path) -> pathlib.Path:
     for name in problems.PROBLEMS:
         path = out / f"{name}.json"
         if path.exists():
-            results[name] = data = from_json(json.loads(path.read_text()))
-            problem = problems.PROBLEMS[name]()
-            (out / f"{name}.md").write_text(problem_markdown(problem, data))
-            figure(problem, data, out / f"{name}.png")
+            results[name] = from_json(json.loads(path.read_text()))
     path = out / "summary.md"
     path.write_text(summary_markdown(results))
     return path
