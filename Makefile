@@ -3,7 +3,9 @@
 #   make test   lint, format check, every test (notebooks included) and the docs build
 # Also:
 #   make docs     the documentation site, in docs/_build/html (ignored by git)
-#   make figures  regenerates the benchmark outputs committed in results/ (about 20 minutes on 2 cores)
+#   make figures  regenerates the benchmark outputs committed in results/ (the suite: every problem
+#                 of benchmarks/problems.py, each within about 10 minutes on 2 idle cores; the demo;
+#                 the failure gym)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -23,9 +25,9 @@ demo: install
 	$(BIN)/python -m benchmarks.demo
 
 figures: install
-	$(BIN)/python -m benchmarks.stability --out results
+	for p in tts_sgd tts_adam poisson burgers digits imbalanced toy; do \
+		$(BIN)/python -m benchmarks.report --problems $$p --out results || exit 1; done
 	$(BIN)/python -m benchmarks.demo --out results
-	$(BIN)/python -m benchmarks.toy --out results
 	$(BIN)/python -m benchmarks.failures --out results
 
 docs: install

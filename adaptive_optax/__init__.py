@@ -87,6 +87,7 @@ from adaptive_optax._src.representation import representation_grads as represent
 from adaptive_optax._src.rules import loss_ratio_rule as loss_ratio_rule
 from adaptive_optax._src.rules import relative_ratio_rule as relative_ratio_rule
 from adaptive_optax._src.rules import tanh_rule as tanh_rule
+from adaptive_optax._src.sweeps import weight_grid as weight_grid
 from adaptive_optax._src.weightings import legacy_weights as legacy_weights
 from adaptive_optax._src.weightings import stable_weights as stable_weights
 from adaptive_optax._src.weightings import unguarded_weights as unguarded_weights
@@ -174,5 +175,6 @@ __all__ = (
     "upgrad_rule",
     "upgrad_weights",
     "weight_gradients",
+    "weight_grid",
     "weighted_sum",
 )

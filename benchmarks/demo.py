@@ -1,31 +1,45 @@
-"""The main job, short version: the stability benchmark, reduced to about a minute or two.
+"""The main job, short version: the TTS model with SGD, fixed and adaptive weights, in minutes.
 
 Run with ``make demo`` (or ``python -m benchmarks.demo``). Trains the tiny TTS-like model of
-``benchmarks/tts_model.py`` with every strategy of the benchmark (fixed weights: the seed's, the
-adaptive controllers' floor, the best of a sweep; the legacy, unguarded, seed and relative
-rules) on the same seeds and batches, at the benchmark's unstable and comfortable learning
-rates only, with fewer seeds and steps than ``python -m benchmarks.stability`` and without its
-grid of rates. Prints the table and how the library's default (``ao.stable_weights``, the
-``seed`` strategy) fares against fixed weights at the unstable rate, and writes ``demo.md`` and
-``demo.png`` to ``out/demo/`` (ignored by git, so a checkout stays clean); ``--out results``
-regenerates the copies committed in ``results/`` (``make figures``).
+``benchmarks/tts_model.py`` (the suite's ``tts_sgd`` problem, through ``benchmarks.harness``)
+with SGD and momentum 0.9 at an unstable learning rate (0.14) and a comfortable one (0.05), on
+the same seeds and batches:
+
+- ``fixed``: the seed's weights (mel 2.5); ``fixed_floor``: mel fixed at 1.0, the floor of the
+  adaptive controllers (0.4 x base);
+- ``stable``: the library's default, ``ao.stable_weights(base, adapt="mel")`` (the seed's rule
+  under every guard); ``unguarded``: the same rule with its guards relaxed.
+
+Prints the table and how the default fares against fixed weights at the unstable rate, and
+writes ``demo.md`` and ``demo.png`` to ``out/demo/`` (ignored by git, so a checkout stays
+clean); ``--out results`` regenerates the copies committed in ``results/`` (``make figures``).
+The full comparison, every method against tuned fixed weights on six problems, is
+``python -m benchmarks.report`` (``results/summary.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
-from benchmarks import stability, tts_model
+import adaptive_optax as ao
+from benchmarks import harness, problems, tts_model
 
-SEEDS = tuple(range(6))
+SEEDS = 6
 STEPS = 1500
+RATES = {"unstable": 0.14, "comfortable": 0.05}
 DEFAULT_OUT = pathlib.Path("out", "demo")
+COLLAPSED = 1.5  # a held-out mel loss above this: the model predicts almost nothing (about 1.9)
+FIXED_MEL = {"fixed": tts_model.BASE_WEIGHTS["mel"], "fixed_floor": 1.0}
+ADAPTIVE = {
+    "stable": lambda base: ao.stable_weights(base, adapt="mel"),
+    "unguarded": lambda base: ao.unguarded_weights(base, adapt="mel"),
+}
 
 
 def output_paths(out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
@@ -33,35 +47,111 @@ def output_paths(out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     return out / "demo.md", out / "demo.png"
 
 
-COLLAPSED = 1.5  # a held-out mel loss above this: the model predicts almost nothing (about 1.9)
+def run(seeds: int, steps: int) -> dict[tuple[str, str], harness.Runs]:
+    """Every strategy at both rates: ``{(strategy, setting): runs over the seeds}``."""
+    problem = dataclasses.replace(problems.PROBLEMS["tts_sgd"](), steps=steps)
+    terms, base = problem.terms, problem.base
+    cells = [(s, setting) for s in FIXED_MEL for setting in RATES]
+    fixed = np.asarray(
+        [
+            [FIXED_MEL[s] if k == "mel" else base[k] for k in terms]
+            for s, _ in cells
+            for _ in range(seeds)
+        ]
+    )
+    fixed_runs = harness.train(
+        problem,
+        None,
+        seeds=[seed for _ in cells for seed in range(seeds)],
+        rates=[RATES[setting] for _, setting in cells for _ in range(seeds)],
+        fixed=fixed,
+    )
+    out = {
+        cell: harness.take(fixed_runs, np.arange(i * seeds, (i + 1) * seeds))
+        for i, cell in enumerate(cells)
+    }
+    for name, make in ADAPTIVE.items():
+        runs = harness.train(
+            problem,
+            make(base),
+            seeds=[seed for _ in RATES for seed in range(seeds)],
+            rates=[rate for rate in RATES.values() for _ in range(seeds)],
+        )
+        for i, setting in enumerate(RATES):
+            out[(name, setting)] = harness.take(runs, np.arange(i * seeds, (i + 1) * seeds))
+    return out
 
 
-def rescue(groups: Mapping[str, stability.Group]) -> str:
+def mel(runs: harness.Runs) -> np.ndarray:
+    """The final held-out mel loss of the finished runs."""
+    return runs.metrics["mel"][runs.finished, -1]
+
+
+def table(results: Mapping[tuple[str, str], harness.Runs]) -> str:
+    lines = [
+        "| setting (lr) | strategy | finished | collapsed (mel > 1.5) | held-out mel, median "
+        "[min, max] | mel weight, mean over steps (median) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (strategy, setting), runs in results.items():
+        m = mel(runs)
+        text = f"{np.median(m):.3f} [{m.min():.3f}, {m.max():.3f}]" if m.size else "-"
+        weight = np.median(runs.mean_weights[:, 0])
+        lines.append(
+            f"| {setting} ({RATES[setting]:g}) | {strategy} | {int(runs.finished.sum())}/"
+            f"{runs.finished.size} | {int((m > COLLAPSED).sum())} | {text} | {weight:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def rescue(results: Mapping[tuple[str, str], harness.Runs]) -> str:
     """One sentence: the default and fixed weights at the unstable rate."""
-    rate = stability.SETTINGS["unstable"]
 
     def outcome(strategy: str) -> str:
-        result = groups[strategy].at_rate(rate)
-        mel = result.eval_mel[result.finished]
-        median = f"{np.median(mel):.2f}" if mel.size else "-"
+        runs = results[(strategy, "unstable")]
+        m = mel(runs)
+        median = f"{np.median(m):.2f}" if m.size else "-"
         return (
-            f"{int(result.finished.sum())}/{result.finished.size} runs finished "
-            f"({int((mel > COLLAPSED).sum())} of them collapsed, held-out mel > {COLLAPSED:g}), "
+            f"{int(runs.finished.sum())}/{runs.finished.size} runs finished "
+            f"({int((m > COLLAPSED).sum())} of them collapsed, held-out mel > {COLLAPSED:g}), "
             f"median held-out mel {median}"
         )
 
     return (
-        f"At the unstable rate (lr {rate:g}): the seed's fixed weights {outcome('fixed')}; "
-        f"the library's default (seed rule under every guard, ao.stable_weights) "
-        f"{outcome('seed')}; the relative rule {outcome('relative')}; mel fixed at the "
-        f"controllers' floor {outcome('fixed_floor')}."
+        f"At the unstable rate (lr {RATES['unstable']:g}): the seed's fixed weights "
+        f"{outcome('fixed')}; the library's default (ao.stable_weights) {outcome('stable')}; "
+        f"mel fixed at the controllers' floor {outcome('fixed_floor')}."
     )
+
+
+def figure(results: Mapping[tuple[str, str], harness.Runs], path: pathlib.Path) -> pathlib.Path:
+    """The median held-out mel loss during training, per strategy, at both rates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(RATES), figsize=(10, 4), sharey=True)
+    for ax, setting in zip(axes, RATES, strict=True):
+        for (strategy, s), runs in results.items():
+            if s != setting:
+                continue
+            curve = np.median(np.where(runs.finished[:, None], runs.metrics["mel"], np.nan), 0)
+            ax.plot(np.linspace(0, 1, curve.size), curve, marker="o", ms=3, label=strategy)
+        ax.set_title(f"{setting} (lr {RATES[setting]:g})")
+        ax.set_xlabel("fraction of training")
+    axes[0].set_ylabel("held-out mel loss (median of finished runs)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=STEPS)
-    parser.add_argument("--seeds", type=int, default=len(SEEDS))
+    parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument(
         "--out",
         type=pathlib.Path,
@@ -69,38 +159,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         help=f"folder for demo.md and demo.png (default {DEFAULT_OUT}, ignored by git)",
     )
     args = parser.parse_args(argv)
-    seeds = tuple(range(args.seeds))
-    settings = stability.SETTINGS
     print(
         f"Training a tiny TTS-like model (mel, stop, attention, duration losses; base weights "
-        f"{tts_model.BASE_WEIGHTS}) with {len(tts_model.STRATEGIES)} weighting strategies x "
-        f"{len(settings)} learning rates x {len(seeds)} seeds x {args.steps} steps "
-        f"(SGD, momentum 0.9; unstable lr {settings['unstable']}, comfortable lr "
-        f"{settings['comfortable']})."
+        f"{tts_model.BASE_WEIGHTS}) with {len(FIXED_MEL) + len(ADAPTIVE)} weighting strategies "
+        f"x {len(RATES)} learning rates x {args.seeds} seeds x {args.steps} steps (SGD, "
+        f"momentum 0.9; lr {RATES})."
     )
     print(f"Outputs go to {args.out}/ (demo.md, demo.png).")
-    total = len(tts_model.STRATEGIES) * len(settings) * len(seeds) * args.steps
     start = time.perf_counter()
-    with tqdm(total=total, unit="step", unit_scale=True, desc="training") as bar:
-        groups = stability.run_benchmark(
-            rates=tuple(settings.values()), seeds=seeds, steps=args.steps, progress=bar
-        )
+    results = run(args.seeds, args.steps)
     elapsed = time.perf_counter() - start
-    rows = stability.setting_rows(groups, settings)
-    table = stability.markdown_table(rows)
-    print(table)
-    print(rescue(groups))
+    text = table(results)
+    print(text)
+    print(rescue(results))
     md, png = output_paths(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     md.write_text(
         f"`python -m benchmarks.demo --steps {args.steps} --seeds {args.seeds}`, "
-        f"total {elapsed:.0f} s.\n\n{table}\n\n{rescue(groups)}\n"
+        f"total {elapsed:.0f} s.\n\n{text}\n\n{rescue(results)}\n"
     )
-    png = stability.figure(groups, png, settings)
+    figure(results, png)
     print(f"Done in {elapsed:.0f} s. Table written to {md}, figure written to {png}.")
     print(
-        "Finished = no NaN/Inf loss at any step; final mel loss = L1 + L2 on a held-out batch, "
-        "over the finished runs. The full benchmark: python -m benchmarks.stability"
+        "Finished = no NaN/Inf loss or parameter at any step; held-out mel = L1 + L2 on a "
+        "held-out batch. Every method against tuned fixed weights: python -m benchmarks.report"
     )
 
 

@@ -41,6 +41,7 @@ import numpy as np
 import optax
 
 import adaptive_optax as ao
+from benchmarks import harness, problems
 
 PyTree = Any
 SEEDS = 10
@@ -92,7 +93,7 @@ docstring gives them; the guarded arm of every scenario of that method uses them
 FORMER_ANNEALING_GUARDS = dict(
     warmup_steps=100, max_change=0.5, cooling_period=10, max_weight=1e4, auto_rollback=True
 )
-"""The guards of ``benchmarks/pinn.py``'s ``annealing+guards`` row before this gym."""
+"""The guards of the former ``benchmarks/pinn.py``'s ``annealing+guards`` row before this gym."""
 
 DEEP_CUTS = dict(
     bounds=(0.1, 2.0),
@@ -364,27 +365,26 @@ def annealing_vanishing(steps: int = 3000) -> Scenario:
 
 
 def annealing_pinn(steps: int = 4000) -> Scenario:
-    """The README's PINN (``benchmarks/pinn.py``), where bare annealing works: a control."""
-    from benchmarks import pinn
-
+    """The README's PINN (the 1-D Poisson problem), where bare annealing works: a control."""
     c = 4 * np.pi
     x = jnp.linspace(0.0, 1.0, 130)[1:-1]
+    base = {"boundary": 1.0, "residual": 1.0}
     guards = RECOMMENDED["lr_annealing"]
     return Scenario(
         name="annealing: README PINN (control)",
         method='lr_annealing_weights(main="residual", interval=10)',
         failure="none: the problem the method was made for",
-        source="Wang, Teng & Perdikaris 2021, section 2.3; benchmarks/pinn.py",
+        source="Wang, Teng & Perdikaris 2021, section 2.3",
         setting="1-D Poisson PINN, C = 4 pi, 3 x 50 tanh, 128 points, Adam 1e-3 "
-        "(benchmarks/pinn.py; no fixed arm: it misses the boundary on 2 of 3 seeds there)",
-        base=pinn.BASE,
-        init=lambda key: pinn.init_mlp(key, 50, 3),
-        losses=lambda params, key, step: pinn.losses_fn(params, x, c),
-        metric=lambda params: pinn.relative_l2(params, c),
+        "(no fixed arm: it misses the boundary on 2 of 3 seeds)",
+        base=base,
+        init=lambda key: problems.mlp_init(key, (1, 50, 50, 50, 1)),
+        losses=lambda params, key, step: problems.poisson_losses(params, x, c),
+        metric=lambda params: problems.poisson_error(params, c),
         metric_name="relative L2 error of u",
         optimizer=adam(1e-3),
-        bare=lambda: ao.lr_annealing_weights(pinn.BASE, main="residual", interval=10),
-        guarded=lambda: ao.lr_annealing_weights(pinn.BASE, main="residual", interval=10, **guards),
+        bare=lambda: ao.lr_annealing_weights(base, main="residual", interval=10),
+        guarded=lambda: ao.lr_annealing_weights(base, main="residual", interval=10, **guards),
         guards=describe(guards),
         watch="boundary",
         steps=steps,
@@ -393,7 +393,7 @@ def annealing_pinn(steps: int = 4000) -> Scenario:
             (
                 "former guards",
                 lambda: ao.lr_annealing_weights(
-                    pinn.BASE, main="residual", interval=10, **FORMER_ANNEALING_GUARDS
+                    base, main="residual", interval=10, **FORMER_ANNEALING_GUARDS
                 ),
             ),
         ),
@@ -668,9 +668,7 @@ SCENARIOS: dict[str, Callable[..., Scenario]] = {
 class Trace(NamedTuple):
     """What one arm records (leading axes: seeds, then steps)."""
 
-    weights: np.ndarray  # (seeds, steps, terms): the weights that weighted each step's loss
-    finite_loss: np.ndarray  # (seeds, steps): every loss term finite
-    finite_params: np.ndarray  # (seeds, steps): every parameter finite after the step
+    weights: np.ndarray  # (seeds, steps, terms): the weights of each step
 
 
 class ArmResult(NamedTuple):
@@ -685,13 +683,7 @@ class ArmResult(NamedTuple):
     run_s: float
 
 
-def all_finite(tree: PyTree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def weighting_of(scenario: Scenario, arm: str) -> ao.LossWeighting:
-    if arm == "fixed":
-        return ao.legacy_weights(scenario.base, adapt=())  # the base weights, never adapted
     if arm == "bare":
         return scenario.bare()
     if arm == "guarded":
@@ -699,74 +691,55 @@ def weighting_of(scenario: Scenario, arm: str) -> ao.LossWeighting:
     return dict(scenario.extra)[arm]()
 
 
+def as_problem(scenario: Scenario, steps: int) -> problems.Problem:
+    """The scenario as a problem of the harness (its optimiser has a fixed learning rate)."""
+    return problems.Problem(
+        name=scenario.name,
+        title=scenario.name,
+        setting=scenario.setting,
+        base=scenario.base,
+        init=scenario.init,
+        losses=scenario.losses,
+        metrics=lambda params: {"metric": scenario.metric(params)},
+        optimizer=lambda learning_rate: scenario.optimizer(),
+        rates=(0.0,),
+        ratios=(scenario.base,),
+        scales=(1.0,),
+        steps=steps,
+        main=scenario.watch,
+        metric_name=scenario.metric_name,
+        gradient_filter=scenario.gradient_filter,
+    )
+
+
 def run_arm(scenario: Scenario, arm: str, seeds: Sequence[int], steps: int | None = None):
-    """Trains one arm on every seed: one jit, ``vmap`` over seeds, ``lax.scan`` over steps."""
+    """Trains one arm on every seed with :func:`benchmarks.harness.train` (one compile).
+
+    The ``fixed`` arm trains the base weights; ``bare`` the method with a plain optimiser; the
+    guarded arms wrap the optimiser in ``ao.apply_if_finite``, as the docs recommend.
+    """
     steps = steps or scenario.steps
-    weighting = weighting_of(scenario, arm)
-    guarded = arm not in ("fixed", "bare")
-    tx = scenario.optimizer()
-    if guarded:
-        tx = ao.apply_if_finite(tx)  # what the docs recommend around every optimiser
-    names = list(scenario.base)
-    treedef = jax.tree.structure(scenario.base)
-    needs = tuple(weighting.needs)
-
-    def one(seed):
-        init_key, data_key = jax.random.split(jax.random.key(seed))
-        params = scenario.init(init_key)
-
-        def step(carry, t):
-            params, opt_state, weight_state = carry
-
-            def per_term(p):
-                losses = scenario.losses(p, jax.random.fold_in(data_key, t), t)
-                return losses, losses
-
-            term_grads, losses = jax.jacrev(per_term, has_aux=True)(params)
-            weights = weight_state.weights
-            grads = jax.tree.map(
-                lambda *g: sum(weights[n] * gn for n, gn in zip(names, g, strict=True)),
-                *[term_grads[n] for n in names],
-            )
-            stats = None
-            if needs:
-                pick = scenario.gradient_filter or (lambda g: g)
-                stats = ao.gradient_statistics(
-                    {n: pick(term_grads[n]) for n in names}, needs, treedef
-                )
-            _, weight_state = weighting.update(losses, weight_state, grad_stats=stats)
-            if guarded:
-                updates, opt_state = tx.update(grads, opt_state, params, losses=losses)
-            else:
-                updates, opt_state = tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            record = (
-                jnp.stack([weights[n] for n in names]),
-                all_finite(losses),
-                all_finite(params),
-            )
-            return (params, opt_state, weight_state), record
-
-        carry = (params, tx.init(params), weighting.init())
-        (params, _, weight_state), record = jax.lax.scan(step, carry, jnp.arange(steps))
-        return record, scenario.metric(params), jnp.sum(weight_state.counters.spikes)
-
-    seeds = jnp.asarray(seeds)
-    start = time.perf_counter()
-    compiled = jax.jit(jax.vmap(one)).lower(seeds).compile()
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    record, metric, spikes = jax.block_until_ready(compiled(seeds))
-    run_s = time.perf_counter() - start
-    trace = Trace(*jax.tree.map(np.asarray, record))
-    metric = np.asarray(metric)
-    clean = np.ones(steps, bool)
-    if scenario.poisoned is not None:
-        clean[scenario.poisoned[0] : scenario.poisoned[1]] = False
-    bad = (~trace.finite_loss & clean) | ~trace.finite_params
-    first_failure = np.where(bad.any(axis=1), bad.argmax(axis=1), -1)
-    failed = bad.any(axis=1) | ~np.isfinite(metric)
-    return ArmResult(trace, metric, failed, first_failure, np.asarray(spikes), compile_s, run_s)
+    window = scenario.poisoned
+    runs = harness.train(
+        as_problem(scenario, steps),
+        None if arm == "fixed" else weighting_of(scenario, arm),
+        seeds=list(seeds),
+        rates=[0.0] * len(seeds),
+        skip_nonfinite=arm not in ("fixed", "bare"),
+        excused=None if window is None else lambda t: (t >= window[0]) & (t < window[1]),
+        trace=True,
+        steps=steps,
+    )
+    metric = runs.metrics["metric"][:, -1]
+    return ArmResult(
+        Trace(runs.trace),
+        metric,
+        ~runs.finished | ~np.isfinite(metric),
+        runs.first_failure,
+        runs.spikes,
+        runs.compile_s,
+        runs.run_s,
+    )
 
 
 # Summaries --------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""A tiny TTS-like model on synthetic data, trained with one loss-weighting strategy.
+"""A tiny TTS-like model on synthetic data: the ``tts_sgd`` and ``tts_adam`` problems of the suite.
 
-Shared by ``benchmarks.stability`` and ``benchmarks.demo``. Everything is a pure function of its
-seeds, so a run is reproducible bit for bit on the same machine and software.
+Used by ``benchmarks.problems`` (and through it ``benchmarks.demo``). Everything is a pure
+function of its seeds, so a run is reproducible bit for bit on the same machine and software.
 
 The task: a sentence of ``TOKENS`` tokens from a vocabulary of ``VOCAB`` "phonemes" becomes a
 sequence of mel-like frames. Each phoneme has a fixed spectral template and a typical duration
@@ -23,8 +23,6 @@ the guided-attention loss of Tachibana et al. (2017), ``duration`` (0.1) MSE of 
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -32,25 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import adaptive_optax as ao
-
 BASE_WEIGHTS = {"mel": 2.5, "stop": 1.0, "attention": 0.1, "duration": 0.1}
 TERMS = tuple(BASE_WEIGHTS)
-
-FLOOR = 0.4  # the lower bound of the adaptive controllers, a factor of the base weight
-# The best fixed mel weight of ``python -m benchmarks.stability --sweep-mel`` (fixed weights,
-# calibration seeds, the comfortable learning rate, lowest median held-out mel loss, of 0.5, 1,
-# 1.5, 2.5 and 4: ``results/stability_sweep_mel.md``). It is the floor: best_fixed and
-# fixed_floor train alike.
-BEST_FIXED_MEL = 1.0
-# Fixed-weight strategies: the mel weight each trains with (the other terms keep their base).
-FIXED_MEL = {
-    "fixed": BASE_WEIGHTS["mel"],  # the seed's weights
-    "fixed_floor": FLOOR * BASE_WEIGHTS["mel"],  # the floor the adaptive controllers reach
-    "best_fixed": BEST_FIXED_MEL,
-}
-SPIKE_THRESHOLD = 3.0  # the spike guard of the seed and relative strategies
-SPIKE_FACTOR = 0.5
 
 VOCAB = 12
 TOKENS = 6
@@ -166,61 +147,6 @@ def losses_of(params: Any, batch: Batch) -> dict[str, jax.Array]:
     }
 
 
-def make_weighting(
-    strategy: str,
-    *,
-    spike_threshold: Any = SPIKE_THRESHOLD,
-    spike_factor: Any = SPIKE_FACTOR,
-) -> ao.LossWeighting | None:
-    """The weighting of a strategy; None for fixed weights. Only the mel weight adapts.
-
-    ``seed`` is the seed's rule under every guard of the library, spike guard included (today's
-    ``ao.stable_weights``); ``relative`` is ``ao.relative_ratio_rule`` under the same guards.
-    ``spike_threshold`` and ``spike_factor`` (may be traced) set their spike guard.
-    """
-    if strategy in FIXED_MEL:
-        return None
-    if strategy == "legacy":
-        return ao.legacy_weights(BASE_WEIGHTS, adapt="mel")
-    if strategy == "unguarded":
-        return ao.unguarded_weights(BASE_WEIGHTS, adapt="mel")
-    spike = dict(spike_threshold=spike_threshold, spike_factor=spike_factor)
-    if strategy == "seed":
-        return ao.guarded(ao.loss_ratio_rule(), BASE_WEIGHTS, adapt="mel", **spike)
-    if strategy == "relative":
-        return ao.guarded(ao.relative_ratio_rule(), BASE_WEIGHTS, adapt="mel", **spike)
-    raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-
-
-STRATEGIES = ("fixed", "fixed_floor", "best_fixed", "legacy", "unguarded", "seed", "relative")
-ADAPTIVE = ("seed", "relative")  # the candidates for the library's default
-
-OPTIMIZERS: dict[str, Callable[[Any], optax.GradientTransformation]] = {
-    "adam": lambda lr: optax.adam(lr),
-    "sgd": lambda lr: optax.sgd(lr, momentum=0.9),
-}
-
-
-class Trace(NamedTuple):
-    """Per-step record of one run (leading axis: steps)."""
-
-    losses: dict[str, jax.Array]  # the unweighted loss terms
-    mel_weight: jax.Array  # the mel weight that weighted the step's loss
-
-
-class Result(NamedTuple):
-    """The outcome of one run."""
-
-    finished: jax.Array  # bool: every step's total loss and the final parameters finite
-    first_nonfinite: jax.Array  # int32: first step with a non-finite total loss, or -1
-    eval_mel: jax.Array  # mel loss (L1 + L2) on the held-out batch with the final parameters
-    adjustments: jax.Array  # int32: adjustments of the mel weight (spike cuts not included)
-    spikes: jax.Array  # int32: spikes of the mel loss or gradient norm (each cuts the weight)
-    nonfinite_inputs: jax.Array  # int32: non-finite losses the weighting saw and skipped
-    rollbacks: jax.Array  # int32: automatic rollbacks of the mel weight
-    trace: Trace
-
-
 DATASET_SIZE = 512
 EVAL_SIZE = 64
 
@@ -231,102 +157,4 @@ def make_dataset() -> tuple[Batch, Batch]:
     return (
         make_batch(jax.random.key(TASK_SEED + 1), DATASET_SIZE),
         make_batch(jax.random.key(TASK_SEED + 2), EVAL_SIZE),
-    )
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def seed_inputs(seeds: jax.Array, steps: int) -> tuple[Any, jax.Array]:
-    """Initial parameters and batch indices ``(steps, BATCH)`` for each seed (leading axis)."""
-
-    def one(seed):
-        init_key, order_key = jax.random.split(jax.random.key(seed))
-        indices = jax.random.randint(order_key, (steps, BATCH), 0, DATASET_SIZE)
-        return init_params(init_key), indices
-
-    return jax.vmap(one)(seeds)
-
-
-def train(
-    strategy: str,
-    optimizer: str,
-    learning_rate: jax.Array,
-    params: Any,
-    dataset: Batch,
-    held_out: Batch,
-    indices: jax.Array,
-    *,
-    mel_weight: Any = None,
-    spike_threshold: Any = SPIKE_THRESHOLD,
-    spike_factor: Any = SPIKE_FACTOR,
-) -> Result:
-    """Trains one model with one strategy; pure and jittable (``vmap`` over seeds or settings).
-
-    The step is plain optax (no ``ao.apply_if_finite``): a non-finite loss reaches the
-    parameters, so that what keeps a run finite is the weighting alone.
-
-    Args:
-      strategy: a name from ``STRATEGIES`` (static).
-      optimizer: a key of ``OPTIMIZERS`` (static).
-      learning_rate: a scalar, may be traced.
-      params: the initial parameters.
-      dataset: the training sentences.
-      held_out: the batch on which the final mel loss is measured.
-      indices: ``(steps, BATCH)`` indices into ``dataset``, one row per step.
-      mel_weight: fixed-weight strategies only: the mel weight, instead of the strategy's
-        (may be traced; the mel-weight sweep).
-      spike_threshold, spike_factor: the spike guard of ``seed`` and ``relative`` (may be
-        traced); ignored by the other strategies.
-
-    Returns:
-      A :class:`Result`.
-    """
-    weighting = make_weighting(strategy, spike_threshold=spike_threshold, spike_factor=spike_factor)
-    if weighting is not None and mel_weight is not None:
-        raise ValueError(f"mel_weight is for fixed-weight strategies, not {strategy!r}")
-    tx = OPTIMIZERS[optimizer](learning_rate)
-    base = {name: jnp.float32(w) for name, w in BASE_WEIGHTS.items()}
-    if weighting is None:
-        base["mel"] = jnp.asarray(
-            FIXED_MEL[strategy] if mel_weight is None else mel_weight, jnp.float32
-        )
-
-    def step(carry, rows):
-        params, opt_state, weight_state, first_bad, i = carry
-        batch = jax.tree.map(lambda x: x[rows], dataset)
-        weights = weight_state.weights if weighting is not None else base
-
-        def total(params):
-            losses = losses_of(params, batch)
-            return ao.weighted_sum(losses, weights), losses
-
-        (loss, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
-        if weighting is not None:
-            _, weight_state = weighting.update(
-                losses, weight_state, grad_norms=optax.tree.norm(grads)
-            )
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(loss), i, first_bad)
-        carry = (params, opt_state, weight_state, first_bad, i + 1)
-        return carry, Trace(losses, weights["mel"])
-
-    weight_state = weighting.init() if weighting is not None else None
-    carry = (params, tx.init(params), weight_state, jnp.int32(-1), jnp.int32(0))
-    (params, _, weight_state, first_bad, _), trace = jax.lax.scan(step, carry, indices)
-
-    params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-    zero = jnp.int32(0)
-    counts = (zero, zero, zero, zero)
-    if weighting is not None:
-        m = ao.metrics(weight_state)
-        counts = (m["adjustments/mel"], m["spikes/mel"], m["nonfinite/mel"], m["rollbacks/mel"])
-    return Result(
-        finished=(first_bad < 0) & params_finite,
-        first_nonfinite=first_bad,
-        eval_mel=losses_of(params, held_out)["mel"],
-        adjustments=counts[0],
-        spikes=counts[1],
-        nonfinite_inputs=counts[2],
-        rollbacks=counts[3],
-        trace=trace,
     )

@@ -521,17 +521,3 @@ def test_gradnorm_through_weight_gradients_uses_the_shared_layer_norm():
     # G = (5, 1), target 3: w = (1 - 0.5, 1 + 0.1), renormalised to sum 2
     np.testing.assert_allclose(jax.tree.leaves(got), [0.5 / 0.8, 1.1 / 0.8], rtol=1e-6)
     assert isinstance(tx, optax.GradientTransformationExtraArgs)
-
-
-# ---------------------------------------------------------------- the PINN example
-
-
-@pytest.mark.standard_promotion  # the PINN trains with optax.adam
-def test_pinn_benchmark_runs_small():
-    from benchmarks import pinn
-
-    assert set(pinn.weightings(10)) == {"fixed", "annealing", "annealing+guards"}
-    args = ["--steps", "5", "--seeds", "1", "--width", "4", "--depth", "1", "--points", "4"]
-    results = pinn.main([*args, "--methods", "annealing+guards"])
-    assert list(results) == ["annealing+guards"]
-    assert len(results["annealing+guards"]) == 1 and np.isfinite(results["annealing+guards"][0])

@@ -1,8 +1,8 @@
 """`make demo` leaves a checkout clean: its outputs go to a folder that git ignores.
 
-The demo's training is the stability benchmark's, tested at tiny sizes in
-``test_stability_benchmark.py``; here the benchmark is replaced by a stand-in so that only the
-demo's own output logic runs.
+The demo trains through ``benchmarks.harness``, tested at tiny sizes in
+``test_benchmark_suite.py``; here the training is replaced by a stand-in so that only the demo's
+own output logic runs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from benchmarks import demo, stability
+from benchmarks import demo
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -32,17 +32,14 @@ def test_default_outputs_are_ignored_and_untracked():
 
 
 def test_demo_writes_only_its_two_files_under_out(tmp_path, monkeypatch, capsys):
-    def fake_benchmark(*, rates, seeds, steps, progress):
-        progress.update(progress.total)
-        return {}
-
-    def fake_figure(groups, path, settings):
+    def fake_figure(results, path):
         path.write_bytes(b"png")
         return path
 
-    monkeypatch.setattr(stability, "run_benchmark", fake_benchmark)
-    monkeypatch.setattr(stability, "figure", fake_figure)
-    monkeypatch.setattr(demo, "rescue", lambda groups: "rescue")
+    monkeypatch.setattr(demo, "run", lambda seeds, steps: {})
+    monkeypatch.setattr(demo, "table", lambda results: "table")
+    monkeypatch.setattr(demo, "figure", fake_figure)
+    monkeypatch.setattr(demo, "rescue", lambda results: "rescue")
     monkeypatch.chdir(tmp_path)
     demo.main(["--steps", "1", "--seeds", "1"])
 

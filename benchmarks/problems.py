@@ -1,0 +1,582 @@
+"""The problems of the benchmark suite: each one's model, data, loss terms and task metric.
+
+A :class:`Problem` is everything :mod:`benchmarks.harness` needs to train it: ``init`` (a key to
+parameters), ``losses`` (parameters, a data key and the step to the unweighted loss terms of one
+batch), ``metrics`` (parameters to held-out task metrics, one per head, lower is better), the
+default base weights, the optimiser, the grids of the protocol (learning rates, weight ratios,
+weight scales) and the number of steps. All data is generated or ships inside a package (no
+download at run time); everything is a pure function of its seeds.
+
+The problems (``PROBLEMS``):
+
+- ``tts_sgd`` and ``tts_adam``: the tiny TTS-like model of :mod:`benchmarks.tts_model` (mel,
+  stop, attention and duration losses, the seed's base weights), with SGD and momentum 0.9 (the
+  regime where a weight is also a step size, and large rates collapse runs) and with Adam;
+- ``poisson``: the 1-D Poisson PINN of Wang, Teng & Perdikaris (2021, section 2.3), ``C = 4 pi``
+  (the former ``benchmarks/pinn.py``), reduced to a 2 x 32 tanh network;
+- ``burgers``: Burgers' equation as ConFIG (Liu et al., ICLR 2025) and the PINN literature set it
+  up (``nu = 0.01 / pi``, ``u(0, x) = -sin(pi x)``, ``u(t, +-1) = 0``; residual, initial and
+  boundary terms), reduced to fit: a 3 x 32 tanh network, 128 + 64 + 64 random points, a few
+  thousand Adam steps, where ConFIG's authors train far longer (their relative errors: Adam
+  0.031, ConFIG 0.0064, M-ConFIG 0.0019);
+- ``digits``: a two-digit Multi-MNIST-style task built from scikit-learn's bundled
+  ``load_digits`` (two 8 x 8 digits overlapped into one 8 x 12 image; one head per digit; the
+  metric per head is the held-out error rate);
+- ``imbalanced``: a three-head regression whose targets differ by four orders of magnitude in
+  scale and whose smallest head is mostly noise (metric per head: held-out MSE over the clean
+  target's variance), where uniform weights are known to be poor;
+- ``toy``: CAGrad's two-objective toy (Liu et al. 2021) with Adam as Nash-MTL and FAMO run it,
+  from random starts; the metric is the distance of the final point to the known Pareto set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import tts_model
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One problem of the suite.
+
+    Attributes:
+      name: short name, used on the command line and in file names.
+      title: one line for tables.
+      setting: the model, data, optimiser and what was reduced, for the results file.
+      base: the default base weights (a dict of floats).
+      init: ``key -> params``.
+      losses: ``(params, key, step) -> {term: scalar}``: the unweighted terms of one batch.
+      metrics: ``params -> {head: scalar}``: held-out task metrics, lower is better.
+      optimizer: ``learning_rate -> optax.GradientTransformation`` (the rate may be traced).
+      rates: the learning-rate grid.
+      ratios: the ratio grid of the fixed weights (dicts of positive floats; normalised to sum 1).
+      scales: the scale grid, as factors of ``sum(base)``: fixed weights ``w = s * sum(base) * r``.
+      steps: training steps.
+      main: the main term (for methods that need one, e.g. learning-rate annealing).
+      regret: ``"relative"`` (``m / m_best - 1``) or ``"absolute"`` (``m - m_best``, for a
+        metric whose best value is about 0).
+      metric_name: what the score (the mean of the heads' metrics) is.
+      gradient_filter: the part of a term's gradient that gradient statistics use.
+      stability: train every arm at every rate on the evaluation seeds too (the largest stable
+        learning rate on evaluation seeds), not only at its chosen rate.
+      quick: overrides of the fields above for ``--quick``.
+    """
+
+    name: str
+    title: str
+    setting: str
+    base: dict[str, float]
+    init: Callable[[jax.Array], PyTree]
+    losses: Callable[[PyTree, jax.Array, jax.Array], dict[str, jax.Array]]
+    metrics: Callable[[PyTree], dict[str, jax.Array]]
+    optimizer: Callable[[Any], optax.GradientTransformation]
+    rates: tuple[float, ...]
+    ratios: tuple[dict[str, float], ...]
+    scales: tuple[float, ...]
+    steps: int
+    main: str
+    metric_name: str
+    regret: str = "relative"
+    gradient_filter: Callable[[PyTree], PyTree] | None = None
+    stability: bool = False
+    quick: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return tuple(self.base)
+
+    def quick_version(self) -> Problem:
+        """The problem with its ``quick`` overrides: tiny, for the test command."""
+        return dataclasses.replace(self, **self.quick, quick={})
+
+
+def around(base: Mapping[str, float], factors: tuple[float, ...] = (0.25, 4.0)) -> tuple:
+    """The base ratio and, for each term, the base with that term's weight times each factor."""
+    ratios = [dict(base)]
+    for term, factor in itertools.product(base, factors):
+        ratios.append({k: v * (factor if k == term else 1.0) for k, v in base.items()})
+    return tuple(ratios)
+
+
+def sgd(learning_rate):
+    return optax.sgd(learning_rate, momentum=0.9)
+
+
+def adam(learning_rate):
+    return optax.adam(learning_rate)
+
+
+def dense(key: jax.Array, n_in: int, n_out: int) -> dict[str, jax.Array]:
+    """A Glorot-initialised layer with zero biases."""
+    scale = jnp.sqrt(2.0 / (n_in + n_out))
+    return {"w": scale * jax.random.normal(key, (n_in, n_out)), "b": jnp.zeros((n_out,))}
+
+
+def mlp_init(key: jax.Array, sizes: tuple[int, ...]) -> list[dict[str, jax.Array]]:
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [dense(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)]
+
+
+def mlp(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
+    """A tanh MLP, linear last layer."""
+    for layer in params[:-1]:
+        x = jnp.tanh(x @ layer["w"] + layer["b"])
+    return x @ params[-1]["w"] + params[-1]["b"]
+
+
+# The TTS model ----------------------------------------------------------------------------------
+
+
+def tts(optimizer: str) -> Problem:
+    """The tiny TTS model of :mod:`benchmarks.tts_model`, with SGD + momentum or with Adam."""
+    dataset, held_out = tts_model.make_dataset()
+
+    def losses(params, key, step):
+        del step
+        rows = jax.random.randint(key, (tts_model.BATCH,), 0, tts_model.DATASET_SIZE)
+        return tts_model.losses_of(params, jax.tree.map(lambda x: x[rows], dataset))
+
+    def metrics(params):
+        return {"mel": tts_model.losses_of(params, held_out)["mel"]}
+
+    sgd_rates = (0.05, 0.1, 0.14, 0.2, 0.25)
+    return Problem(
+        name=f"tts_{optimizer}",
+        title=f"TTS model, {'SGD + momentum' if optimizer == 'sgd' else 'Adam'}",
+        setting=(
+            "benchmarks/tts_model.py (encoder, duration head, attention decoder; batches of 8 "
+            f"of 512 synthetic sentences), {'SGD, momentum 0.9' if optimizer == 'sgd' else 'Adam'}"
+            "; metric: mel loss (L1 + L2) on a held-out batch of 64"
+        ),
+        base=dict(tts_model.BASE_WEIGHTS),
+        init=tts_model.init_params,
+        losses=losses,
+        metrics=metrics,
+        optimizer=sgd if optimizer == "sgd" else adam,
+        rates=sgd_rates if optimizer == "sgd" else (0.001, 0.003, 0.01, 0.03),
+        ratios=around(tts_model.BASE_WEIGHTS),
+        scales=(0.4, 1.0) if optimizer == "sgd" else (1.0,),
+        steps=1000,
+        main="mel",
+        metric_name="held-out mel loss",
+        stability=optimizer == "sgd",
+        quick=dict(
+            steps=30,
+            rates=(0.05, 50.0) if optimizer == "sgd" else (0.01,),
+            ratios=around(tts_model.BASE_WEIGHTS, (4.0,))[:2],
+            scales=(1.0,),
+        ),
+    )
+
+
+# PINNs ------------------------------------------------------------------------------------------
+
+
+def poisson_u(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
+    """The PINN's ``u(x)`` at a scalar ``x``."""
+    return mlp(params, jnp.reshape(x, (1,)))[0]
+
+
+def poisson_losses(params, x: jax.Array, c: float) -> dict[str, jax.Array]:
+    """The boundary and residual losses (mean squared errors) at collocation points ``x``."""
+    u_xx = jax.vmap(jax.grad(jax.grad(lambda z: poisson_u(params, z))))(x)
+    residual = jnp.mean((u_xx + c**2 * jnp.sin(c * x)) ** 2)
+    ends = jnp.array([0.0, 1.0])
+    u_ends = jax.vmap(lambda z: poisson_u(params, z))(ends)
+    return {"boundary": jnp.mean((u_ends - jnp.sin(c * ends)) ** 2), "residual": residual}
+
+
+def poisson_error(params, c: float) -> jax.Array:
+    """The relative L2 error of ``u`` against ``sin(c x)`` on 1001 points of ``[0, 1]``."""
+    grid = jnp.linspace(0.0, 1.0, 1001)
+    exact = jnp.sin(c * grid)
+    pred = jax.vmap(lambda z: poisson_u(params, z))(grid)
+    return jnp.linalg.norm(pred - exact) / jnp.linalg.norm(exact)
+
+
+def poisson() -> Problem:
+    """1-D Poisson, ``u'' = -C^2 sin(C x)``, ``u(0) = 0``, ``u(1) = sin C``, ``C = 4 pi``."""
+    c = 4 * np.pi
+
+    def losses(params, key, step):
+        del step
+        return poisson_losses(params, jax.random.uniform(key, (128,)), c)
+
+    base = {"boundary": 1.0, "residual": 1.0}
+    return Problem(
+        name="poisson",
+        title="1-D Poisson PINN (C = 4 pi)",
+        setting=(
+            "Wang, Teng & Perdikaris (2021) section 2.3, reduced: 2 x 32 tanh MLP, 128 random "
+            "collocation points per step, Adam; metric: relative L2 error of u on 1001 points"
+        ),
+        base=base,
+        init=lambda key: mlp_init(key, (1, 32, 32, 1)),
+        losses=losses,
+        metrics=lambda params: {"u": poisson_error(params, c)},
+        optimizer=adam,
+        rates=(1e-3, 3e-3, 1e-2),
+        ratios=tuple({"boundary": b, "residual": 1.0} for b in (1.0, 10.0, 100.0, 1e3, 1e4)),
+        scales=(1.0,),
+        steps=2000,
+        main="residual",
+        metric_name="relative L2 error of u",
+        quick=dict(steps=30, rates=(1e-3,), ratios=({"boundary": 1.0, "residual": 1.0},)),
+    )
+
+
+BURGERS_NU = 0.01 / np.pi
+
+
+@functools.cache
+def burgers_reference(nt: int = 26, nx: int = 129) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact solution of the Burgers problem on a grid: ``(t, x, u)``, from Cole-Hopf.
+
+    ``u(t, x) = -int sin(pi (x - e)) f(x - e) g(e) de / int f(x - e) g(e) de`` with
+    ``f(y) = exp(-cos(pi y) / (2 pi nu))`` and a Gaussian ``g`` of variance ``2 nu t``,
+    evaluated by Gauss-Hermite quadrature in float64 (log-sum-exp for the large exponents).
+    """
+    t = np.linspace(0.0, 1.0, nt)
+    x = np.linspace(-1.0, 1.0, nx)
+    z, w = np.polynomial.hermite.hermgauss(200)
+    u = np.empty((nt, nx))
+    u[0] = -np.sin(np.pi * x)
+    for i, ti in enumerate(t[1:], start=1):
+        y = x[:, None] - np.sqrt(4 * BURGERS_NU * ti) * z[None, :]
+        log_f = -np.cos(np.pi * y) / (2 * np.pi * BURGERS_NU) + np.log(w)[None, :]
+        log_f = log_f - log_f.max(axis=1, keepdims=True)
+        f = np.exp(log_f)
+        u[i] = -(np.sin(np.pi * y) * f).sum(axis=1) / f.sum(axis=1)
+    return t, x, u
+
+
+def burgers() -> Problem:
+    """Burgers' equation, ``u_t + u u_x = nu u_xx`` on ``[0, 1] x [-1, 1]`` (ConFIG's setup)."""
+    t_ref, x_ref, u_ref = burgers_reference()
+    tt, xx = np.meshgrid(t_ref, x_ref, indexing="ij")
+    ref_points = jnp.asarray(np.stack([tt.ravel(), xx.ravel()], axis=1), jnp.float32)
+    ref_u = jnp.asarray(u_ref.ravel(), jnp.float32)
+
+    def u(params, t, x):
+        return mlp(params, jnp.stack([t, x]))[0]
+
+    def losses(params, key, step):
+        del step
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        t = jax.random.uniform(k1, (128,))
+        x = jax.random.uniform(k2, (128,), minval=-1.0, maxval=1.0)
+
+        def residual_at(t, x):
+            u_t = jax.grad(u, 1)(params, t, x)
+            u_x_fn = jax.grad(u, 2)
+            u_x = u_x_fn(params, t, x)
+            u_xx = jax.grad(lambda x: u_x_fn(params, t, x))(x)
+            return u_t + u(params, t, x) * u_x - BURGERS_NU * u_xx
+
+        residual = jnp.mean(jax.vmap(residual_at)(t, x) ** 2)
+        x0 = jax.random.uniform(k3, (64,), minval=-1.0, maxval=1.0)
+        u0 = jax.vmap(lambda x: u(params, 0.0, x))(x0)
+        initial = jnp.mean((u0 + jnp.sin(np.pi * x0)) ** 2)
+        tb = jax.random.uniform(k4, (64,))
+        xb = jnp.where(jnp.arange(64) % 2 == 0, -1.0, 1.0)
+        boundary = jnp.mean(jax.vmap(lambda t, x: u(params, t, x))(tb, xb) ** 2)
+        return {"residual": residual, "initial": initial, "boundary": boundary}
+
+    def metrics(params):
+        pred = jax.vmap(lambda p: u(params, p[0], p[1]))(ref_points)
+        return {"u": jnp.linalg.norm(pred - ref_u) / jnp.linalg.norm(ref_u)}
+
+    base = {"residual": 1.0, "initial": 1.0, "boundary": 1.0}
+    return Problem(
+        name="burgers",
+        title="Burgers PINN (ConFIG's setup, reduced)",
+        setting=(
+            "u_t + u u_x = (0.01/pi) u_xx, u(0,x) = -sin(pi x), u(t,+-1) = 0 (Liu et al., ICLR "
+            "2025, ConFIG), reduced: 3 x 32 tanh MLP, 128 residual + 64 initial + 64 boundary "
+            "random points per step, Adam, 2000 steps; metric: relative L2 error of u against "
+            "the Cole-Hopf solution on a 26 x 129 grid"
+        ),
+        base=base,
+        init=lambda key: mlp_init(key, (2, 32, 32, 32, 1)),
+        losses=losses,
+        metrics=metrics,
+        optimizer=adam,
+        rates=(1e-3, 3e-3, 1e-2),
+        ratios=around(base, (0.1, 10.0)),
+        scales=(1.0,),
+        steps=2000,
+        main="residual",
+        metric_name="relative L2 error of u",
+        quick=dict(steps=20, rates=(1e-3,), ratios=(base,)),
+    )
+
+
+# Two digits -------------------------------------------------------------------------------------
+
+
+@functools.cache
+def digit_images() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8 x 8 digits, scaled to [0, 1]: ``(images (1797, 8, 8), labels)``."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return (data.images / 16.0).astype(np.float32), data.target.astype(np.int32)
+
+
+DIGITS_TRAIN = 1200  # the first images train; the rest make the held-out pairs
+DIGITS_SHIFT = 4  # the right digit starts 4 columns right of the left one (8 x 12 images)
+
+
+def overlap(left: jax.Array, right: jax.Array) -> jax.Array:
+    """Two ``(..., 8, 8)`` digits overlapped into one ``(..., 8 * 12)`` image (pixel max)."""
+    pad = [(0, 0)] * (left.ndim - 1)
+    a = jnp.pad(left, pad + [(0, DIGITS_SHIFT)])
+    b = jnp.pad(right, pad + [(DIGITS_SHIFT, 0)])
+    return jnp.maximum(a, b).reshape(left.shape[:-2] + (8 * (8 + DIGITS_SHIFT),))
+
+
+def digits() -> Problem:
+    """Two overlapped digits, one classification head each (Multi-MNIST, on sklearn's digits)."""
+    images, labels = digit_images()
+    train_x, train_y = jnp.asarray(images[:DIGITS_TRAIN]), jnp.asarray(labels[:DIGITS_TRAIN])
+    test_x, test_y = jnp.asarray(images[DIGITS_TRAIN:]), jnp.asarray(labels[DIGITS_TRAIN:])
+    rng = np.random.default_rng(0)
+    pairs = rng.integers(0, len(test_x), (1000, 2))
+    held_x = overlap(test_x[pairs[:, 0]], test_x[pairs[:, 1]])
+    held_y = (test_y[pairs[:, 0]], test_y[pairs[:, 1]])
+
+    def init(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        return {"trunk": dense(k1, 96, 64), "left": dense(k2, 64, 10), "right": dense(k3, 64, 10)}
+
+    def apply(params, x):
+        h = jnp.tanh(x @ params["trunk"]["w"] + params["trunk"]["b"])
+        return {k: h @ params[k]["w"] + params[k]["b"] for k in ("left", "right")}
+
+    def losses(params, key, step):
+        del step
+        i = jax.random.randint(key, (64, 2), 0, DIGITS_TRAIN)
+        out = apply(params, overlap(train_x[i[:, 0]], train_x[i[:, 1]]))
+        ce = optax.softmax_cross_entropy_with_integer_labels
+        return {
+            "left": jnp.mean(ce(out["left"], train_y[i[:, 0]])),
+            "right": jnp.mean(ce(out["right"], train_y[i[:, 1]])),
+        }
+
+    def metrics(params):
+        out = apply(params, held_x)
+        return {
+            head: jnp.mean(jnp.argmax(out[head], axis=-1) != y)
+            for head, y in zip(("left", "right"), held_y, strict=True)
+        }
+
+    base = {"left": 1.0, "right": 1.0}
+    return Problem(
+        name="digits",
+        title="Two-digit Multi-MNIST (sklearn digits)",
+        setting=(
+            "scikit-learn's load_digits (1797 8 x 8 images): pairs overlapped into 8 x 12 "
+            "images (the right digit shifted 4 columns), 1200 training images, 1000 held-out "
+            "pairs of the other 597; a 96-64 tanh trunk, one linear head per digit; batches of "
+            "64 pairs; SGD, momentum 0.9; metric per head: held-out error rate"
+        ),
+        base=base,
+        init=init,
+        losses=losses,
+        metrics=metrics,
+        optimizer=sgd,
+        rates=(0.01, 0.03, 0.1),
+        ratios=tuple({"left": r, "right": 1.0 - r} for r in (0.1, 0.3, 0.5, 0.7, 0.9)),
+        scales=(0.5, 1.0, 2.0),
+        steps=1500,
+        main="left",
+        metric_name="mean held-out error rate of the two heads",
+        gradient_filter=lambda g: g["trunk"],
+        quick=dict(steps=20, rates=(0.03,), ratios=(base,), scales=(1.0,)),
+    )
+
+
+# Imbalanced regression --------------------------------------------------------------------------
+
+IMBALANCED_SCALES = {"large": 100.0, "medium": 1.0, "small": 0.01}
+IMBALANCED_NOISE = {"large": 0.0, "medium": 0.1, "small": 0.03}  # absolute: small is noise 3x
+
+
+def imbalanced() -> Problem:
+    """Three regression heads on a shared trunk, target scales 100, 1 and 0.01."""
+    inputs = 8
+    heads = tuple(IMBALANCED_SCALES)
+    directions = jax.random.normal(jax.random.key(1234), (len(heads), inputs)) / np.sqrt(inputs)
+    held_x = jax.random.normal(jax.random.key(99), (512, inputs))
+
+    def clean(x):
+        return {
+            h: IMBALANCED_SCALES[h] * jnp.sin(2.0 * x @ directions[k]) for k, h in enumerate(heads)
+        }
+
+    def init(key):
+        keys = jax.random.split(key, len(heads) + 1)
+        return {
+            "trunk": dense(keys[0], inputs, 32),
+            "heads": {h: dense(k, 32, 1) for h, k in zip(heads, keys[1:], strict=True)},
+        }
+
+    def apply(params, x):
+        h = jnp.tanh(x @ params["trunk"]["w"] + params["trunk"]["b"])
+        return {
+            k: (h @ p["w"] + p["b"])[:, 0] * IMBALANCED_SCALES[k]
+            for k, p in params["heads"].items()
+        }
+
+    def losses(params, key, step):
+        del step
+        kx, kn = jax.random.split(key)
+        x = jax.random.normal(kx, (32, inputs))
+        out, target = apply(params, x), clean(x)
+        noise = {
+            h: IMBALANCED_NOISE[h] * jax.random.normal(jax.random.fold_in(kn, k), (32,))
+            for k, h in enumerate(heads)
+        }
+        return {h: jnp.mean((out[h] - target[h] - noise[h]) ** 2) for h in heads}
+
+    def metrics(params):
+        out, target = apply(params, held_x), clean(held_x)
+        return {h: jnp.mean((out[h] - target[h]) ** 2) / jnp.var(target[h]) for h in heads}
+
+    base = {h: 1.0 for h in heads}
+    ratios = tuple(
+        {"large": a, "medium": 1.0, "small": c}
+        for a, c in itertools.product((1.0, 1e-2, 1e-4), (1.0, 1e2, 1e4))
+    )
+    return Problem(
+        name="imbalanced",
+        title="Imbalanced multi-task regression",
+        setting=(
+            "y_k = s_k sin(2 a_k . x) + noise, x ~ N(0, I_8), target scales s = (100, 1, 0.01), "
+            "noise sd (0, 0.1, 0.03): the smallest head's loss is mostly noise; an 8-32 tanh "
+            "trunk, linear heads (outputs times s_k); batches of 32; Adam; metric per head: "
+            "held-out MSE of the clean target over its variance"
+        ),
+        base=base,
+        init=init,
+        losses=losses,
+        metrics=metrics,
+        optimizer=adam,
+        rates=(1e-3, 3e-3, 1e-2),
+        ratios=ratios,
+        scales=(1.0,),
+        steps=2000,
+        main="medium",
+        metric_name="mean held-out normalised MSE of the three heads",
+        gradient_filter=lambda g: g["trunk"],
+        quick=dict(steps=20, rates=(3e-3,), ratios=(base,)),
+    )
+
+
+# CAGrad's toy -----------------------------------------------------------------------------------
+
+TOY_SCALE = 0.1  # the factor of the first loss in Nash-MTL's and FAMO's runs
+TOY_FLOORS = {"f1": -21.0 * TOY_SCALE, "f2": -21.0}  # FAMO's min_losses in the authors' toy
+
+
+def toy_losses(x: jax.Array) -> jax.Array:
+    """``(f1, f2)`` at ``x = (x1, x2)``: the toy of CAGrad, ``f1`` scaled by ``TOY_SCALE``."""
+    x1, x2 = x[0], x[1]
+    lower = 5e-6
+    f1 = jnp.log(jnp.maximum(jnp.abs(0.5 * (-x1 - 7) - jnp.tanh(-x2)), lower)) + 6
+    f2 = jnp.log(jnp.maximum(jnp.abs(0.5 * (-x1 + 3) + jnp.tanh(-x2) + 2), lower)) + 6
+    c1 = jnp.maximum(jnp.tanh(x2 * 0.5), 0)
+    f1_sq = ((-x1 + 7) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20
+    f2_sq = ((-x1 - 7) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20
+    c2 = jnp.maximum(jnp.tanh(-x2 * 0.5), 0)
+    return jnp.stack([(f1 * c1 + f1_sq * c2) * TOY_SCALE, f2 * c1 + f2_sq * c2])
+
+
+@functools.cache
+def pareto_set(points: int = 2801) -> np.ndarray:
+    """``(points, 2)`` samples of the toy's Pareto set: ``(x1, x2*(x1))`` for ``|x1| <= 7``.
+
+    Below ``x2 = 0`` the losses are ``(q_i(x1) + 0.01 (x2 + 8)**2 - 20) tanh(-x2 / 2)`` with
+    ``q_1 = (x1 - 7)**2 / 10`` and ``q_2 = (x1 + 7)**2 / 10`` (up to ``f1``'s positive scale).
+    A convex combination ``l q_1 + (1 - l) q_2`` is stationary in ``x1`` at ``x1 = 14 l - 7``,
+    where it equals ``a = (49 - x1**2) / 10``; ``x2*`` minimises ``(a + 0.01 (x2 + 8)**2 - 20)
+    tanh(-x2 / 2)``, found by bisection on its derivative in ``[-10, -7]``.
+    """
+    x1 = np.linspace(-7.0, 7.0, points)
+    a = (49.0 - x1**2) / 10.0
+
+    def slope(x2):
+        t = np.tanh(-x2 / 2)
+        return 0.02 * (x2 + 8) * t - 0.5 * (a + 0.01 * (x2 + 8) ** 2 - 20) * (1 - t**2)
+
+    lo, hi = np.full_like(x1, -10.0), np.full_like(x1, -7.0)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        rising = slope(mid) > 0
+        lo, hi = np.where(rising, lo, mid), np.where(rising, mid, hi)
+    return np.stack([x1, 0.5 * (lo + hi)], axis=1)
+
+
+def toy() -> Problem:
+    """CAGrad's two-objective toy from random starts; metric: distance to the Pareto set."""
+    front = jnp.asarray(pareto_set(), jnp.float32)
+
+    def losses(params, key, step):
+        del key, step
+        f = toy_losses(params["x"])
+        # minus FAMO's floors: the loss-only methods expect positive losses; gradients unchanged
+        return {"f1": f[0] - TOY_FLOORS["f1"], "f2": f[1] - TOY_FLOORS["f2"]}
+
+    def metrics(params):
+        x = params["x"]
+        distance = jnp.min(jnp.linalg.norm(front - x[None, :], axis=1))
+        return {"pareto": jnp.where(jnp.all(jnp.isfinite(x)), distance, jnp.inf)}
+
+    base = {"f1": 1.0, "f2": 1.0}
+    return Problem(
+        name="toy",
+        title="CAGrad's two-objective toy",
+        setting=(
+            "Liu et al. (2021) toy as Nash-MTL and FAMO run it (f1 scaled by 0.1), starts drawn "
+            "uniformly in [-10, 10]^2 per seed, Adam, 5000 steps (the authors run 35 000 to "
+            "100 000 at lr 1e-3 from 5 fixed starts); the losses minus FAMO's floors (-2.1, -21)"
+            "; metric: distance of the final point to the Pareto set"
+        ),
+        base=base,
+        init=lambda key: {"x": jax.random.uniform(key, (2,), minval=-10.0, maxval=10.0)},
+        losses=losses,
+        metrics=metrics,
+        optimizer=adam,
+        rates=(3e-3, 1e-2, 3e-2),
+        ratios=tuple({"f1": r, "f2": 1.0 - r} for r in (0.1, 0.3, 0.5, 0.7, 0.9)),
+        scales=(1.0,),
+        steps=5000,
+        main="f2",
+        metric_name="distance to the Pareto set",
+        regret="absolute",
+        quick=dict(steps=50, rates=(1e-2,), ratios=(base,)),
+    )
+
+
+PROBLEMS: dict[str, Callable[[], Problem]] = {
+    "tts_sgd": functools.partial(tts, "sgd"),
+    "tts_adam": functools.partial(tts, "adam"),
+    "poisson": poisson,
+    "burgers": burgers,
+    "digits": digits,
+    "imbalanced": imbalanced,
+    "toy": toy,
+}
+"""Every problem of the suite, by name: a function that builds it."""
