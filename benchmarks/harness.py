@@ -88,6 +88,10 @@ ARMS: tuple[Arm, ...] = (
     Arm("stable", ao.stable_weights),
     Arm("unguarded", ao.unguarded_weights),
     Arm("legacy", ao.legacy_weights),
+    # the controller's options (issue "A controller that earns its place")
+    Arm("stable ratios", ao.stable_weights, dict(moves="ratios")),
+    Arm("stable slow-start", ao.stable_weights, dict(ramp_steps=100, spike_prior=0.25)),
+    Arm("stable normalized", ao.stable_weights, dict(normalize="first_loss")),
     # loss-only balancers
     Arm("dwa", ao.dwa_weights, guards=STANDARD),
     Arm("softadapt", ao.softadapt_weights, guards=STANDARD),
@@ -97,6 +101,8 @@ ARMS: tuple[Arm, ...] = (
     Arm("imtl_l", ao.imtl_l_weights, guards=dict(bounds=(0.1, 10.0))),
     Arm("gls", ao.gls_weights, guards=dict(bounds=(0.1, 10.0))),
     Arm("rlw", ao.rlw_weights, guards=dict(bounds=(0.1, 10.0))),
+    Arm("uw_so", ao.uw_so_weights),
+    Arm("normalized", ao.normalized_weights),
     # gradient-norm balancers
     Arm("gradnorm", ao.gradnorm_weights, guards=STANDARD),
     Arm(
@@ -117,6 +123,7 @@ ARMS: tuple[Arm, ...] = (
         dict(main=MAIN),
         guards=dict(max_weight=1e3, cooling_period=10, auto_rollback=True),
     ),
+    Arm("metabalance", ao.metabalance_weights, dict(main=MAIN)),
     # Gramian methods (no recommended guards: bare)
     Arm("mgda", ao.mgda_weights),
     Arm("upgrad", ao.upgrad_weights),
