@@ -679,6 +679,7 @@ class ArmResult(NamedTuple):
     failed: np.ndarray  # (seeds,) a non-finite loss (outside poisoned steps) or parameter
     first_failure: np.ndarray  # (seeds,) that run's first such step, -1 for none
     spikes: np.ndarray  # (seeds,) weights cut by the spike guard, summed over terms
+    nonfinite_steps: np.ndarray  # (seeds, 2, terms) first and last non-finite step per term
     compile_s: float
     run_s: float
 
@@ -737,6 +738,7 @@ def run_arm(scenario: Scenario, arm: str, seeds: Sequence[int], steps: int | Non
         ~runs.finished | ~np.isfinite(metric),
         runs.first_failure,
         runs.spikes,
+        runs.nonfinite_steps,
         runs.compile_s,
         runs.run_s,
     )
@@ -810,6 +812,38 @@ def summary_table(all_results: dict[str, tuple[Scenario, dict[str, ArmResult]]])
     return "\n".join(lines)
 
 
+def attribution(all_results: dict[str, tuple[Scenario, dict[str, ArmResult]]]) -> str:
+    """Which term went non-finite first, and when, in the scenarios with poisoned batches.
+
+    Read from ``first_nonfinite_step/<term>`` and ``last_nonfinite_step/<term>`` of
+    ``ao.metrics`` (0: never), medians over seeds. Arms that skip a non-finite step before the
+    weighting sees it (``skip_nonfinite=True``) record nothing.
+    """
+    lines = [
+        "Which term went NaN first (`first_nonfinite_step` / `last_nonfinite_step` of "
+        "`ao.metrics`, median over seeds; 0: never). A NaN loss of one term makes every "
+        "term's gradient NaN through the shared backward pass (0 x NaN), so with per-term "
+        "gradients every term is flagged at that step; the guarded arms skip such steps "
+        "before the weighting sees them (`skip_nonfinite=True`) and record nothing:",
+        "",
+        "| scenario | arm | per term: first / last non-finite step |",
+        "|---|---|---|",
+    ]
+    for scenario, results in all_results.values():
+        if scenario.poisoned is None:
+            continue
+        for arm, result in results.items():
+            if arm == "fixed":
+                continue
+            steps = np.median(result.nonfinite_steps, axis=0)
+            cells = "; ".join(
+                f"{name} {steps[0, k]:.0f} / {steps[1, k]:.0f}"
+                for k, name in enumerate(scenario.base)
+            )
+            lines.append(f"| {scenario.name} | {arm} | {cells} |")
+    return "\n".join(lines)
+
+
 def markdown(all_results: dict[str, tuple[Scenario, dict[str, ArmResult]]]) -> str:
     """The gym's tables: the summary, every arm, and what each scenario is."""
     lines = [summary_table(all_results), "", "Every arm:", ""]
@@ -830,6 +864,7 @@ def markdown(all_results: dict[str, tuple[Scenario, dict[str, ArmResult]]]) -> s
                 f"| {np.median(result.spikes):.0f} "
                 f"| {result.compile_s:.0f} + {result.run_s:.0f} |"
             )
+    lines += ["", attribution(all_results)]
     lines += [
         "",
         "The scenarios:",

@@ -178,6 +178,7 @@ class Runs(NamedTuple):
     mean_weights: np.ndarray  # (runs, terms) the weights averaged over the steps
     weights: np.ndarray  # (runs, CHECKPOINTS, terms) the weights at each checkpoint
     spikes: np.ndarray  # (runs,) spike-guard cuts, summed over terms
+    nonfinite_steps: np.ndarray  # (runs, 2, terms) first and last non-finite step (0: none)
     trace: np.ndarray | None  # (runs, steps, terms) the weights at every step, when asked
     compile_s: float
     run_s: float
@@ -226,9 +227,20 @@ class Trainer(NamedTuple):
             outs.append(jax.tree.map(np.asarray, jax.block_until_ready(out)))
         run_s = time.perf_counter() - start
         out = jax.tree.map(lambda *x: np.concatenate(x)[:n], *outs)
-        metrics, finished, first, mean_w, weights, spikes, trace = out
+        metrics, finished, first, mean_w, weights, spikes, nonfinite, trace = out
         trace = trace if trace.ndim == 3 else None
-        return Runs(metrics, finished, first, mean_w, weights, spikes, trace, self.compile_s, run_s)
+        return Runs(
+            metrics,
+            finished,
+            first,
+            mean_w,
+            weights,
+            spikes,
+            nonfinite,
+            trace,
+            self.compile_s,
+            run_s,
+        )
 
 
 def trainer(
@@ -335,9 +347,12 @@ def trainer(
         ok = ok.reshape(-1)
         metrics = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), metrics0, metrics)
         spikes = jnp.int32(0)
+        nonfinite = jnp.zeros((2, len(terms)), jnp.int32)
         if weighting is not None:
             state = ao.find_state(carry[1]) if per_term else carry[2]
             spikes = jnp.sum(state.counters.spikes)
+            counters = state.counters
+            nonfinite = jnp.stack([counters.first_nonfinite_step, counters.last_nonfinite_step])
         first = jnp.where(jnp.all(ok), -1, jnp.argmin(ok))
         vectors = vectors.reshape(-1, len(terms))
         return (
@@ -347,6 +362,7 @@ def trainer(
             jnp.mean(vectors, axis=0),
             vectors[chunk - 1 :: chunk],
             spikes,
+            nonfinite,
             vectors if trace else jnp.zeros(()),
         )
 
@@ -385,6 +401,7 @@ def take(runs: Runs, index: np.ndarray) -> Runs:
         mean_weights=pick(runs.mean_weights),
         weights=pick(runs.weights),
         spikes=pick(runs.spikes),
+        nonfinite_steps=pick(runs.nonfinite_steps),
         trace=None if runs.trace is None else pick(runs.trace),
     )
 

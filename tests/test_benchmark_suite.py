@@ -149,3 +149,11 @@ def test_failure_gym_nan_burst_on_the_harness():
     np.testing.assert_array_equal(arms["bare"].first_failure, [start, start])
     assert not arms["guarded"].failed.any()
     np.testing.assert_array_equal(arms["guarded"].first_failure, [-1, -1])
+    # when the terms went NaN: at the poisoned step (ao.metrics counts steps from 1), every
+    # term at once, as b's NaN loss makes every per-term gradient NaN (0 x NaN in the shared
+    # backward pass); the bare run's parameters are NaN from then on
+    first, last = arms["bare"].nonfinite_steps[:, 0, :], arms["bare"].nonfinite_steps[:, 1, :]
+    np.testing.assert_array_equal(first, start + 1)
+    np.testing.assert_array_equal(last, 40)
+    np.testing.assert_array_equal(arms["guarded"].nonfinite_steps, 0)  # skipped before it
+    assert f"| {scenario.name} | bare | " in failures.attribution(results)

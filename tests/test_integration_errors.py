@@ -45,7 +45,8 @@ def shard_map_step(tx, mesh):
     @jax.jit
     @jax.shard_map(mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=(P(), P()))
     def step(params, opt_state, x):
-        grads = jax.lax.pmean(jax.jacrev(losses_fn)(params, x), "data")
+        grads = jax.jacrev(losses_fn)(params, x)  # summed over devices (replicated params)
+        grads = jax.tree.map(lambda g: g / jax.lax.axis_size("data"), grads)
         updates, opt_state = tx.update(grads, opt_state, params, losses=losses_fn(params, x))
         return optax.apply_updates(params, updates), opt_state
 

@@ -185,7 +185,8 @@ def main():
     @jax.jit
     @jax.shard_map(mesh=mesh, in_specs=(P(), P(), P("data"), P("data")), out_specs=(P(), P()))
     def guarded_step(params, opt_state, x, y):
-        grads = jax.lax.pmean(jax.jacrev(l1_terms)(params, x, y), "data")
+        grads = jax.jacrev(l1_terms)(params, x, y)  # summed over devices (replicated params)
+        grads = jax.tree.map(lambda g: g / jax.lax.axis_size("data"), grads)
         updates, opt_state = tx.update(grads, opt_state, params, losses=l1_terms(params, x, y))
         return optax.apply_updates(params, updates), opt_state
 
