@@ -145,15 +145,31 @@ def weighted_sum(losses: PyTree, weights: PyTree) -> jax.Array:
 def metrics(tree: PyTree) -> dict[str, jax.Array]:
     """A flat dict of scalar arrays describing the weighting, for any logger.
 
-    Per term ``<name>`` (its key path, ``"mel"`` or ``"heads/stop"``): ``weight``,
-    ``previous_weight``, ``base_weight``, ``loss_ema`` (bias-corrected), ``loss_rel_variance``,
-    ``grad_norm_avg``, ``steps_since_change``, ``stable_steps``, ``start_ramp`` (the slow
-    start's progress), ``weight_average`` (the running mean of the normalised weights, see
-    :func:`distilled_weights`), ``adjustments``, ``rejected``, ``nonfinite``, ``rollbacks``,
-    ``healed``, ``spikes``, ``first_nonfinite_step`` and ``last_nonfinite_step`` (which term
-    went NaN or Inf first, and when: 0 for never), as keys ``"<metric>/<name>"``; plus ``step``
-    and ``enabled``; plus ``"rule/<field>/<name>"`` for each per-term vector in the rule's state
-    (GradNorm's learned weights, uncertainty weighting's log-variances, ...). Jittable.
+    Per term ``<name>`` (its key path, ``"mel"`` or ``"heads/stop"``), keys
+    ``"<metric>/<name>"``; each metric reads one field of the :class:`AdaptiveState`:
+
+    ============================  ===========================================================
+    metric                        state field
+    ============================  ===========================================================
+    ``weight``                    ``weights``
+    ``previous_weight``           ``previous_weights``
+    ``base_weight``               ``base_weights`` (a schedule's value at this step)
+    ``loss_ema``                  ``stats.loss_mean`` (bias-corrected)
+    ``loss_rel_variance``         ``stats.rel_variance``
+    ``grad_norm_avg``             ``stats.grad_mean``
+    ``steps_since_change``        ``step - last_change``
+    ``stable_steps``              ``stable_steps``
+    ``start_ramp``                ``start_ramp`` (the slow start's progress, 0 to 1)
+    ``weight_average``            ``weight_average`` (see :func:`distilled_weights`)
+    ``<counter>``                 ``counters.<counter>``: ``adjustments``, ``rejected``,
+                                  ``nonfinite``, ``rollbacks``, ``healed``, ``spikes``,
+                                  ``first_nonfinite_step`` and ``last_nonfinite_step`` (which
+                                  term went NaN or Inf first, and when: 0 for never)
+    ``rule/<field>``              each per-term vector of ``rule_state`` (GradNorm's learned
+                                  weights, uncertainty weighting's log-variances, ...)
+    ============================  ===========================================================
+
+    Plus ``step`` and ``enabled``, as in the state. Jittable.
 
     Args:
       tree: an :class:`AdaptiveState` or a pytree holding exactly one.

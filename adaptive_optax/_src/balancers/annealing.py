@@ -90,9 +90,8 @@ def lr_annealing_weights(
 ) -> LossWeighting:
     """Learning-rate annealing (Wang, Teng & Perdikaris 2021) as a weighting.
 
-    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
-    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards``. See :func:`adaptive_optax.lr_annealing_rule` for the formula.
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.lr_annealing_rule` for the formula.
 
     Recommended guards: ``max_weight=1e3, cooling_period=10, auto_rollback=True``: a cap on the
     weight about ten times the weight the rule settles at when every batch holds every term

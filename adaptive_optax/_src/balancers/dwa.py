@@ -78,9 +78,8 @@ def dwa_rule(*, temperature: float = 2.0) -> Rule:
 def dwa_weights(base_weights: PyTree, *, temperature: float = 2.0, **guards: Any) -> LossWeighting:
     """Dynamic Weight Average (Liu et al. 2019) as a weighting.
 
-    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
-    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards``. See :func:`adaptive_optax.dwa_rule` for the formula.
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.dwa_rule` for the formula.
 
     Recommended guards: ``bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10,
     spike_threshold=3.0``. Updated at every step, the ratios of minibatch losses are noisy; a low

@@ -92,9 +92,8 @@ def encodec_weights(
 ) -> LossWeighting:
     """EnCodec's loss balancer as a weighting: each term gets its share of the gradient norm.
 
-    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
-    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards``. See :func:`adaptive_optax.encodec_rule` for the formula.
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.encodec_rule` for the formula.
 
     Recommended guards: ``bounds=(0.1, 10.0), max_change=0.05, warmup_steps=100, cooling_period=50,
     min_stable_steps=10, auto_rollback=True``, without the spike guard: the slow defaults of

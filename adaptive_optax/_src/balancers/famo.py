@@ -187,9 +187,8 @@ def famo_weights(
 ) -> LossWeighting:
     """FAMO (Liu et al. 2023) as a weighting, its logits' Adam in the state.
 
-    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
-    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards``. See :func:`adaptive_optax.famo_rule` for the formula and for
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.famo_rule` for the formula and for
     how the losses after a step are taken from the next step. Recommended guards: ``bounds``.
 
     Args:

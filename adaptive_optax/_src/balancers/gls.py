@@ -78,9 +78,8 @@ def gls_rule(*, min_loss: float = 1e-8) -> Rule:
 def gls_weights(base_weights: PyTree, *, min_loss: float = 1e-8, **guards: Any) -> LossWeighting:
     """GLS (Chennupati et al. 2019) as a weighting: ``w_i = base_i * G / L_i``.
 
-    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
-    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards``. See :func:`adaptive_optax.gls_rule` for the formula and the
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.gls_rule` for the formula and the
     floor. Recommended guards: ``bounds`` or ``max_weight``.
 
     Args:

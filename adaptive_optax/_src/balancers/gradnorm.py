@@ -105,10 +105,9 @@ def gradnorm_weights(
 ) -> LossWeighting:
     """GradNorm (Chen et al. 2018) as a weighting: learned weights, renormalised to sum to n.
 
-    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
-    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards`` (bounds keep a weight from collapsing to 0). See
-    :func:`adaptive_optax.gradnorm_rule` for the formula.
+    A preset: bare by default, any guard as a keyword (see *Presets* in the balancers guide;
+    bounds keep a weight from collapsing to 0). See :func:`adaptive_optax.gradnorm_rule` for
+    the formula.
 
     Recommended guards: ``bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10,
     spike_threshold=3.0``. The weights are relative (they sum to the number of terms ``n``), and

@@ -101,9 +101,8 @@ def imtl_l_weights(
 ) -> LossWeighting:
     """IMTL-L (Liu et al. 2021) as a weighting: ``w_i = base_i exp(s_i)``.
 
-    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
-    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards``. See :func:`adaptive_optax.imtl_l_rule` for the formula and its
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.imtl_l_rule` for the formula and its
     relation to uncertainty weighting. Recommended guards: ``bounds`` or ``max_weight``.
 
     Args:

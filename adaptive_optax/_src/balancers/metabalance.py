@@ -104,9 +104,8 @@ def metabalance_weights(
 ) -> LossWeighting:
     """MetaBalance (He et al. 2022) as a weighting: auxiliary terms scaled toward the main one.
 
-    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
-    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards``. See :func:`adaptive_optax.metabalance_rule` for the formula. The
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.metabalance_rule` for the formula. The
     main term keeps its base weight; an auxiliary term whose gradient is ``k`` times smaller
     gets ``r k + 1 - r`` times its base weight, so the scale moves with the ratios.
 

@@ -117,9 +117,8 @@ def relobralo_weights(
 ) -> LossWeighting:
     """ReLoBRaLo (Bischof & Kraus 2021) as a weighting, its random lookback keyed in the state.
 
-    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
-    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards``. See :func:`adaptive_optax.relobralo_rule` for the formula.
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.relobralo_rule` for the formula.
 
     Recommended guards: ``bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10,
     spike_threshold=3.0``. At each random lookback (on average every ``1 / (1 - expected_rho)``

@@ -85,9 +85,8 @@ def rlw_rule(*, seed: int = 0) -> Rule:
 def rlw_weights(base_weights: PyTree, *, seed: int = 0, **guards: Any) -> LossWeighting:
     """Random loss weighting (Lin et al. 2022) as a weighting, its key in the state.
 
-    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
-    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards``. See :func:`adaptive_optax.rlw_rule` for the formula.
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.rlw_rule` for the formula.
     Recommended guards: ``bounds``.
 
     Args:

@@ -183,9 +183,8 @@ def softadapt_weights(
 ) -> LossWeighting:
     """SoftAdapt (Heydari et al. 2019) as a weighting, in any of its three variants.
 
-    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
-    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards``. See :func:`adaptive_optax.softadapt_rule` for the formulas, the
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.softadapt_rule` for the formulas, the
     finite differences (fourth order over the last five losses by default, as the authors'
     code) and where we depart from that code.
 

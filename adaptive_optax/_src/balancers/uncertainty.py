@@ -91,9 +91,8 @@ def uncertainty_weights(
 ) -> LossWeighting:
     """Uncertainty weighting (Kendall et al. 2018) as a weighting: ``w_i = base_i exp(-s_i)``.
 
-    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
-    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards``. See :func:`adaptive_optax.uncertainty_rule` for the formula.
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.uncertainty_rule` for the formula.
 
     Recommended guards: ``bounds=(0.1, 10.0), max_change=0.1, warmup_steps=100, cooling_period=10,
     spike_threshold=3.0``. The weight tends to ``1 / L``, so a loss that approaches 0 or goes

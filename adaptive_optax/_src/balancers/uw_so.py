@@ -63,9 +63,8 @@ def uw_so_weights(
 ) -> LossWeighting:
     """UW-SO (Kirchdorfer et al. 2024) as a weighting: a softmax over inverse losses.
 
-    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
-    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards``. See :func:`adaptive_optax.uw_so_rule` for the formula. The
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.uw_so_rule` for the formula. The
     weights sum to the base weights' scale of one term (1 with unit base weights), so under SGD
     the step is ``1 / n`` of an unweighted sum's: UW-SO moves both the ratios and the scale.
     Like every ``1 / loss`` method it gives a term whose loss stays high (noise it cannot
