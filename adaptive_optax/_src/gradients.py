@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +25,11 @@ def _mean_abs(grads: PyTree) -> jax.Array:
     return total / sum(leaf.size for leaf in leaves)
 
 
-GRADIENT_STATISTICS: dict[str, Callable[[PyTree], jax.Array]] = {
-    "norm": optax.tree.norm,
-    "max_abs": _max_abs,
-    "mean_abs": _mean_abs,
-}
-"""Name -> function from one term's gradient pytree to a scalar. ``"norm"`` is the L2 norm."""
+GRADIENT_STATISTICS: Mapping[str, Callable[[PyTree], jax.Array]] = MappingProxyType(
+    {"norm": optax.tree.norm, "max_abs": _max_abs, "mean_abs": _mean_abs}
+)
+"""Name -> function from one term's gradient pytree to a scalar (read-only). ``"norm"`` is the
+L2 norm."""
 
 
 GRAMIAN = "gramian"
