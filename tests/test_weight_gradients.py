@@ -338,3 +338,9 @@ def test_gramian_rules_weight_the_gradients_with_the_weights_computed_from_them(
         updates, state = tx.update(grads, state, losses=losses)
         used = state.weighting_state.weights if this_step else before
         chex.assert_trees_all_close(updates, combine(used, grads), rtol=1e-6)
+
+
+def test_the_registry_of_gradient_statistics_is_read_only():
+    with pytest.raises(TypeError):
+        ao.GRADIENT_STATISTICS["norm"] = lambda grads: 0.0  # type: ignore[index]
+    assert set(ao.GRADIENT_STATISTICS) >= {"norm", "max_abs", "mean_abs"}
