@@ -347,16 +347,39 @@ def guarded(
         wants = open_gate & (proposal != weights)
         applied = wants & valid
 
+        # stages with many same-shaped inputs take them by name (a swap fails loudly)
         new_weights, previous, last_change, undone = _apply_or_roll_back(
-            settings, step, active, ~missing, applied, proposal, weights, previous, base, state
+            settings,
+            step=step,
+            active=active,
+            finite=~missing,
+            applied=applied,
+            proposal=proposal,
+            weights=weights,
+            previous=previous,
+            base=base,
+            state=state,
         )
         calm = (stable > 0) & ~spiked
         new_weights, start_ramp = _ramp(
-            settings, state.start_ramp, ramping, calm, new_weights, low, rule_base
+            settings,
+            progress=state.start_ramp,
+            ramping=ramping,
+            calm=calm,
+            new_weights=new_weights,
+            low=low,
+            base=rule_base,
         )
         cut = spiked & active
         new_weights, previous, last_change = _cut_on_spikes(
-            settings, step, cut, weights, low, new_weights, previous, last_change
+            settings,
+            step=step,
+            cut=cut,
+            weights=weights,
+            low=low,
+            new_weights=new_weights,
+            previous=previous,
+            last_change=last_change,
         )
         # a cut during the slow start: the ramp resumes from the cut weight
         position = _ramp_position(new_weights, low, rule_base).astype(start_ramp.dtype)
@@ -665,7 +688,7 @@ def _limit(settings: Settings, proposal, weights, low, high, losses):
 
 
 def _apply_or_roll_back(
-    settings: Settings, step, active, finite, applied, proposal, weights, previous, base, state
+    settings: Settings, *, step, active, finite, applied, proposal, weights, previous, base, state
 ):
     """The new weights, previous weights and last-change steps, and which terms rolled back."""
     new_weights = jnp.where(applied, proposal, weights)
@@ -690,7 +713,9 @@ def _apply_or_roll_back(
     return new_weights, previous, last_change, undone
 
 
-def _cut_on_spikes(settings: Settings, step, cut, weights, low, new_weights, previous, last_change):
+def _cut_on_spikes(
+    settings: Settings, *, step, cut, weights, low, new_weights, previous, last_change
+):
     """A spiking term's weight cut at once to ``spike_factor`` times its value, within bounds.
 
     The cut is the new rollback target (a rollback must never undo a safety cut) and starts a
@@ -775,7 +800,7 @@ def _ramp_position(weights, low, base) -> jax.Array:
     return jnp.where(span > 0, jnp.clip(position, 0.0, 1.0), 1.0)
 
 
-def _ramp(settings: Settings, progress, ramping, calm, new_weights, low, base):
+def _ramp(settings: Settings, *, progress, ramping, calm, new_weights, low, base):
     """The slow start: a ceiling from ``low`` to ``base`` that rises on calm steps."""
     if settings.ramp_steps == 0:
         return new_weights, progress
