@@ -160,12 +160,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument(
+        "--rates",
+        default=None,
+        help="the unstable and the comfortable learning rate, e.g. 0.25,0.2 (default 0.14,0.05)",
+    )
+    parser.add_argument(
         "--out",
         type=pathlib.Path,
         default=DEFAULT_OUT,
         help=f"folder for demo.md and demo.png (default {DEFAULT_OUT}, ignored by git)",
     )
     args = parser.parse_args(argv)
+    global RATES
+    command = f"python -m benchmarks.demo --steps {args.steps} --seeds {args.seeds}"
+    if args.rates:
+        unstable, comfortable = (float(r) for r in args.rates.split(","))
+        RATES = {"unstable": unstable, "comfortable": comfortable}
+        command += f" --rates {args.rates}"
     print(
         f"Training a tiny TTS-like model (mel, stop, attention, duration losses; base weights "
         f"{tts_model.BASE_WEIGHTS}) with {len(FIXED_MEL) + len(ADAPTIVE)} weighting strategies "
@@ -181,10 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(rescue(results))
     md, png = output_paths(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
-    md.write_text(
-        f"`python -m benchmarks.demo --steps {args.steps} --seeds {args.seeds}`, "
-        f"total {elapsed:.0f} s.\n\n{text}\n\n{rescue(results)}\n"
-    )
+    md.write_text(f"`{command}`, total {elapsed:.0f} s.\n\n{text}\n\n{rescue(results)}\n")
     figure(results, png)
     print(f"Done in {elapsed:.0f} s. Table written to {md}, figure written to {png}.")
     print(
