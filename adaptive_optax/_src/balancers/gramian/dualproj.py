@@ -6,6 +6,7 @@ from typing import Any
 
 from adaptive_optax._src.balancers._common import bare, preset
 from adaptive_optax._src.balancers.gramian import _shared
+from adaptive_optax._src.balancers.gramian._shared import Array
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule
 
 
@@ -16,7 +17,7 @@ def dualproj_from_gramian(
     reg_eps: float = _shared.REG_EPS,
     iterations: int = _shared.QP_ITERATIONS,
     mask=None,
-) -> _shared.Array:
+) -> Array:
     """DualProj: project the mean gradient onto the dual cone of the gradients.
 
     ``w = argmin_v v^T G v`` s.t. ``v >= u`` with ``u = pref_vector`` (default ``1/K``): the
