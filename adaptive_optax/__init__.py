@@ -21,24 +21,26 @@ from adaptive_optax._src.balancers.gls import gls_rule as gls_rule
 from adaptive_optax._src.balancers.gls import gls_weights as gls_weights
 from adaptive_optax._src.balancers.gradnorm import gradnorm_rule as gradnorm_rule
 from adaptive_optax._src.balancers.gradnorm import gradnorm_weights as gradnorm_weights
-from adaptive_optax._src.balancers.gramian_methods import aligned_mtl_rule as aligned_mtl_rule
-from adaptive_optax._src.balancers.gramian_methods import aligned_mtl_weights as aligned_mtl_weights
-from adaptive_optax._src.balancers.gramian_methods import cagrad_rule as cagrad_rule
-from adaptive_optax._src.balancers.gramian_methods import cagrad_weights as cagrad_weights
-from adaptive_optax._src.balancers.gramian_methods import config_rule as config_rule
-from adaptive_optax._src.balancers.gramian_methods import config_weights as config_weights
-from adaptive_optax._src.balancers.gramian_methods import dualproj_rule as dualproj_rule
-from adaptive_optax._src.balancers.gramian_methods import dualproj_weights as dualproj_weights
-from adaptive_optax._src.balancers.gramian_methods import imtl_g_rule as imtl_g_rule
-from adaptive_optax._src.balancers.gramian_methods import imtl_g_weights as imtl_g_weights
-from adaptive_optax._src.balancers.gramian_methods import mgda_rule as mgda_rule
-from adaptive_optax._src.balancers.gramian_methods import mgda_weights as mgda_weights
-from adaptive_optax._src.balancers.gramian_methods import nash_mtl_rule as nash_mtl_rule
-from adaptive_optax._src.balancers.gramian_methods import nash_mtl_weights as nash_mtl_weights
-from adaptive_optax._src.balancers.gramian_methods import pcgrad_rule as pcgrad_rule
-from adaptive_optax._src.balancers.gramian_methods import pcgrad_weights as pcgrad_weights
-from adaptive_optax._src.balancers.gramian_methods import upgrad_rule as upgrad_rule
-from adaptive_optax._src.balancers.gramian_methods import upgrad_weights as upgrad_weights
+from adaptive_optax._src.balancers.gramian.aligned_mtl import aligned_mtl_rule as aligned_mtl_rule
+from adaptive_optax._src.balancers.gramian.aligned_mtl import (
+    aligned_mtl_weights as aligned_mtl_weights,
+)
+from adaptive_optax._src.balancers.gramian.cagrad import cagrad_rule as cagrad_rule
+from adaptive_optax._src.balancers.gramian.cagrad import cagrad_weights as cagrad_weights
+from adaptive_optax._src.balancers.gramian.config import config_rule as config_rule
+from adaptive_optax._src.balancers.gramian.config import config_weights as config_weights
+from adaptive_optax._src.balancers.gramian.dualproj import dualproj_rule as dualproj_rule
+from adaptive_optax._src.balancers.gramian.dualproj import dualproj_weights as dualproj_weights
+from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_rule as imtl_g_rule
+from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_weights as imtl_g_weights
+from adaptive_optax._src.balancers.gramian.mgda import mgda_rule as mgda_rule
+from adaptive_optax._src.balancers.gramian.mgda import mgda_weights as mgda_weights
+from adaptive_optax._src.balancers.gramian.nash_mtl import nash_mtl_rule as nash_mtl_rule
+from adaptive_optax._src.balancers.gramian.nash_mtl import nash_mtl_weights as nash_mtl_weights
+from adaptive_optax._src.balancers.gramian.pcgrad import pcgrad_rule as pcgrad_rule
+from adaptive_optax._src.balancers.gramian.pcgrad import pcgrad_weights as pcgrad_weights
+from adaptive_optax._src.balancers.gramian.upgrad import upgrad_rule as upgrad_rule
+from adaptive_optax._src.balancers.gramian.upgrad import upgrad_weights as upgrad_weights
 from adaptive_optax._src.balancers.imtl_l import imtl_l_rule as imtl_l_rule
 from adaptive_optax._src.balancers.imtl_l import imtl_l_weights as imtl_l_weights
 from adaptive_optax._src.balancers.metabalance import metabalance_rule as metabalance_rule

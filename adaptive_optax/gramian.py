@@ -4,7 +4,8 @@ Each function maps the ``(K, K)`` Gramian ``G = J J^T`` of ``K`` gradients (the 
 to ``(K,)`` weights ``w``; the aggregate is ``w^T J``. All are pure and jittable, run a fixed
 number of iterations in-graph, accept a ``mask`` of the terms to solve for, and give finite
 weights for any input (uniform ``1/K`` for an invalid Gramian). Conventions and departures
-from the authors' and TorchJD's code: :mod:`adaptive_optax._src.gramian`.
+from the authors' and TorchJD's code: each function's docstring, and the shared conventions in
+:mod:`adaptive_optax._src.balancers.gramian._shared`.
 
 Examples:
   >>> import jax.numpy as jnp
@@ -14,15 +15,17 @@ Examples:
   [1.1109, 0.7894]
 """
 
-from adaptive_optax._src.gramian import aligned_mtl_from_gramian as aligned_mtl
-from adaptive_optax._src.gramian import cagrad_from_gramian as cagrad
-from adaptive_optax._src.gramian import config_from_gramian as config
-from adaptive_optax._src.gramian import dualproj_from_gramian as dualproj
-from adaptive_optax._src.gramian import imtl_g_from_gramian as imtl_g
-from adaptive_optax._src.gramian import mgda_from_gramian as mgda
-from adaptive_optax._src.gramian import nash_mtl_from_gramian as nash_mtl
-from adaptive_optax._src.gramian import pcgrad_from_gramian as pcgrad
-from adaptive_optax._src.gramian import upgrad_from_gramian as upgrad
+from adaptive_optax._src.balancers.gramian.aligned_mtl import (
+    aligned_mtl_from_gramian as aligned_mtl,
+)
+from adaptive_optax._src.balancers.gramian.cagrad import cagrad_from_gramian as cagrad
+from adaptive_optax._src.balancers.gramian.config import config_from_gramian as config
+from adaptive_optax._src.balancers.gramian.dualproj import dualproj_from_gramian as dualproj
+from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_from_gramian as imtl_g
+from adaptive_optax._src.balancers.gramian.mgda import mgda_from_gramian as mgda
+from adaptive_optax._src.balancers.gramian.nash_mtl import nash_mtl_from_gramian as nash_mtl
+from adaptive_optax._src.balancers.gramian.pcgrad import pcgrad_from_gramian as pcgrad
+from adaptive_optax._src.balancers.gramian.upgrad import upgrad_from_gramian as upgrad
 
 __all__ = (
     "aligned_mtl",

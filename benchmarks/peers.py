@@ -279,8 +279,8 @@ def solver_times(k: int, rounds: int) -> dict:
 
     torch.set_num_threads(1)
     gramian = random_gramian(k, seed=k)
-    ours_up = jax.jit(ao._src.gramian.upgrad_from_gramian)
-    ours_mgda = jax.jit(ao._src.gramian.mgda_from_gramian)
+    ours_up = jax.jit(ao._src.balancers.gramian.upgrad_from_gramian)
+    ours_mgda = jax.jit(ao._src.balancers.gramian.mgda_from_gramian)
     theirs_up, theirs_mgda = UPGradWeighting(), MGDAWeighting()
     g_jax, g_torch = jnp.asarray(gramian), torch.from_numpy(gramian)
     arms = {

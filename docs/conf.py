@@ -1,5 +1,6 @@
 """Sphinx configuration: guides in MyST Markdown, the notebooks rendered without executing them,
-and the API reference generated from ``adaptive_optax.__all__`` and the docstrings."""
+and the API reference generated from the docstrings of ``adaptive_optax.__all__``, grouped by kind
+in ``api.md``."""
 
 from __future__ import annotations
 
@@ -40,7 +41,20 @@ shutil.copytree(ROOT / "notebooks", _notebooks, ignore=shutil.ignore_patterns(".
 myst_enable_extensions = ["colon_fence"]
 myst_heading_anchors = 3
 
-# API reference: one page per name of adaptive_optax.__all__ (templates in _templates/).
+# API reference: one page per name of adaptive_optax.__all__ (templates in _templates/), listed
+# by kind in api.md; a public name missing there, or a name there that is not public, fails the
+# build.
+_public = set(adaptive_optax.__all__)
+_listed = {
+    line.strip()
+    for line in (DOCS / "api.md").read_text().splitlines()
+    if line.startswith("   ") and not line.strip().startswith(":")
+}
+if _listed != _public:
+    raise RuntimeError(
+        "docs/api.md must list every name of adaptive_optax.__all__: missing "
+        f"{sorted(_public - _listed)}, not public {sorted(_listed - _public)}"
+    )
 autosummary_generate = True
 autosummary_ignore_module_all = False
 autosummary_imported_members = True

@@ -18,7 +18,7 @@ from hypothesis.extra import numpy as hnp
 from scipy.optimize import minimize
 
 import adaptive_optax as ao
-from adaptive_optax._src import gramian as gm
+from adaptive_optax._src.balancers import gramian as gm
 
 METHODS = {
     "mgda": gm.mgda_from_gramian,

@@ -19,7 +19,7 @@ import pytest
 from scipy.optimize import minimize, minimize_scalar
 
 import adaptive_optax as ao
-from adaptive_optax._src import gramian as gm
+from adaptive_optax._src.balancers import gramian as gm
 
 C = 0.5
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import adaptive_optax as ao
-from adaptive_optax._src import gramian as gm
+from adaptive_optax._src.balancers import gramian as gm
 
 # name: (Jacobian, TorchJD's alpha)
 RANK_DEFICIENT = {
