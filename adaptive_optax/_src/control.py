@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.base import AdaptiveState, LossWeighting, PyTree
 from adaptive_optax._src.statistics import count_where
 from adaptive_optax._src.terms import stack_terms, term_names
@@ -248,7 +248,7 @@ def distilled_weights(tree: PyTree, total: float | None = None) -> PyTree:
       normalised weights replayed as fixed weights.
     """
     if total is not None:
-        config.check_number(
+        validation.check_number(
             "total", total, low=0, low_open=True, high=float(jnp.finfo(jnp.float32).max)
         )
     state = find_state(tree)
@@ -327,7 +327,7 @@ def checked(weighting: LossWeighting, *, check_inputs: bool = True) -> LossWeigh
       ...     print(str(error).split(" (`check`")[0])
       loss term 'mel': its loss or gradient statistic was NaN or Inf at step 2 (first at step 2)
     """
-    check_inputs = config.check_flag("check_inputs", check_inputs)
+    check_inputs = validation.check_flag("check_inputs", check_inputs)
 
     def update(losses, state, grad_norms, grad_stats):
         _assert_all_finite(state, "is not finite on input")

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.base import AdaptiveState, Counters, LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.gradients import GRAMIAN, check_statistics
 from adaptive_optax._src.schedules import (
@@ -426,30 +426,32 @@ def guarded(
 def _check_settings(**values: Any) -> Settings:
     """Validates each setting once, naming it and its value."""
     if values["max_change"] is not None:
-        config.check_number(
+        validation.check_number(
             "max_change", values["max_change"], low=0, high=1, low_open=True, high_open=True
         )
     for name in ("warmup_steps", "cooling_period", "min_stable_steps"):
-        config.check_number(name, values[name], low=0, integer=True)
-    config.check_number("variance_threshold", values["variance_threshold"], low=0, low_open=True)
-    config.check_number("ema_decay", values["ema_decay"], low=0, high=1, high_open=True)
-    config.check_number("window", values["window"], low=1)
+        validation.check_number(name, values[name], low=0, integer=True)
+    validation.check_number(
+        "variance_threshold", values["variance_threshold"], low=0, low_open=True
+    )
+    validation.check_number("ema_decay", values["ema_decay"], low=0, high=1, high_open=True)
+    validation.check_number("window", values["window"], low=1)
     if values["spike_threshold"] is not None:
-        config.check_number("spike_threshold", values["spike_threshold"], low=0, low_open=True)
-    config.check_number(
+        validation.check_number("spike_threshold", values["spike_threshold"], low=0, low_open=True)
+    validation.check_number(
         "spike_factor", values["spike_factor"], low=0, high=1, low_open=True, high_open=True
     )
-    config.check_number("spike_decay", values["spike_decay"], low=0, high=1, high_open=True)
-    config.check_number("every", values["every"], low=1, integer=True)
+    validation.check_number("spike_decay", values["spike_decay"], low=0, high=1, high_open=True)
+    validation.check_number("every", values["every"], low=1, integer=True)
     _check_choice("moves", values["moves"], ("weights", "ratios"))
     _check_choice("normalize", values["normalize"], (None, "first_loss", "running"))
     ramp = values["ramp_steps"]
     # static: it sets the initial weights
-    config.check_number("ramp_steps", ramp, low=0, integer=True, static=True)
+    validation.check_number("ramp_steps", ramp, low=0, integer=True, static=True)
     values["ramp_steps"] = int(ramp)
     if values["spike_prior"] is not None:
-        config.check_number("spike_prior", values["spike_prior"], low=0, low_open=True)
-    values["auto_rollback"] = config.check_flag("auto_rollback", values["auto_rollback"])
+        validation.check_number("spike_prior", values["spike_prior"], low=0, low_open=True)
+    values["auto_rollback"] = validation.check_flag("auto_rollback", values["auto_rollback"])
     return Settings(**values)
 
 
@@ -465,14 +467,14 @@ def _bounds(terms: Terms, base, adaptive, bounds, min_weight, max_weight):
             raise ValueError(
                 f"bounds must be a pair (low, high) of factors or None, got {bounds!r}"
             )
-        config.check_number("bounds[0]", bounds[0], low=0)
-        config.check_number("bounds[1]", bounds[1], low=0, low_open=True)
+        validation.check_number("bounds[0]", bounds[0], low=0)
+        validation.check_number("bounds[1]", bounds[1], low=0, low_open=True)
     detail = f"(bounds={bounds}, min_weight={min_weight}, max_weight={max_weight})"
     if min_weight is not None:
-        config.check_number("min_weight", min_weight, low=0, per_term=True)
+        validation.check_number("min_weight", min_weight, low=0, per_term=True)
         min_weight = terms.per_term(min_weight, "min_weight", base.dtype)
     if max_weight is not None:
-        config.check_number("max_weight", max_weight, low=0, low_open=True, per_term=True)
+        validation.check_number("max_weight", max_weight, low=0, low_open=True, per_term=True)
         max_weight = terms.per_term(max_weight, "max_weight", base.dtype)
 
     def bounds_of(base: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -483,7 +485,7 @@ def _bounds(terms: Terms, base, adaptive, bounds, min_weight, max_weight):
         high = high if max_weight is None else max_weight
         return low, high
 
-    values = config.concrete((*bounds_of(base), base))
+    values = validation.concrete((*bounds_of(base), base))
     if values is not None:
         lows, highs, bases = np.split(values, 3)
         for name, lo, hi, b, adapts in zip(terms.names, lows, highs, bases, adaptive, strict=True):

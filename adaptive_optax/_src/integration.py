@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.base import AdaptiveState, LossWeighting, PyTree
 from adaptive_optax._src.gradients import GRAMIAN, gradient_statistics
 from adaptive_optax._src.terms import term_names
@@ -96,11 +96,11 @@ def weight_gradients(
     """
     if gradient_filter is not None and not callable(gradient_filter):
         raise ValueError(f"gradient_filter must be callable or None, got {gradient_filter!r}")
-    skip_nonfinite = config.check_flag("skip_nonfinite", skip_nonfinite)
+    skip_nonfinite = validation.check_flag("skip_nonfinite", skip_nonfinite)
     needs = tuple(weighting.needs)
     if this_steps_weights is None:
         this_steps_weights = GRAMIAN in needs
-    this_steps_weights = config.check_flag("this_steps_weights", this_steps_weights)
+    this_steps_weights = validation.check_flag("this_steps_weights", this_steps_weights)
 
     def init_fn(params: PyTree) -> WeightGradientsState:
         del params

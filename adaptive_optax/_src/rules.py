@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.base import Rule, Signals
 from adaptive_optax._src.statistics import at_least_float32
 
@@ -85,7 +85,7 @@ def relative_ratio_rule(
       >>> weighting = ao.guarded(rule, {"mel": 2.5, "stop": 1.0}, spike_threshold=3.0)
     """
     decide = _check_decision(step_size, high_ratio, low_ratio, grad_growth)
-    toward_base = config.check_flag("toward_base", toward_base)
+    toward_base = validation.check_flag("toward_base", toward_base)
 
     def propose(signals: Signals, weights, base_weights, rule_state):
         n_finite = jnp.maximum(jnp.sum(signals.finite), 1).astype(signals.deviation.dtype)
@@ -107,11 +107,13 @@ def _check_decision(step_size, high_ratio, low_ratio, grad_growth):
     The factor is ``1 + step_size`` (up: high and gradients not growing), ``1 - step_size``
     (down: low or gradients growing) or 1 (hold).
     """
-    config.check_number("step_size", step_size, low=0, high=1, low_open=True, high_open=True)
+    validation.check_number("step_size", step_size, low=0, high=1, low_open=True, high_open=True)
     for name, value in (("high_ratio", high_ratio), ("low_ratio", low_ratio)):
-        config.check_number(name, value, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True)
-    config.check_number("grad_growth", grad_growth, low=0, low_open=True)
-    ratios = config.concrete((low_ratio, high_ratio))
+        validation.check_number(
+            name, value, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True
+        )
+    validation.check_number("grad_growth", grad_growth, low=0, low_open=True)
+    ratios = validation.concrete((low_ratio, high_ratio))
     if ratios is not None and not ratios[0] < ratios[1]:
         raise ValueError(
             f"low_ratio must be below high_ratio, got low_ratio={low_ratio}, "

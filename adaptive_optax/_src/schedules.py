@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.terms import Terms
 
 ENTRY_FACTOR = 2.0  # a scheduled base rising by more than this factor in one step "enters"
@@ -64,8 +64,8 @@ def base_vector(terms: Terms, base_weights: Any, dtype) -> tuple[jax.Array, Sche
             functions.append(leaf)
             values.append(_probe(name, leaf))
             continue
-        config.check_number(f"base_weights[{name!r}]", leaf, low=0, low_open=True)
-        concrete = config.concrete(leaf)
+        validation.check_number(f"base_weights[{name!r}]", leaf, low=0, low_open=True)
+        concrete = validation.concrete(leaf)
         if concrete is not None and not np.all(np.isfinite(concrete)):
             raise ValueError(f"base_weights[{name!r}] must be positive and finite, got {leaf}")
         functions.append(None)
@@ -92,7 +92,7 @@ def _probe(name: str, schedule: Callable) -> Any:
         raise ValueError(f"{what} that fails on an int32 step: {error!r}") from error
     if jnp.shape(value) != () or getattr(traced, "shape", None) != ():
         raise ValueError(f"{what} that must return a scalar, got shape {jnp.shape(value)}")
-    concrete = config.concrete(value)
+    concrete = validation.concrete(value)
     if concrete is None:
         return value
     if not (np.isfinite(concrete[0]) and concrete[0] >= 0):

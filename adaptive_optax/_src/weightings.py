@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import preset
 from adaptive_optax._src.base import LossWeighting, PyTree
 from adaptive_optax._src.guards import RELAXED, guarded
@@ -144,7 +144,7 @@ def unguarded_weights(
 def _seed_rule(max_change, high_ratio, low_ratio, grad_growth):
     """The loss-ratio rule stepping by ``max_change``, which therefore cannot be None."""
     # checked under its own name here: the rule would name it step_size
-    config.check_number("max_change", max_change, low=0, high=1, low_open=True, high_open=True)
+    validation.check_number("max_change", max_change, low=0, high=1, low_open=True, high_open=True)
     return loss_ratio_rule(
         step_size=max_change, high_ratio=high_ratio, low_ratio=low_ratio, grad_growth=grad_growth
     )

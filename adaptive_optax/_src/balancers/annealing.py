@@ -6,7 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import bare, float_dtype, main_index, preset, require
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
@@ -56,10 +56,10 @@ def lr_annealing_rule(
       physics-informed neural networks", SIAM J. Sci. Comput. 43(5), 2021 (arXiv:2001.04536),
       Algorithm 1.
     """
-    config.check_number("main", main, low=0, integer=True)
-    config.check_number("alpha", alpha, low=0, high=1, low_open=True)
-    config.check_number("interval", interval, low=1, integer=True)
-    config.check_number("eps", eps, low=0)
+    validation.check_number("main", main, low=0, integer=True)
+    validation.check_number("alpha", alpha, low=0, high=1, low_open=True)
+    validation.check_number("interval", interval, low=1, integer=True)
+    validation.check_number("eps", eps, low=0)
     main = int(main)
 
     def propose(signals: Signals, weights, base_weights, rule_state):

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import bare, float_dtype, preset, require
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.statistics import count_where, ema_update
@@ -58,9 +58,9 @@ def encodec_rule(*, total_norm: float = 1.0, ema_decay: float = 0.999, eps: floa
       Defossez, Copet, Synnaeve & Adi, "High Fidelity Neural Audio Compression", 2022
       (arXiv:2210.13438), section 3.4; ``encodec/balancer.py`` in facebookresearch/encodec.
     """
-    config.check_number("total_norm", total_norm, low=0, low_open=True)
-    config.check_number("ema_decay", ema_decay, low=0, high=1, high_open=True)
-    config.check_number("eps", eps, low=0)
+    validation.check_number("total_norm", total_norm, low=0, low_open=True)
+    validation.check_number("ema_decay", ema_decay, low=0, high=1, high_open=True)
+    validation.check_number("eps", eps, low=0)
 
     def init(base_weights: chex.Array) -> EncodecState:
         dtype = float_dtype(base_weights)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import bare, float_dtype, preset
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.statistics import count_where
@@ -104,10 +104,10 @@ def famo_rule(
       Liu, Feng, Stone & Liu, "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023
       (arXiv:2306.03792); code: github.com/Cranial-XIX/FAMO (``famo.py``).
     """
-    config.check_number("lr", lr, low=0, low_open=True)
-    config.check_number("weight_decay", weight_decay, low=0, high=np.inf, high_open=True)
-    config.check_number("eps", eps, low=0, low_open=True, high=np.inf, high_open=True)
-    config.check_number(
+    validation.check_number("lr", lr, low=0, low_open=True)
+    validation.check_number("weight_decay", weight_decay, low=0, high=np.inf, high_open=True)
+    validation.check_number("eps", eps, low=0, low_open=True, high=np.inf, high_open=True)
+    validation.check_number(
         "min_losses",
         min_losses,
         low=-np.inf,
@@ -228,7 +228,7 @@ def famo_weights(
 
 def _per_term_floors(base_weights: PyTree, min_losses: PyTree | float) -> float | list[float]:
     """``min_losses`` as one number or a list in the leaf order of the base weights."""
-    config.check_number(
+    validation.check_number(
         "min_losses",
         min_losses,
         low=-np.inf,

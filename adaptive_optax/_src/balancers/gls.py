@@ -7,7 +7,7 @@ from typing import Any
 import chex
 import jax.numpy as jnp
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import bare, float_dtype, preset
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
@@ -52,7 +52,9 @@ def gls_rule(*, min_loss: float = 1e-8) -> Rule:
       and Geometric Loss Strategy for Multi-Task Learning", CVPR 2019 workshops
       (arXiv:1904.08492); LibMTL ``weighting/GLS.py``; TorchJD ``GeometricMean``.
     """
-    config.check_number("min_loss", min_loss, low=0, low_open=True, high=jnp.inf, high_open=True)
+    validation.check_number(
+        "min_loss", min_loss, low=0, low_open=True, high=jnp.inf, high_open=True
+    )
 
     def init(base_weights: chex.Array) -> tuple[()]:
         del base_weights

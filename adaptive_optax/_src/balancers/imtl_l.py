@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import bare, float_dtype, preset
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
@@ -70,9 +70,11 @@ def imtl_l_rule(
       ICLR 2021 (IMTL-L); LibMTL ``weighting/IMTL.py`` (``loss_scale.exp() * losses -
       loss_scale``).
     """
-    config.check_number("lr", lr, low=0, low_open=True)
-    config.check_number("max_log_scale", max_log_scale, low=0, low_open=True, static=True)
-    config.check_number("init_log_scale", init_log_scale, low=-max_log_scale, high=max_log_scale)
+    validation.check_number("lr", lr, low=0, low_open=True)
+    validation.check_number("max_log_scale", max_log_scale, low=0, low_open=True, static=True)
+    validation.check_number(
+        "init_log_scale", init_log_scale, low=-max_log_scale, high=max_log_scale
+    )
 
     def init(base_weights: chex.Array) -> IMTLLState:
         shape, dtype = base_weights.shape, float_dtype(base_weights)

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import bare, float_dtype, main_index, preset, require
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.statistics import count_where, ema_update
@@ -61,9 +61,9 @@ def metabalance_rule(main: int = 0, *, relax_factor: float = 0.7, beta: float = 
       Adapting Gradient Magnitudes of Auxiliary Tasks", WWW 2022 (arXiv:2203.06801), code
       ``facebookresearch/MetaBalance`` (``metabalance.py``).
     """
-    config.check_number("main", main, low=0, integer=True)
-    config.check_number("relax_factor", relax_factor, low=0, high=1, high_open=True)
-    config.check_number("beta", beta, low=0, high=1, high_open=True)
+    validation.check_number("main", main, low=0, integer=True)
+    validation.check_number("relax_factor", relax_factor, low=0, high=1, high_open=True)
+    validation.check_number("beta", beta, low=0, high=1, high_open=True)
     main = int(main)
 
     def init(base_weights: chex.Array) -> MetaBalanceState:

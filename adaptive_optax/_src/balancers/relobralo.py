@@ -8,7 +8,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import (
     bare,
     finite_or,
@@ -72,10 +72,10 @@ def relobralo_rule(
       Bischof & Kraus, "Multi-Objective Loss Balancing for Physics-Informed Deep Learning",
       2021 (arXiv:2110.09813), section IV.
     """
-    config.check_number("alpha", alpha, low=0, high=1)
-    config.check_number("temperature", temperature, low=0, low_open=True)
-    config.check_number("expected_rho", expected_rho, low=0, high=1)
-    config.check_number("seed", seed, integer=True, static=True)
+    validation.check_number("alpha", alpha, low=0, high=1)
+    validation.check_number("temperature", temperature, low=0, low_open=True)
+    validation.check_number("expected_rho", expected_rho, low=0, high=1)
+    validation.check_number("seed", seed, integer=True, static=True)
 
     def init(base_weights: chex.Array) -> ReLoBRaLoState:
         key = jax.random.key_data(jax.random.key(seed))

@@ -8,7 +8,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import bare, float_dtype, preset, scaled_softmax
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
@@ -62,7 +62,7 @@ def rlw_rule(*, seed: int = 0) -> Rule:
       Test for Multi-Task Learning", TMLR 2022 (arXiv:2111.10603); LibMTL
       ``weighting/RLW.py``.
     """
-    config.check_number("seed", seed, integer=True, static=True)
+    validation.check_number("seed", seed, integer=True, static=True)
 
     def init(base_weights: chex.Array) -> RLWState:
         key = jax.random.key_data(jax.random.key(seed))

@@ -9,7 +9,7 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import (
     bare,
     float_dtype,
@@ -122,9 +122,9 @@ def softadapt_rule(
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    config.check_number("beta", beta, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True)
-    config.check_number("order", order, low=1, high=MAX_ORDER, integer=True, static=True)
-    config.check_number("eps", eps, low=0, low_open=True)
+    validation.check_number("beta", beta, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True)
+    validation.check_number("order", order, low=1, high=MAX_ORDER, integer=True, static=True)
+    validation.check_number("eps", eps, low=0, low_open=True)
     order = int(order)
     size = order + 1
     # Row p: the slope (and the mean) over the last p + 1 losses of the history; row 0 unused.

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import bare, float_dtype, preset
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
@@ -58,9 +58,9 @@ def uncertainty_rule(
       Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses for Scene
       Geometry and Semantics", CVPR 2018 (arXiv:1705.07115), section 3.2.
     """
-    config.check_number("lr", lr, low=0, low_open=True)
-    config.check_number("max_log_variance", max_log_variance, low=0, low_open=True, static=True)
-    config.check_number(
+    validation.check_number("lr", lr, low=0, low_open=True)
+    validation.check_number("max_log_variance", max_log_variance, low=0, low_open=True, static=True)
+    validation.check_number(
         "init_log_variance", init_log_variance, low=-max_log_variance, high=max_log_variance
     )
 

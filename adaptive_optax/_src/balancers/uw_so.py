@@ -6,7 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import bare, float_dtype, preset, scaled_softmax
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 
@@ -42,8 +42,8 @@ def uw_so_rule(*, temperature: float = 1.0, eps: float = 1e-8) -> Rule:
       Uncertainty-Based Loss Weighting in Multi-Task Learning", GCPR 2024 (arXiv:2408.07985),
       and the authors' ``UW_SO`` weighting (``src/weighting/UW_SO.py``).
     """
-    config.check_number("temperature", temperature, low=0, low_open=True)
-    config.check_number("eps", eps, low=0)
+    validation.check_number("temperature", temperature, low=0, low_open=True)
+    validation.check_number("eps", eps, low=0)
 
     def propose(signals: Signals, weights, base_weights, rule_state):
         del weights

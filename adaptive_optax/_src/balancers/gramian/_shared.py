@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import cho_factor, cho_solve
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import float_dtype, require
 from adaptive_optax._src.base import Rule, Signals
 from adaptive_optax._src.gradients import GRAMIAN
@@ -86,7 +86,7 @@ NEEDS = (GRAMIAN,)
 
 def check_iterations(name: str, value) -> int:
     """``value``, a Python int ``>= 1`` (a fixed iteration count, static); else ``ValueError``."""
-    config.check_number(name, value, low=1, integer=True, static=True)
+    validation.check_number(name, value, low=1, integer=True, static=True)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an int (a fixed iteration count), got {value!r}")
     return value
@@ -95,7 +95,7 @@ def check_iterations(name: str, value) -> int:
 def check_reg_eps(reg_eps: Any) -> None:
     """Raises ``ValueError`` unless ``reg_eps`` is one finite number ``>= 0`` (traced values
     are not checked)."""
-    config.check_number("reg_eps", reg_eps, low=0)
+    validation.check_number("reg_eps", reg_eps, low=0)
 
 
 def check_qp_settings(reg_eps: Any, iterations: Any) -> int:

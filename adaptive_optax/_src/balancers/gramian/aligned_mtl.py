@@ -118,8 +118,8 @@ def aligned_mtl_weights(
 ) -> LossWeighting:
     """Aligned-MTL (Senushkin et al. 2023) as a weighting: aligned principal components.
 
-    Runs bare by default; any setting of :func:`adaptive_optax.guarded` can be passed through
-    ``guards``. See :func:`adaptive_optax.aligned_mtl_rule`.
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.aligned_mtl_rule`.
 
     Args:
       base_weights: a pytree of positive floats, one per loss term: the method balances the

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import bare, preset
 from adaptive_optax._src.balancers.gramian._shared import (
     QP_ITERATIONS,
@@ -32,9 +32,9 @@ NORM_EPS = 1e-4
 
 def _check_settings(c, rescale, norm_eps, iterations, qp_iterations) -> tuple[bool, int, int]:
     """``rescale``, ``iterations`` and ``qp_iterations``, checked with ``c`` and ``norm_eps``."""
-    config.check_number("c", c, low=0)
-    rescale = config.check_flag("rescale", rescale)
-    config.check_number("norm_eps", norm_eps, low=0, high=1, high_open=True)
+    validation.check_number("c", c, low=0)
+    rescale = validation.check_flag("rescale", rescale)
+    validation.check_number("norm_eps", norm_eps, low=0, high=1, high_open=True)
     iterations = check_iterations("iterations", iterations)
     return rescale, iterations, check_iterations("qp_iterations", qp_iterations)
 
@@ -251,8 +251,8 @@ def cagrad_weights(
 ) -> LossWeighting:
     """CAGrad (Liu et al. 2021) as a weighting: conflict-averse gradient descent.
 
-    Runs bare by default; any setting of :func:`adaptive_optax.guarded` can be passed through
-    ``guards``. See :func:`adaptive_optax.cagrad_rule`.
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.cagrad_rule`.
 
     Args:
       base_weights: a pytree of positive floats, one per loss term: the method balances the

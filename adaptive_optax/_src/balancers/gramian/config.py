@@ -95,8 +95,8 @@ def config_rule() -> Rule:
 def config_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
     """ConFIG (Liu et al. 2025) as a weighting: conflict-free, equally aligned updates.
 
-    Runs bare by default; any setting of :func:`adaptive_optax.guarded` can be passed through
-    ``guards``. See :func:`adaptive_optax.config_rule`.
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.config_rule`.
 
     Args:
       base_weights: a pytree of positive floats, one per loss term.

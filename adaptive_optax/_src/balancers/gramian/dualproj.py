@@ -96,8 +96,8 @@ def dualproj_weights(
 ) -> LossWeighting:
     """DualProj (GEM's projection, Lopez-Paz & Ranzato 2017) as a weighting.
 
-    Runs bare by default; any setting of :func:`adaptive_optax.guarded` can be passed through
-    ``guards``. See :func:`adaptive_optax.dualproj_rule`.
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.dualproj_rule`.
 
     Args:
       base_weights: a pytree of positive floats, one per loss term: the method balances the

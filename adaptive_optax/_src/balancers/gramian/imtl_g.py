@@ -88,8 +88,8 @@ def imtl_g_rule() -> Rule:
 def imtl_g_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
     """IMTL-G (Liu et al. 2021) as a weighting: equal projections on the unit gradients.
 
-    Runs bare by default; any setting of :func:`adaptive_optax.guarded` can be passed through
-    ``guards``. See :func:`adaptive_optax.imtl_g_rule` (negative weights are clipped to 0).
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.imtl_g_rule` (negative weights are clipped to 0).
 
     Args:
       base_weights: a pytree of positive floats, one per loss term.

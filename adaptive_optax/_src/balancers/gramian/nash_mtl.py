@@ -8,7 +8,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import bare, float_dtype, preset
 from adaptive_optax._src.balancers.gramian._shared import (
     NEEDS,
@@ -33,7 +33,7 @@ REG_EPS = 1e-5
 def _check_settings(max_norm, reg_eps, iterations) -> int:
     """``iterations``, checked with ``max_norm`` and ``reg_eps``."""
     if max_norm is not None:
-        config.check_number("max_norm", max_norm, low=0, low_open=True)
+        validation.check_number("max_norm", max_norm, low=0, low_open=True)
     check_reg_eps(reg_eps)
     return check_iterations("iterations", iterations)
 

@@ -8,7 +8,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from adaptive_optax._src import config
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers._common import bare, preset
 from adaptive_optax._src.balancers.gramian._shared import (
     NEEDS,
@@ -122,7 +122,7 @@ def pcgrad_rule(*, seed: int | None = SEED) -> Rule:
     """
     if seed is None:
         return gramian_rule("pcgrad_rule", pcgrad_from_gramian)
-    config.check_number("seed", seed, integer=True, static=True)
+    validation.check_number("seed", seed, integer=True, static=True)
 
     def init(base_weights: chex.Array) -> PCGradState:
         del base_weights
@@ -143,8 +143,8 @@ def pcgrad_weights(
 ) -> LossWeighting:
     """PCGrad (Yu et al. 2020) as a weighting: gradient surgery, random orders in the state.
 
-    Runs bare by default; any setting of :func:`adaptive_optax.guarded` can be passed through
-    ``guards``. See :func:`adaptive_optax.pcgrad_rule`.
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.pcgrad_rule`.
 
     Args:
       base_weights: a pytree of positive floats, one per loss term: the method balances the

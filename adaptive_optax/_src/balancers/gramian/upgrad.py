@@ -115,8 +115,8 @@ def upgrad_weights(
 ) -> LossWeighting:
     """UPGrad (Quinton & Rey 2024) as a weighting: the average of the projected gradients.
 
-    Runs bare by default; any setting of :func:`adaptive_optax.guarded` can be passed through
-    ``guards``. See :func:`adaptive_optax.upgrad_rule`.
+    A preset: bare by default, any guard as a keyword (see *Presets* in the
+    balancers guide). See :func:`adaptive_optax.upgrad_rule`.
 
     Args:
       base_weights: a pytree of positive floats, one per loss term: the method balances the
