@@ -89,9 +89,8 @@ def mgda_weights(
 ) -> LossWeighting:
     """MGDA (Désidéri 2012; Sener & Koltun 2018) as a weighting: the min-norm aggregate.
 
-    Runs bare by default (no warmup, cooling, stability gate, rollback, change limit or bounds;
-    non-finite inputs are still skipped); any setting of :func:`adaptive_optax.guarded` can be
-    passed through ``guards``, ``every=k`` included. See :func:`adaptive_optax.mgda_rule`.
+    A preset: bare by default, any guard as a keyword (see *Presets* in the balancers guide),
+    ``every=k`` included. See :func:`adaptive_optax.mgda_rule`.
 
     Args:
       base_weights: a pytree of positive floats, one per loss term: the method balances the

@@ -235,8 +235,8 @@ def nash_mtl_weights(
 ) -> LossWeighting:
     """Nash-MTL (Navon et al. 2022) as a weighting: the Nash bargaining solution.
 
-    Runs bare by default; any setting of :func:`adaptive_optax.guarded` can be passed through
-    ``guards``, ``every=k`` as the authors' ``update_weights_every``. See
+    A preset: bare by default, any guard as a keyword (see *Presets* in the balancers guide),
+    ``every=k`` as the authors' ``update_weights_every``. See
     :func:`adaptive_optax.nash_mtl_rule` (the base weights have no effect on this method).
 
     Args:
