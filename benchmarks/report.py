@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+import adaptive_optax as ao
 from benchmarks import harness, problems
 
 DEFAULT_OUT = pathlib.Path("out", "suite")
@@ -199,22 +200,19 @@ def figure(problem: problems.Problem, data: dict, path: pathlib.Path) -> pathlib
     return path
 
 
-COST = {
-    "stable": "losses",
-    "unguarded": "losses",
-    "legacy": "losses",
-    "dwa": "losses",
-    "softadapt": "losses",
-    "relobralo": "losses",
-    "uncertainty": "losses",
-    "famo": "losses",
-    "imtl_l": "losses",
-    "gls": "losses",
-    "rlw": "losses",
-    "gradnorm": "per-term gradients",
-    "encodec": "per-term gradients",
-    "lr_annealing": "per-term gradients",
-}
+def gradients_needed(method: str) -> str:
+    """What an arm's method reads beyond the losses, from its weighting's ``needs``."""
+    arm = next((a for a in harness.ARMS if a.label == method), None)
+    if arm is None:
+        return "-"
+    base = {"a": 1.0, "b": 1.0}
+    kwargs = {k: "a" if v is harness.MAIN else v for k, v in arm.kwargs.items()}
+    needs = set(arm.factory(base, **kwargs).needs)
+    if not needs:
+        return "losses"
+    if arm.factory in (ao.stable_weights, ao.unguarded_weights, ao.legacy_weights):
+        return "losses + one gradient norm"  # the seed's rules read a global norm, optional
+    return "per-term gradients + Gramian" if "gramian" in needs else "per-term gradients"
 
 
 def summary_markdown(results: dict[str, dict]) -> str:
@@ -261,7 +259,7 @@ def summary_markdown(results: dict[str, dict]) -> str:
         cost = f"{np.median(costs):.2f}" if costs else "-"
         gradients = "-"
         if label not in ("base",) and "(" not in label:
-            gradients = COST.get(method, "per-term gradients + Gramian")
+            gradients = gradients_needed(method)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {cost} | {gradients} |")
     lines.append("")
     return "\n".join(lines)
