@@ -99,9 +99,9 @@ def lr_annealing_weights(
     guard. In a batch where a term's gradient vanishes (a PINN batch without boundary points)
     the estimate is ``max |grad| / eps``, about 1e12, and the bare rule adopts 90 % of it at
     once; in the failure gym (``python -m benchmarks.failures``, ``results/failures.md``) that
-    left the bare PINN at a relative error of 1 (no solution), against 0.016 under these guards.
+    left the bare PINN at a relative error of 1 (no solution), against 0.015 under these guards.
     The rule needs its weight early: on that PINN (20 seeds) the median error under these guards
-    was 0.40 times the bare one, and 1.48 times under the guards that PINN used before
+    was 0.62 times the bare one, and 1.48 times under the guards that PINN used before
     (``warmup_steps=100, max_change=0.5, max_weight=1e4``), which hold the weight back. The
     spike guard would halve the boundary weight when the boundary loss jumps, which is when it
     needs more. The cooling
