@@ -68,6 +68,7 @@ MAIN = "<main term>"  # placeholder for the problem's main term in an arm's keyw
 STANDARD = dict(
     bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10, spike_threshold=3.0
 )
+SEED_START = dict(ramp_steps=0, spike_prior=None)  # as the seed had it: no slow start
 
 
 class Arm(NamedTuple):
@@ -85,13 +86,13 @@ class Arm(NamedTuple):
 
 ARMS: tuple[Arm, ...] = (
     # the library's default controller and its relatives (guarded by construction)
-    Arm("stable", ao.stable_weights),
+    Arm("stable", ao.stable_weights),  # with its slow start (ramp_steps=100, spike_prior=0.25)
     Arm("unguarded", ao.unguarded_weights),
     Arm("legacy", ao.legacy_weights),
-    # the controller's options (issue "A controller that earns its place")
-    Arm("stable ratios", ao.stable_weights, dict(moves="ratios")),
-    Arm("stable slow-start", ao.stable_weights, dict(ramp_steps=100, spike_prior=0.25)),
-    Arm("stable normalized", ao.stable_weights, dict(normalize="first_loss")),
+    # the controller's options, each measured starting at the base (as the seed's controller)
+    Arm("stable seed-start", ao.stable_weights, dict(SEED_START)),
+    Arm("stable ratios", ao.stable_weights, dict(moves="ratios", **SEED_START)),
+    Arm("stable normalized", ao.stable_weights, dict(normalize="first_loss", **SEED_START)),
     # loss-only balancers
     Arm("dwa", ao.dwa_weights, guards=STANDARD),
     Arm("softadapt", ao.softadapt_weights, guards=STANDARD),

@@ -215,6 +215,86 @@ def gradients_needed(method: str) -> str:
     return "per-term gradients + Gramian" if "gramian" in needs else "per-term gradients"
 
 
+def _ordered(labels: Sequence[str]) -> list[str]:
+    """Labels in the order of :func:`harness.variants` (each method bare, then guarded)."""
+    order = ["base"] + [v.label for v in harness.variants()]
+    rank = {label: i for i, label in enumerate(order)}
+
+    def key(label: str) -> tuple[int, int]:
+        method, _, replay = label.partition(" (")
+        return rank.get(method, len(order)), {"": 0, "distilled)": 1, "averaged)": 2}.get(replay, 3)
+
+    return sorted(labels, key=key)
+
+
+def _table(results: dict[str, dict], labels: Sequence[str], *, costs: bool) -> list[str]:
+    names = list(results)
+    extra = " cost (median over problems) | gradients |" if costs else ""
+    lines = ["| arm | " + " | ".join(names) + " |" + extra, "|---|" + "---|" * len(names)]
+    lines[-1] += "---|---|" if costs else ""
+    for label in labels:
+        cells, cost, method = [], [], ""
+        for name in names:
+            data = results[name]
+            row = next((r for r in data["rows"] if r["label"] == label), None)
+            if row is None:
+                cells.append("not run")
+                continue
+            method = row["method"] or method
+            cells.append(_regret(row["regret"], data["kind"]))
+            if row["kind"] == "method" and np.isfinite(row["cost"]):
+                cost.append(row["cost"])
+        line = f"| {label} | " + " | ".join(cells) + " |"
+        if costs:
+            gradients = "-" if label == "base" else gradients_needed(method)
+            line += f" {np.median(cost):.2f} |" if cost else " - |"
+            line += f" {gradients} |"
+        lines.append(line)
+    return lines
+
+
+def guards_markdown(results: dict[str, dict]) -> list[str]:
+    """Each method with recommended guards: its bare and guarded regret, problem by problem."""
+    names = list(results)
+    lines = [
+        "## What the recommended guards buy",
+        "",
+        "Each method whose docstring recommends guards: its regret bare -> guarded on each "
+        "problem where both ran, and on how many problems the guarded arm's median score is "
+        "lower (better), higher (worse) or within 1 % of the bare arm's (a failed run counts "
+        "as the worst score).",
+        "",
+        "| method | " + " | ".join(names) + " | guarded better / worse / equal |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for variant in harness.variants():
+        if not variant.guarded:
+            continue
+        cells, tally = [], [0, 0, 0]
+        for name in names:
+            data = results[name]
+            rows = {r["label"]: r for r in data["rows"]}
+            bare, guarded = rows.get(variant.method), rows.get(variant.label)
+            if bare is None or guarded is None:
+                cells.append("-")
+                continue
+            before, after = bare["median"], guarded["median"]
+            if after < before * 0.99 or (math.isfinite(after) and not math.isfinite(before)):
+                tally[0] += 1
+            elif after > before * 1.01 or not math.isfinite(after):
+                tally[1] += 1
+            else:
+                tally[2] += 1
+            kind = data["kind"]
+            cells.append(f"{_regret(bare['regret'], kind)} -> {_regret(guarded['regret'], kind)}")
+        if sum(tally):
+            lines.append(
+                f"| {variant.method} | " + " | ".join(cells) + f" | {tally[0]} / {tally[1]} / "
+                f"{tally[2]} |"
+            )
+    return lines
+
+
 def summary_markdown(results: dict[str, dict]) -> str:
     """Methods x problems: each cell the regret against the best tuned fixed weights."""
     names = list(results)
@@ -223,7 +303,8 @@ def summary_markdown(results: dict[str, dict]) -> str:
         for r in data["rows"]:
             if r["label"] not in labels and r["label"] != "best fixed":
                 labels.append(r["label"])
-    header = "| arm | " + " | ".join(names) + " | cost (median over problems) | gradients |"
+    live = _ordered([label for label in labels if "(" not in label])
+    replayed = _ordered([label for label in labels if "(" in label])
     lines = [
         "# Summary: regret against the best tuned fixed weights",
         "",
@@ -241,27 +322,19 @@ def summary_markdown(results: dict[str, dict]) -> str:
         + "; ".join(f"{n}: `{d['command']}` ({d['machine']})" for n, d in results.items())
         + ".",
         "",
-        header,
-        "|---|" + "---|" * (len(names) + 2),
+        *_table(results, live, costs=True),
+        "",
+        "## Replayed as fixed weights",
+        "",
+        "Each adaptive run's time-averaged normalised weights replayed as fixed weights: "
+        "*distilled* at the base weights' total (its ratio), *averaged* at its own total (ratio "
+        "and scale).",
+        "",
+        *_table(results, replayed, costs=False),
+        "",
+        *guards_markdown(results),
+        "",
     ]
-    for label in labels:
-        cells, costs, method = [], [], ""
-        for name in names:
-            data = results[name]
-            row = next((r for r in data["rows"] if r["label"] == label), None)
-            if row is None:
-                cells.append("not run")
-                continue
-            method = row["method"] or method
-            cells.append(_regret(row["regret"], data["kind"]))
-            if row["kind"] == "method" and np.isfinite(row["cost"]):
-                costs.append(row["cost"])
-        cost = f"{np.median(costs):.2f}" if costs else "-"
-        gradients = "-"
-        if label not in ("base",) and "(" not in label:
-            gradients = gradients_needed(method)
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {cost} | {gradients} |")
-    lines.append("")
     return "\n".join(lines)
 
 

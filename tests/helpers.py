@@ -10,6 +10,16 @@ import numpy as np
 import adaptive_optax as ao
 
 TTS_BASE = {"mel": 2.5, "stop": 1.0, "attention": 0.1}
+SEED_START = dict(ramp_steps=0, spike_prior=None)
+
+
+def seed_controller(base_weights, **settings):
+    """``ao.stable_weights`` without its slow start: weights start at their base, as the seed's.
+
+    The tests of the controller's mechanics (adjustments, rollback, bounds, disable) use it, so
+    that each step's expected weight is the base times the rule's changes.
+    """
+    return ao.stable_weights(base_weights, **(SEED_START | settings))
 
 
 _metrics = jax.jit(jax.vmap(ao.metrics))

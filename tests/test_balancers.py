@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import seed_controller
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -273,8 +274,10 @@ FACTORIES = {
     "pcgrad": lambda **g: ao.pcgrad_weights(BASE, seed=2, **g),
     "config": lambda **g: ao.config_weights(BASE, **g),
     "nash_mtl": lambda **g: ao.nash_mtl_weights(BASE, max_norm=1.0, **g),
-    # the loss-ratio rule's step is its max_change: it cannot be None
-    "stable": lambda **g: ao.stable_weights(BASE, **(g | {"max_change": g["max_change"] or 0.05})),
+    # the loss-ratio rule's step is its max_change: it cannot be None; the contract's warmup
+    # check expects the base weights first, so the slow start is off (its own properties:
+    # tests/test_guards_properties.py)
+    "stable": lambda **g: seed_controller(BASE, **(g | {"max_change": g["max_change"] or 0.05})),
     "legacy": lambda **g: ao.legacy_weights(BASE, **g),
 }
 BARE = dict(bounds=None, max_change=None, warmup_steps=0, cooling_period=0, min_stable_steps=0)

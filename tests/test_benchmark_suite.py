@@ -38,7 +38,8 @@ def test_every_problem_writes_its_table_figure_and_a_summary_row(quick):
         assert (out / f"{name}.md").read_text().startswith("# ")
         assert (out / f"{name}.png").stat().st_size > 0
     summary = (out / "summary.md").read_text()
-    table = [line for line in summary.splitlines() if line.startswith("| ")]
+    first_table = summary.split("\n\n| arm |", 1)[1].split("\n\n", 1)[0]
+    table = [line for line in ("| arm |" + first_table).splitlines() if line.startswith("| ")]
     header, rows = table[0], table[1:]
     assert header.count("|") == len(problems.PROBLEMS) + 4  # arm, problems, cost, gradients
     by_label = {row.split("|")[1].strip(): row for row in rows}
@@ -53,6 +54,38 @@ def test_every_problem_writes_its_table_figure_and_a_summary_row(quick):
     for name, labels in report.QUICK_ARMS.items():
         for label in labels:
             assert any(r["label"] == label for r in data[name]["rows"]), (name, label)
+
+
+def test_summary_orders_arms_as_the_table_and_tallies_what_the_guards_buy():
+    def row(label, median, regret, method):
+        return dict(label=label, kind="method", method=method, median=median, regret=regret)
+
+    results = {
+        "p": dict(
+            kind="relative",
+            command="c",
+            machine="m",
+            rows=[
+                row("dwa+guards", 1.0, 0.0, "dwa"),
+                row("dwa", 2.0, 1.0, "dwa"),
+                row("stable", 1.0, 0.0, "stable"),
+                row("dwa (averaged)", 1.0, 0.0, "dwa"),
+                row("dwa (distilled)", 1.0, 0.0, "dwa"),
+            ],
+        ),
+        "q": dict(
+            kind="relative",
+            command="c",
+            machine="m",
+            rows=[row("dwa", 1.0, 0.0, "dwa"), row("dwa+guards", math.inf, math.inf, "dwa")],
+        ),
+    }
+    for r in results["p"]["rows"] + results["q"]["rows"]:
+        r["cost"] = 1.0
+    order = report._ordered(["dwa (averaged)", "dwa+guards", "dwa", "stable", "dwa (distilled)"])
+    assert order == ["stable", "dwa", "dwa (distilled)", "dwa (averaged)", "dwa+guards"]
+    guards = [line for line in report.guards_markdown(results) if line.startswith("| dwa ")]
+    assert guards == ["| dwa | +100.0 % -> +0.0 % | +0.0 % -> failed | 1 / 1 / 0 |"]
 
 
 def test_best_fixed_has_zero_regret_and_no_grid_setting_beats_it(quick):

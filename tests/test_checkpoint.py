@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 from flax import serialization
+from helpers import seed_controller
 
 import adaptive_optax as ao
 
@@ -23,7 +24,7 @@ SAVE_AT, STOP = 137, 400
 
 
 def make_tx(base=BASE, **settings):
-    weighting = ao.stable_weights(
+    weighting = seed_controller(
         base, warmup_steps=20, cooling_period=10, min_stable_steps=2, **settings
     )
     return optax.chain(ao.weight_gradients(weighting), optax.adam(1e-2))
@@ -73,7 +74,7 @@ def assert_exact(restored, expected):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_flax_serialization_round_trip_is_exact(dtype):
-    weighting = ao.stable_weights(BASE, dtype=dtype, warmup_steps=0, cooling_period=0)
+    weighting = seed_controller(BASE, dtype=dtype, warmup_steps=0, cooling_period=0)
     state, update = weighting.init(), jax.jit(weighting.update)
     for step in range(5):
         _, state = update({"fit": 1.0 / (step + 1), "smooth": 0.3}, state)
@@ -111,17 +112,17 @@ def test_restore_refuses_a_checkpoint_of_other_terms():
         ao.restore(make_tx(three).init(jnp.zeros(3)), saved)
     with pytest.raises(ValueError, match="a term was added, removed or renamed"):
         ao.restore(make_tx({"fit": 1.0}).init(jnp.zeros(3)), saved)
-    as_list = ao.stable_weights([1.0, 2.0])
+    as_list = seed_controller([1.0, 2.0])
     with pytest.raises(ValueError, match="loss terms"):
         ao.restore(
-            ao.stable_weights([1.0, 2.0, 3.0]).init(), serialization.to_state_dict(as_list.init())
+            seed_controller([1.0, 2.0, 3.0]).init(), serialization.to_state_dict(as_list.init())
         )
 
 
 def test_restore_refuses_other_dtypes():
     """flax.serialization restores a state of another dtype silently; restore does not."""
-    state = ao.stable_weights(BASE).init()
-    half = ao.stable_weights(BASE, dtype=jnp.bfloat16).init()
+    state = seed_controller(BASE).init()
+    half = seed_controller(BASE, dtype=jnp.bfloat16).init()
     with pytest.raises(ValueError, match="bfloat16"):
         ao.restore(half, serialization.from_bytes(half, serialization.to_bytes(state)))
 
@@ -159,10 +160,10 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path):
 
 def test_the_base_weights_of_a_restored_state_are_the_ones_used():
     """The base weights live in the state only: a checkpoint brings its own."""
-    built_with = ao.stable_weights(
+    built_with = seed_controller(
         {"mel": 2.5, "stop": 1.0}, warmup_steps=0, cooling_period=0, min_stable_steps=0
     )
-    saved = ao.stable_weights({"mel": 2.0, "stop": 1.0}).init()
+    saved = seed_controller({"mel": 2.0, "stop": 1.0}).init()
     state = serialization.from_bytes(built_with.init(), serialization.to_bytes(saved))
     update = jax.jit(built_with.update)
     for _ in range(40):  # the loss rises: the weight climbs to its upper bound

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import run, with_values
+from helpers import run, seed_controller, with_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,7 +68,7 @@ def test_ratios_only_the_spike_cut_lowers_the_scale_and_it_recovers_slowly():
 def test_ratios_with_one_adaptive_term_leave_only_the_spike_guard():
     losses = steady(60)
     losses["a"] = with_values(losses["a"], 30, 300.0)
-    weighting = ao.stable_weights(
+    weighting = seed_controller(
         BASE, adapt="a", moves="ratios", warmup_steps=0, cooling_period=5, min_stable_steps=0
     )
     _, trace = run(weighting, losses, grad_norms=np.ones(60, np.float32))

@@ -22,12 +22,11 @@ def check_training(result, base_weights):
     assert totals[-1] < 0.05 * totals[0]
     assert int(metrics["step"]) == STEPS
     for name, base in base_weights.items():
-        adjustments = int(metrics[f"adjustments/{name}"])
-        assert adjustments > 0
-        # Both losses fall steadily, so the loss-ratio rule lowers each weight by max_change
-        # (5 %) per adjustment, down to the lower bound 0.4 x base.
-        expected = max(base * 0.95**adjustments, 0.4 * base)
-        assert float(metrics[f"weight/{name}"]) == pytest.approx(expected, rel=1e-5)
+        # Both losses fall steadily. With the default's slow start each weight enters at its
+        # floor (0.4 x base) and the ramp completes on calm steps; the loss-ratio rule, which
+        # lowers the weight of a falling loss, keeps it there.
+        assert float(metrics[f"start_ramp/{name}"]) == 1.0
+        assert float(metrics[f"weight/{name}"]) == pytest.approx(0.4 * base, rel=1e-6)
 
 
 def test_nnx_optimizer_trains_with_losses_passed_to_update():

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TTS_BASE
+from helpers import TTS_BASE, seed_controller
 
 import adaptive_optax as ao
 
@@ -19,7 +19,7 @@ STEPS = 40
 
 @functools.cache
 def weighting():
-    return ao.stable_weights(TTS_BASE, warmup_steps=5, cooling_period=3, min_stable_steps=1)
+    return seed_controller(TTS_BASE, warmup_steps=5, cooling_period=3, min_stable_steps=1)
 
 
 @functools.cache

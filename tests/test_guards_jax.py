@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TTS_BASE, falling, rising, run, tts_losses
+from helpers import TTS_BASE, falling, rising, run, seed_controller, tts_losses
 
 import adaptive_optax as ao
 
@@ -17,7 +17,7 @@ def step_inputs(losses, t):
 
 
 def test_jit_and_eager_agree():
-    weighting = ao.stable_weights(TTS_BASE, **SETTINGS)
+    weighting = seed_controller(TTS_BASE, **SETTINGS)
     losses = tts_losses(rising(60))
     losses["stop"] = falling(60)
     eager, jitted = weighting.init(), weighting.init()
@@ -30,7 +30,7 @@ def test_jit_and_eager_agree():
 
 
 def test_second_update_does_not_recompile():
-    weighting = ao.stable_weights(TTS_BASE)
+    weighting = seed_controller(TTS_BASE)
     update = jax.jit(chex.assert_max_traces(weighting.update, n=1))
     state = weighting.init()
     for value in (1.0, 2.0, jnp.nan):
@@ -42,7 +42,7 @@ def test_second_update_does_not_recompile():
 
 
 def test_state_keeps_dtypes_and_shapes():
-    weighting = ao.stable_weights(TTS_BASE)
+    weighting = seed_controller(TTS_BASE)
     state = weighting.init()
     _, new_state = jax.jit(weighting.update)({n: 1.0 for n in TTS_BASE}, state)
     chex.assert_trees_all_equal_shapes_and_dtypes(state, new_state)
@@ -50,7 +50,7 @@ def test_state_keeps_dtypes_and_shapes():
 
 
 def test_a_hundred_thousand_steps_in_scan():
-    weighting = ao.stable_weights(TTS_BASE)
+    weighting = seed_controller(TTS_BASE)
     n = 100_000
     t = np.arange(n, dtype=np.float32)
     losses = tts_losses(1.0 + 0.5 * np.sin(t / 300.0))
@@ -66,7 +66,7 @@ def test_a_hundred_thousand_steps_in_scan():
 
 
 def test_update_inside_a_cond_branch():
-    weighting = ao.stable_weights(TTS_BASE)
+    weighting = seed_controller(TTS_BASE)
     losses = {n: jnp.float32(1.0) for n in TTS_BASE}
 
     @jax.jit
@@ -84,7 +84,7 @@ def test_update_inside_a_cond_branch():
 
 
 def test_vmap_over_independent_controllers():
-    weighting = ao.stable_weights(TTS_BASE, **SETTINGS)
+    weighting = seed_controller(TTS_BASE, **SETTINGS)
     batch = 3
     states = jax.vmap(lambda _: weighting.init())(jnp.arange(batch))
     mels = np.stack([rising(40), falling(40), np.ones(40, np.float32)])
@@ -102,7 +102,7 @@ def test_vmap_over_independent_controllers():
 
 
 def test_no_device_to_host_transfer_inside_update():
-    weighting = ao.stable_weights(TTS_BASE)
+    weighting = seed_controller(TTS_BASE)
     update = jax.jit(weighting.update)
     losses = jax.device_put({n: np.float32(1.0) for n in TTS_BASE})
     state, grad = jax.device_put(weighting.init()), jax.device_put(np.float32(1.0))
@@ -115,7 +115,7 @@ def test_no_device_to_host_transfer_inside_update():
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
 def test_low_precision_losses(dtype):
-    weighting = ao.stable_weights(TTS_BASE, **SETTINGS)
+    weighting = seed_controller(TTS_BASE, **SETTINGS)
     losses = {k: np.asarray(v).astype(dtype) for k, v in tts_losses(rising(40)).items()}
     state, trace = run(weighting, losses, grad_norms=np.ones(40, dtype))
     chex.assert_tree_all_finite(state)
@@ -125,7 +125,7 @@ def test_low_precision_losses(dtype):
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_weights(dtype):
-    weighting = ao.stable_weights(TTS_BASE, dtype=dtype, **SETTINGS)
+    weighting = seed_controller(TTS_BASE, dtype=dtype, **SETTINGS)
     state, trace = run(weighting, tts_losses(rising(40)))
     assert trace["weights"]["mel"].dtype == dtype
     assert state.stats.loss_mean.dtype == jnp.float32
@@ -133,7 +133,7 @@ def test_low_precision_weights(dtype):
 
 
 def test_checked_mode_names_the_non_finite_field():
-    weighting = ao.checked(ao.stable_weights(TTS_BASE))
+    weighting = ao.checked(seed_controller(TTS_BASE))
     state = weighting.init()
     losses = {n: 1.0 for n in TTS_BASE}
     _, state = weighting.update(losses, state)

@@ -5,7 +5,7 @@ import functools
 import chex
 import jax
 import numpy as np
-from helpers import run
+from helpers import run, seed_controller
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +28,7 @@ dtypes = st.sampled_from([np.float32, np.float16, "bfloat16"])
 @functools.cache
 def weighting():
     # relaxed gates so that adjustments, rejections and rollbacks all happen within 48 steps
-    return ao.stable_weights(
+    return seed_controller(
         BASE,
         warmup_steps=WARMUP,
         cooling_period=COOLING,
@@ -80,6 +80,46 @@ def test_guards_hold_for_any_input(a, b, grads, dtype):
     state, trace = run(weighting(), losses, grad_norms=grad_norms)
     check_invariants(state, trace)
     assert int(state.step) == STEPS
+
+
+RAMP = 10
+
+
+@functools.cache
+def default_weighting():
+    # the default's slow start and spike prior, with a short ramp and the same relaxed gates
+    return ao.stable_weights(
+        BASE,
+        ramp_steps=RAMP,
+        warmup_steps=WARMUP,
+        cooling_period=COOLING,
+        min_stable_steps=1,
+        variance_threshold=10.0,
+        max_change=MAX_CHANGE,
+    )
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(a=sequences, b=sequences, grads=sequences, dtype=dtypes)
+def test_the_slow_start_holds_for_any_input(a, b, grads, dtype):
+    losses, grad_norms = inputs(a, b, grads, dtype)
+    state, trace = run(default_weighting(), losses, grad_norms=grad_norms)
+    chex.assert_tree_all_finite((state, trace))
+    m = trace["metrics"]
+    for name, base in BASE.items():
+        w, ramp = trace["weights"][name], m[f"start_ramp/{name}"]
+        low, base = np.float32(0.4 * base), np.float32(base)
+        assert np.all(w >= low * (1 - 1e-6)) and np.all(w <= 2 * base * (1 + 1e-6))
+        assert np.all((ramp >= 0) & (ramp <= 1))
+        # under the ceiling while the ramp lasts; the ceiling rises one RAMP-th per calm step
+        ramping = ramp < 1
+        ceiling = low + (base - low) * ramp
+        assert np.all(w[ramping] <= ceiling[ramping] * (1 + 1e-5))
+        rise = np.diff(np.concatenate([[0.0], ramp]))
+        assert np.all(rise <= 1 / RAMP + 1e-6)
+        # it falls only where the spike guard cut the weight
+        cut = np.diff(np.concatenate([[0], m[f"spikes/{name}"]])) > 0
+        assert not np.any((rise < 0) & ~cut)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -17,6 +17,7 @@ from helpers import (
     falling,
     rising,
     run,
+    seed_controller,
     tts_losses,
     with_values,
 )
@@ -29,7 +30,7 @@ STEPS = 400
 @functools.cache
 def mel_only(**settings):
     """The seed's configuration (only mel adapts), built once per settings to share compiles."""
-    return ao.stable_weights(TTS_BASE, adapt=("mel",), **settings)
+    return seed_controller(TTS_BASE, adapt=("mel",), **settings)
 
 
 # 1. NaN / Inf safety ---------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def test_growing_gradients_turn_an_increase_into_a_decrease():
 
 
 def test_per_term_grad_norms_act_per_term():
-    weighting = ao.stable_weights({"a": 1.0, "b": 1.0})
+    weighting = seed_controller({"a": 1.0, "b": 1.0})
     losses = {"a": rising(STEPS), "b": rising(STEPS)}
     norms = {
         "a": constant(1.0, STEPS),
@@ -154,7 +155,7 @@ def test_two_hundred_hostile_steps_stay_finite():
     noisy = np.abs(rng.standard_normal((200, 3))).astype(np.float32) * 10
     values = np.where(rng.random((200, 3)) < 0.3, rng.choice(specials, (200, 3)), noisy)
     losses = {"attention": values[:, 0], "mel": values[:, 1], "stop": values[:, 2]}
-    weighting = ao.stable_weights(TTS_BASE, warmup_steps=0, cooling_period=0, min_stable_steps=0)
+    weighting = seed_controller(TTS_BASE, warmup_steps=0, cooling_period=0, min_stable_steps=0)
     state, trace = run(weighting, losses, grad_norms=np.abs(values[:, 1]))
     chex.assert_tree_all_finite((state, trace))
     for name, base in TTS_BASE.items():
@@ -217,7 +218,7 @@ def test_metrics_keys_and_scalars():
 
 
 def test_metrics_names_follow_nested_key_paths():
-    weighting = ao.stable_weights({"heads": {"a": 1.0, "b": 2.0}, "aux": [0.5]})
+    weighting = seed_controller({"heads": {"a": 1.0, "b": 2.0}, "aux": [0.5]})
     m = ao.metrics(weighting.init())
     assert {"weight/heads/a", "weight/heads/b", "weight/aux/0"} <= set(m)
 

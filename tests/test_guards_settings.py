@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import TTS_BASE
+from helpers import TTS_BASE, seed_controller
 
 import adaptive_optax as ao
 
@@ -51,16 +51,16 @@ def test_bad_settings_fail_at_construction(settings, match):
     settings = dict(settings)
     base = settings.pop("base_weights", TTS_BASE)
     with pytest.raises(ValueError, match=match):
-        ao.stable_weights(base, **settings)
+        seed_controller(base, **settings)
 
 
 def test_bounds_of_non_adaptive_terms_are_not_checked():
     # attention (0.1) is below min_weight=1.0 but does not adapt: fine
-    ao.stable_weights(TTS_BASE, adapt="mel", min_weight=1.0, max_weight=5.0)
+    seed_controller(TTS_BASE, adapt="mel", min_weight=1.0, max_weight=5.0)
 
 
 def test_per_term_absolute_bounds():
-    weighting = ao.stable_weights(
+    weighting = seed_controller(
         TTS_BASE,
         min_weight={"mel": 1.0, "stop": 0.5, "attention": 0.01},
         max_weight={"mel": 2.6, "stop": 2.0, "attention": 1.0},
@@ -77,7 +77,7 @@ def test_per_term_absolute_bounds():
 
 
 def test_wrong_loss_structure_is_a_clear_error():
-    weighting = ao.stable_weights(TTS_BASE)
+    weighting = seed_controller(TTS_BASE)
     with pytest.raises(ValueError, match="losses must have the structure of the base weights"):
         jax.jit(weighting.update)({"mel": 1.0, "stop": 1.0}, weighting.init())
     with pytest.raises(ValueError, match=r"losses\['mel'\] must be a scalar, got shape \(3,\)"):
@@ -89,7 +89,7 @@ def test_wrong_loss_structure_is_a_clear_error():
 
 
 def test_unknown_gradient_statistic_is_a_clear_error():
-    weighting = ao.stable_weights(TTS_BASE)
+    weighting = seed_controller(TTS_BASE)
     with pytest.raises(ValueError, match=r"unknown gradient statistics \['curvature'\]"):
         weighting.update({n: 1.0 for n in TTS_BASE}, weighting.init(), grad_stats={"curvature": 1})
 
@@ -99,12 +99,12 @@ def test_numeric_settings_are_traceable():
 
     @jax.jit
     def step(max_change, warmup, window, losses, state):
-        weighting = ao.stable_weights(
+        weighting = seed_controller(
             TTS_BASE, max_change=max_change, warmup_steps=warmup, window=window
         )
         return weighting.update(losses, state)
 
-    state = ao.stable_weights(TTS_BASE).init()
+    state = seed_controller(TTS_BASE).init()
     losses = {n: 1.0 for n in TTS_BASE}
     weights, state = step(jnp.float32(0.1), jnp.int32(0), jnp.float32(10), losses, state)
     assert int(state.step) == 1
@@ -116,7 +116,7 @@ def test_numeric_settings_are_traceable():
 
 def test_loss_ratio_rule_needs_a_step():
     with pytest.raises(ValueError, match="max_change must be a real number, got None"):
-        ao.stable_weights(TTS_BASE, max_change=None)
+        seed_controller(TTS_BASE, max_change=None)
     with pytest.raises(ValueError, match="max_change must be a real number, got None"):
         ao.unguarded_weights(TTS_BASE, max_change=None)
 
@@ -157,7 +157,7 @@ def test_settings_of_the_wrong_type_fail_at_construction(settings, match):
     settings = dict(settings)
     base = settings.pop("base_weights", TTS_BASE)
     with pytest.raises(ValueError, match=match):
-        ao.stable_weights(base, **settings)
+        seed_controller(base, **settings)
 
 
 @pytest.mark.parametrize("vector", [np.array([2.5, 1.0]), jnp.array([2.5, 1.0])])
@@ -165,13 +165,13 @@ def test_a_vector_of_base_weights_says_to_give_one_scalar_per_term(vector):
     with pytest.raises(
         ValueError, match=r"base_weights must be a scalar.*one scalar per loss term"
     ):
-        ao.stable_weights(vector)
+        seed_controller(vector)
     with pytest.raises(ValueError, match=r"base_weights\['mel'\] must be a scalar"):
-        ao.stable_weights({"mel": vector})
+        seed_controller({"mel": vector})
 
 
 def test_a_tuple_of_base_weights_works():
-    weighting = ao.stable_weights((2.5, 1.0))
+    weighting = seed_controller((2.5, 1.0))
     weights, _ = jax.jit(weighting.update)((1.0, 0.5), weighting.init())
     assert float(weights[0]) == 2.5
 
@@ -192,11 +192,11 @@ EXTRA_PITCH = {"mel": 1.0, "stop": 1.0, "attention": 1.0, "pitch": 1.0}
     "where", ["losses", "grad_norms", "grad_stats", "min_weight", "max_weight"]
 )
 def test_a_per_term_structure_names_the_missing_or_extra_key(where, given, match):
-    weighting = ao.stable_weights(TTS_BASE)
+    weighting = seed_controller(TTS_BASE)
     losses = {n: 1.0 for n in TTS_BASE}
     if where in ("min_weight", "max_weight"):
         with pytest.raises(ValueError, match=f"{where} must have the structure.*{match}"):
-            ao.stable_weights(TTS_BASE, **{where: given})
+            seed_controller(TTS_BASE, **{where: given})
         return
     inputs = {
         "losses": dict(losses=given),
@@ -209,7 +209,7 @@ def test_a_per_term_structure_names_the_missing_or_extra_key(where, given, match
 
 
 def test_a_vector_of_gradient_norms_under_jit_is_a_clear_error():
-    weighting = ao.stable_weights(TTS_BASE)
+    weighting = seed_controller(TTS_BASE)
     losses = {n: 1.0 for n in TTS_BASE}
     with pytest.raises(ValueError, match=r"grad_norms must be one scalar or a pytree of scalars"):
         jax.jit(weighting.update)(losses, weighting.init(), grad_norms=jnp.ones(3))

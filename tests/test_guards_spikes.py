@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TTS_BASE, run, tts_losses, with_values
+from helpers import TTS_BASE, run, seed_controller, tts_losses, with_values
 
 import adaptive_optax as ao
 
@@ -24,7 +24,7 @@ def wobble(steps, scale=1.0, seed=0):
 
 @functools.cache
 def seed_weighting(**settings):
-    return ao.stable_weights(TTS_BASE, adapt="mel", **settings)
+    return seed_controller(TTS_BASE, adapt="mel", **settings)
 
 
 def test_a_gradient_spike_cuts_the_weight_at_once_past_every_slow_gate():
@@ -43,7 +43,7 @@ def test_a_gradient_spike_cuts_the_weight_at_once_past_every_slow_gate():
 
 
 def test_a_loss_spike_cuts_that_term_only():
-    weighting = ao.stable_weights(TTS_BASE, spike_threshold=3.0)
+    weighting = seed_controller(TTS_BASE, spike_threshold=3.0)
     losses = tts_losses(wobble(STEPS, seed=1))
     losses["stop"] = with_values(wobble(STEPS, 0.3, seed=2), SPIKE_AT, 30.0)
     _, trace = run(weighting, losses)
@@ -141,7 +141,7 @@ def test_a_rollback_never_undoes_a_cut():
 )
 def test_bad_spike_settings_fail_at_construction(settings, match):
     with pytest.raises(ValueError, match=match):
-        ao.stable_weights(TTS_BASE, **settings)
+        seed_controller(TTS_BASE, **settings)
 
 
 def test_spike_guard_under_vmap_with_traced_settings_and_no_recompilation():
@@ -156,7 +156,7 @@ def test_spike_guard_under_vmap_with_traced_settings_and_no_recompilation():
 
     @jax.jit
     def traced(threshold, state):
-        w = ao.stable_weights(TTS_BASE, adapt="mel", spike_threshold=threshold)
+        w = seed_controller(TTS_BASE, adapt="mel", spike_threshold=threshold)
         return w.update({name: 1.0 for name in TTS_BASE}, state, grad_norms=1.0)
 
     _, state = traced(jnp.float32(3.0), weighting.init())

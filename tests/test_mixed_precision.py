@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 from flax.training.dynamic_scale import DynamicScale
+from helpers import seed_controller
 
 import adaptive_optax as ao
 
@@ -27,7 +28,7 @@ def losses_fn(params, dtype):
     return {"fit": jnp.mean((pred - Y.astype(dtype)) ** 2), "reg": jnp.sum(p**2)}
 
 
-WEIGHTING = ao.loss_scaled(ao.stable_weights(BASE, **FAST))
+WEIGHTING = ao.loss_scaled(seed_controller(BASE, **FAST))
 
 
 def fp16_run(ignore_verdict, steps=25, scale=2.0**20):
@@ -85,7 +86,7 @@ def test_fp16_overflows_of_the_loss_scale_are_not_the_terms_fault():
 
 
 def test_a_nan_loss_is_a_terms_fault_and_only_its_term_is_named():
-    weighting = ao.loss_scaled(ao.stable_weights(BASE))
+    weighting = ao.loss_scaled(seed_controller(BASE))
     update = jax.jit(weighting.update)
     state = weighting.init()
     losses = {"fit": jnp.float16(2.0), "reg": jnp.float16(0.5)}
@@ -100,7 +101,7 @@ def test_a_nan_loss_is_a_terms_fault_and_only_its_term_is_named():
 
 
 def test_bf16_compute_end_to_end_with_float32_master_weights():
-    weighting = ao.stable_weights(BASE, **FAST)
+    weighting = seed_controller(BASE, **FAST)
     tx = optax.chain(ao.weight_gradients(weighting), ao.apply_if_finite(optax.adam(0.1)))
 
     @jax.jit

@@ -245,6 +245,8 @@ class Trainer:
                 min_stable_steps=1,
                 variance_threshold=5.0,
                 max_change=0.2,
+                ramp_steps=0,  # start at the base, so that adjustments happen to compare
+                spike_prior=None,
             )
         self.tx = optax.chain(
             ao.weight_gradients(weighting),

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import run
+from helpers import run, seed_controller
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,7 +37,7 @@ def gan_losses(steps=80, entry=ENTRY):
 @pytest.fixture(scope="module")
 def gan_run():
     """The spike guard on (stable_weights' default), the adversarial term entering at 30."""
-    weighting = ao.stable_weights({"mel": 45.0, "adv": enters_at(ENTRY)})
+    weighting = seed_controller({"mel": 45.0, "adv": enters_at(ENTRY)})
     assert float(weighting.init().weights["adv"]) == 0.0
     losses, norms = gan_losses()
     return run(weighting, losses, grad_norms=norms)
@@ -66,14 +66,14 @@ def test_a_term_entering_mid_run_is_not_a_spike(gan_run):
     # the same jump of the gradient norm without a schedule is a spike: the test can fail
     losses, norms = gan_losses()
     losses["adv"] = np.full(80, 2.0, np.float32)
-    state, _ = run(ao.stable_weights({"mel": 45.0, "adv": 1.0}), losses, grad_norms=norms)
+    state, _ = run(seed_controller({"mel": 45.0, "adv": 1.0}), losses, grad_norms=norms)
     assert int(state.counters.spikes.sum()) > 0
 
 
 def test_kl_annealing_bounds_and_disable_follow_the_scheduled_base():
     kl = optax.linear_schedule(1.0, 0.1, transition_steps=50)
     step_up = optax.piecewise_constant_schedule(1.0, {60: 3.0})  # x3 at step 60
-    weighting = ao.stable_weights({"kl": kl, "up": step_up}, bounds=(0.5, 2.0), **FAST)
+    weighting = seed_controller({"kl": kl, "up": step_up}, bounds=(0.5, 2.0), **FAST)
     steps = 80
     rising = np.linspace(1.0, 3.0, steps, dtype=np.float32)  # the rule pushes the weights up
     state, trace = run(weighting, {"kl": rising, "up": rising})
@@ -106,14 +106,14 @@ def test_kl_annealing_bounds_and_disable_follow_the_scheduled_base():
 )
 def test_a_bad_schedule_fails_at_construction_naming_the_term(schedule, match):
     with pytest.raises(ValueError, match=r"base_weights\['adv'\].*" + match):
-        ao.stable_weights({"mel": 1.0, "adv": schedule})
+        seed_controller({"mel": 1.0, "adv": schedule})
 
 
 def test_a_schedule_that_goes_bad_later_is_healed_and_counted():
     def schedule(count):
         return jnp.where(count == 5, -1.0, jnp.where(count == 7, jnp.nan, 0.5))
 
-    weighting = ao.stable_weights({"mel": 1.0, "adv": schedule}, **FAST)
+    weighting = seed_controller({"mel": 1.0, "adv": schedule}, **FAST)
     state, trace = run(weighting, {"mel": np.ones(10, np.float32), "adv": np.ones(10, np.float32)})
     assert int(ao.metrics(state)["healed/adv"]) == 2
     assert int(ao.metrics(state)["healed/mel"]) == 0
@@ -122,7 +122,7 @@ def test_a_schedule_that_goes_bad_later_is_healed_and_counted():
 
 
 def test_jit_vmap_over_seeds_without_recompilation():
-    weighting = ao.stable_weights(
+    weighting = seed_controller(
         {"mel": 45.0, "adv": enters_at(3), "kl": optax.cosine_decay_schedule(1.0, 10)}, **FAST
     )
     update = jax.jit(jax.vmap(weighting.update))
@@ -151,7 +151,7 @@ def nasty(count):
     return jnp.asarray(TABLE)[count % TABLE.size]
 
 
-NASTY = ao.stable_weights({"mel": 1.0, "adv": nasty}, **FAST)
+NASTY = seed_controller({"mel": 1.0, "adv": nasty}, **FAST)
 
 
 @settings(max_examples=10, deadline=None)
@@ -183,7 +183,7 @@ def test_a_weighting_with_schedules_builds_under_jit():
 
     @jax.jit
     def first_weights(scale):
-        weighting = ao.stable_weights({"mel": 1.0, "adv": enters_at(3), "kl": lambda c: scale})
+        weighting = seed_controller({"mel": 1.0, "adv": enters_at(3), "kl": lambda c: scale})
         return weighting.init().weights
 
     weights = first_weights(jnp.float32(0.5))

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import seed_controller
 
 import adaptive_optax as ao
 
@@ -47,7 +48,7 @@ def combine(weights, grads):
 
 def spy(needs):
     """A weighting whose state's rule_state holds what update received (for one call)."""
-    inner = ao.stable_weights(BASE)
+    inner = seed_controller(BASE)
 
     def update(losses, state, *, grad_norms=None, grad_stats=None, **extra):
         weights, state = inner.update(losses, state, grad_stats=grad_stats)
@@ -72,7 +73,7 @@ def test_output_is_the_weighted_sum_with_this_steps_weights():
 
 
 def test_state_equals_calling_the_weighting_by_hand():
-    weighting = ao.stable_weights(BASE, warmup_steps=3, cooling_period=2, min_stable_steps=1)
+    weighting = seed_controller(BASE, warmup_steps=3, cooling_period=2, min_stable_steps=1)
     tx = ao.weight_gradients(weighting)
 
     @jax.jit
@@ -128,7 +129,7 @@ def test_gradient_filter_restricts_statistics_not_the_sum():
 
 
 def test_clear_errors():
-    tx = ao.weight_gradients(ao.stable_weights(BASE))
+    tx = ao.weight_gradients(seed_controller(BASE))
     params = init_params()
     state = tx.init(params)
     grads, losses = term_grads(params), losses_fn(params)
@@ -141,11 +142,11 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="per-term gradients"):
         tx.update({**grads, "extra": grads["fit"]}, state, params, losses=losses)
     with pytest.raises(ValueError, match="gradient_filter"):
-        ao.weight_gradients(ao.stable_weights(BASE), gradient_filter="w")
+        ao.weight_gradients(seed_controller(BASE), gradient_filter="w")
 
 
 def test_chain_with_clipping_and_adam_trains_without_recompiling():
-    weighting = ao.stable_weights(BASE, warmup_steps=20, cooling_period=10, min_stable_steps=2)
+    weighting = seed_controller(BASE, warmup_steps=20, cooling_period=10, min_stable_steps=2)
     tx = optax.chain(
         ao.weight_gradients(weighting), optax.clip_by_global_norm(1.0), optax.adam(0.1)
     )
@@ -177,7 +178,7 @@ def test_chain_with_clipping_and_adam_trains_without_recompiling():
 
 @pytest.mark.parametrize("skip_nonfinite", [False, True])
 def test_apply_if_finite_skips_the_step(skip_nonfinite):
-    weighting = ao.stable_weights(BASE, warmup_steps=0, cooling_period=0, min_stable_steps=0)
+    weighting = seed_controller(BASE, warmup_steps=0, cooling_period=0, min_stable_steps=0)
     tx = optax.chain(
         ao.weight_gradients(weighting, skip_nonfinite=skip_nonfinite),
         optax.apply_if_finite(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2)), 3),
@@ -258,7 +259,7 @@ def test_inject_hyperparams_changes_max_change_without_recompiling():
 
 
 def test_long_scan_and_dtypes_kept():
-    weighting = ao.stable_weights(BASE, warmup_steps=5, cooling_period=3, min_stable_steps=1)
+    weighting = seed_controller(BASE, warmup_steps=5, cooling_period=3, min_stable_steps=1)
     tx = optax.chain(ao.weight_gradients(weighting), optax.adam(1e-2))
     params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), init_params())
     opt_state = tx.init(params)
@@ -291,7 +292,7 @@ def test_long_scan_and_dtypes_kept():
 def test_wrapping_the_whole_chain_fails_at_trace_time(wrap):
     """These wrappers must go after weight_gradients: around it they mix per-term and
     parameter-shaped trees, and fail loudly rather than silently."""
-    tx = wrap(optax.chain(ao.weight_gradients(ao.stable_weights(BASE)), optax.sgd(0.1)))
+    tx = wrap(optax.chain(ao.weight_gradients(seed_controller(BASE)), optax.sgd(0.1)))
     params = init_params()
     with pytest.raises((TypeError, ValueError)):
         jax.jit(tx.update)(term_grads(params), tx.init(params), params, losses=losses_fn(params))
@@ -311,7 +312,7 @@ def test_the_gramian_is_computed_in_one_pass_and_checked_per_term():
     expected = jnp.array([[flat[i] @ flat[j] for j in names] for i in names])
     chex.assert_trees_all_close(grad_stats["gramian"], expected, rtol=1e-6)
     # passed by hand: a non-finite row marks that term's step non-finite
-    weighting = ao.stable_weights(BASE)
+    weighting = seed_controller(BASE)
     gramian = np.array([[1.0, np.nan], [np.nan, np.nan]], np.float32)  # g_smooth has a NaN
     _, weight_state = weighting.update(
         {"fit": 1.0, "smooth": 1.0}, weighting.init(), grad_stats={"gramian": gramian}

@@ -180,8 +180,8 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
     Examples:
       >>> import adaptive_optax as ao
       >>> m = ao.metrics(ao.stable_weights({"mel": 2.5}).init())
-      >>> float(m["weight/mel"]), int(m["step"])
-      (2.5, 0)
+      >>> float(m["weight/mel"]), float(m["base_weight/mel"]), int(m["step"])  # the slow start
+      (1.0, 2.5, 0)
     """
     state = find_state(tree)
     stats = state.stats
