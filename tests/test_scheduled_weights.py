@@ -70,6 +70,21 @@ def test_a_term_entering_mid_run_is_not_a_spike(gan_run):
     assert int(state.counters.spikes.sum()) > 0
 
 
+def test_under_the_default_prior_a_term_entering_is_not_a_spike():
+    """``stable_weights``' default judges from a term's second value with a prior; a scheduled
+    term still waits for its own values, and the gradient-norm statistics restart at the
+    first step whose loss holds the new term."""
+    losses, norms = gan_losses()
+    weighting = ao.stable_weights({"mel": 45.0, "adv": enters_at(ENTRY)})
+    state, trace = run(weighting, losses, grad_norms=norms)
+    assert int(state.counters.spikes.sum()) == 0
+    assert trace["weights"]["adv"][ENTRY - 1] == pytest.approx(0.4)  # enters at its floor
+    # the same jump one step before the new term is read is a spike: the test can fail
+    early = np.where(np.arange(80) >= ENTRY - 1, 20.0, 1.0).astype(np.float32)
+    state, _ = run(weighting, losses, grad_norms=early)
+    assert int(state.counters.spikes.sum()) > 0
+
+
 def test_kl_annealing_bounds_and_disable_follow_the_scheduled_base():
     kl = optax.linear_schedule(1.0, 0.1, transition_steps=50)
     step_up = optax.piecewise_constant_schedule(1.0, {60: 3.0})  # x3 at step 60

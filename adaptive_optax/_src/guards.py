@@ -311,7 +311,9 @@ def guarded(
             # the losses of this step were weighted with the base before it: a term whose base
             # was 0 was absent, and its loss is not read (not folded, judged or counted)
             present = base > 0
-            base, weights, previous, bad_schedule, entered = _follow_schedules(
+            before, _ = scheduled_base(schedules, jnp.maximum(state.step - 1, 0), base, rest_scale)
+            entered = entering(before, base)  # a term whose loss is read from this step on
+            base, weights, previous, bad_schedule = _follow_schedules(
                 schedules, step, base, weights, previous, rest_scale
             )
             corrupt |= bad_schedule
@@ -330,7 +332,7 @@ def guarded(
         if settings.normalize is not None:
             rule_base = _normalized_base(settings.normalize, base, stats, adaptive)
         spiked, spike_stats = _spikes(
-            settings, state, loss, gradients, finite, entered, spike_warmup
+            settings, state, loss, gradients, finite, entered, spike_warmup, schedules.scheduled
         )
         proposal, rule_state = _propose(
             rule, settings.every, signals, weights, rule_base, state.rule_state
@@ -591,13 +593,12 @@ def _heal(terms: Terms, state: AdaptiveState, initial_base, dtype, schedules: Sc
 def _follow_schedules(schedules: Schedules, step, base, weights, previous, scale=1.0):
     """The scheduled base weights at ``step``, the weights carried along with their factor.
 
-    Returns ``(base, weights, previous, bad, entered)``: ``bad`` marks schedules whose value
-    was not finite and ``>= 0`` (the previous base is kept), ``entered`` whether a base rose
-    by more than ``ENTRY_FACTOR`` (a term entering the loss).
+    Returns ``(base, weights, previous, bad)``: ``bad`` marks schedules whose value was not
+    finite and ``>= 0`` (the previous base is kept).
     """
     new_base, bad = scheduled_base(schedules, step, base, scale)
     weights, previous = follow(weights, base, new_base), follow(previous, base, new_base)
-    return new_base, weights, previous, bad, entering(base, new_base)
+    return new_base, weights, previous, bad
 
 
 def _spikes(
@@ -608,12 +609,15 @@ def _spikes(
     finite,
     entered=False,
     warmup=SPIKE_WARMUP,
+    scheduled=False,
 ):
     """Which terms' loss or gradient norm spikes this step; the spike statistics after it.
 
-    When a scheduled term enters (``entered``), the gradient norms' statistics restart: a
-    global gradient norm jumps with the new term, which is no spike of the others. ``warmup``:
-    values each term's statistics need before it is judged (a scalar or per term).
+    When a scheduled term enters (``entered``: its loss is read from this step on), the
+    gradient norms' statistics restart: a global gradient norm jumps with the new term, which
+    is no spike of the others. ``warmup``: values each term's statistics need before it is
+    judged (a scalar or per term). ``spike_prior`` applies to the terms not ``scheduled``; a
+    scheduled term waits for ``warmup`` values of its own, with or without a prior.
     """
     if settings.spike_threshold is None:
         return jnp.zeros_like(finite), state.spike_stats
@@ -630,7 +634,9 @@ def _spikes(
         threshold=settings.spike_threshold,
         decay=settings.spike_decay,
         warmup=warmup,
-        prior_std=settings.spike_prior,
+        prior_std=None
+        if settings.spike_prior is None
+        else jnp.where(scheduled, jnp.nan, settings.spike_prior),
     )
 
 

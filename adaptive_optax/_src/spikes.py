@@ -43,7 +43,8 @@ def z_score(stats: LogStats, value: jax.Array, *, threshold, decay, warmup, prio
       decay: decay of the EMAs, in ``[0, 1)``.
       warmup: values needed before a z-score is given; with ``prior_std``, the weight of
         the prior in values (one value is then enough).
-      prior_std: the prior standard deviation of ``log x`` (> 0), or None for no prior.
+      prior_std: the prior standard deviation of ``log x`` (> 0), per term or for all, or
+        None for no prior; a NaN entry: no prior for that term.
 
     Returns:
       ``(z, new_stats)``, both finite.
@@ -55,11 +56,16 @@ def z_score(stats: LogStats, value: jax.Array, *, threshold, decay, warmup, prio
     if prior_std is None:
         warm = stats.count >= warmup
     else:
+        # per term; NaN: that term has no prior and waits for ``warmup`` values
+        prior = jnp.broadcast_to(jnp.asarray(prior_std, variance.dtype), variance.shape)
+        has_prior = jnp.isfinite(prior)
         seen = stats.count.astype(variance.dtype)
-        prior = jnp.asarray(prior_std, variance.dtype) ** 2
         pseudo = jnp.asarray(warmup, variance.dtype)  # the prior counts as this many values
-        variance = (seen * variance + pseudo * prior) / (seen + pseudo)
-        warm = stats.count >= 1
+        shrunk = (seen * variance + pseudo * jnp.where(has_prior, prior, 0.0) ** 2) / (
+            seen + pseudo
+        )
+        variance = jnp.where(has_prior, shrunk, variance)
+        warm = jnp.where(has_prior, stats.count >= 1, stats.count >= warmup)
     std = jnp.maximum(jnp.sqrt(variance), MIN_STD)
     z = jnp.where(observed & warm, (log_value - stats.mean) / std, 0.0)
     clipped = jnp.where(warm, jnp.minimum(log_value, stats.mean + threshold * std), log_value)
