@@ -118,6 +118,19 @@ ARMS: tuple[Arm, ...] = (
             auto_rollback=True,
         ),
     ),
+    # the same guards with bounds that reach the ratios of terms on different scales
+    Arm(
+        "encodec wide",
+        ao.encodec_weights,
+        guards=dict(
+            bounds=(1e-3, 1e3),
+            max_change=0.05,
+            warmup_steps=100,
+            cooling_period=50,
+            min_stable_steps=10,
+            auto_rollback=True,
+        ),
+    ),
     Arm(
         "lr_annealing",
         ao.lr_annealing_weights,
