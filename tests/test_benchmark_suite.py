@@ -41,12 +41,12 @@ def test_every_problem_writes_its_table_figure_and_a_summary_row(quick):
     first_table = summary.split("\n\n| arm |", 1)[1].split("\n\n", 1)[0]
     table = [line for line in ("| arm |" + first_table).splitlines() if line.startswith("| ")]
     header, rows = table[0], table[1:]
-    assert header.count("|") == len(problems.PROBLEMS) + 4  # arm, problems, cost, gradients
+    assert header.count("|") == len(problems.PROBLEMS) + 5  # arm, problems, 2 %, cost, gradients
     by_label = {row.split("|")[1].strip(): row for row in rows}
     assert "base" in by_label and "stable" in by_label and "mgda" in by_label
     for row in rows:
         cells = [c.strip() for c in row.split("|")[1:-1]]
-        assert len(cells) == len(problems.PROBLEMS) + 3
+        assert len(cells) == len(problems.PROBLEMS) + 4
         assert all(cells), row  # no empty cell
     # the base weights and every arm that ran on a problem have a measured regret there
     base_cells = [c.strip() for c in by_label["base"].split("|")[2 : 2 + len(problems.PROBLEMS)]]
