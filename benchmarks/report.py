@@ -124,7 +124,7 @@ def problem_markdown(problem: problems.Problem, data: dict) -> str:
         "at which at least 90 % of the evaluation runs finished (base, best fixed and the "
         "methods only). Distilled: the arm's time-averaged calibration weights normalised to "
         "the base total (its ratio) replayed as fixed weights; averaged: as they were (ratio "
-        "and scale).",
+        "and scale). `live failed`: no run of the arm finished, so there is nothing to replay.",
         "",
         "| arm | lr | score | regret (steps) | regret (time) | finished | heads | cost | runs "
         "| stable lr | weights |",
@@ -236,9 +236,12 @@ def _table(results: dict[str, dict], labels: Sequence[str], *, costs: bool) -> l
         cells, cost, method, close, ran = [], [], "", 0, 0
         for name in names:
             data = results[name]
-            row = next((r for r in data["rows"] if r["label"] == label), None)
+            rows = {r["label"]: r for r in data["rows"]}
+            row = rows.get(label)
             if row is None:
-                cells.append("not run")
+                live = rows.get(label.partition(" (")[0])
+                failed = live is not None and not math.isfinite(live["regret"])
+                cells.append("live failed" if failed else "not run")  # nothing to replay
                 continue
             method = row["method"] or method
             cells.append(_regret(row["regret"], data["kind"]))
@@ -334,7 +337,7 @@ def summary_markdown(results: dict[str, dict]) -> str:
         "",
         "Each adaptive run's time-averaged normalised weights replayed as fixed weights: "
         "*distilled* at the base weights' total (its ratio), *averaged* at its own total (ratio "
-        "and scale).",
+        "and scale). `live failed`: no run of the arm finished, so there is nothing to replay.",
         "",
         *_table(results, replayed, costs=False),
         "",
