@@ -4,8 +4,9 @@
 # Also:
 #   make docs     the documentation site, in docs/_build/html (ignored by git)
 #   make figures  regenerates the benchmark outputs committed in results/ (the suite: every problem
-#                 of benchmarks/problems.py, each within about 10 minutes on 2 idle cores; the demo;
-#                 the failure gym)
+#                 of benchmarks/problems.py with every arm at full length, hours on 2 cores; the
+#                 committed tables came from the reduced commands beside them in results/summary.md;
+#                 the demo; the failure gym)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
