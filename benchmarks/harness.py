@@ -33,10 +33,10 @@ evaluation seeds with ``stability``, else on the calibration seeds).
 Adding an arm is one line in :data:`ARMS`: ``Arm(label, factory, kwargs, guards)``; the factory
 is called as ``factory(base, **kwargs)`` for the bare arm and ``factory(base, **kwargs,
 **guards)`` for the guarded one (``guards=None``: no guarded arm). A keyword whose value is
-:data:`MAIN` receives the problem's main term. For example, a new option of ``ao.guarded``
-measured under ``ao.stable_weights`` is ``Arm("stable ratio-only", ao.stable_weights,
-dict(ratio_only=True))``, and a new balancer ``Arm("uw_so", ao.uw_so_weights,
-guards=STANDARD)``; then ``python -m benchmarks.report --arms "stable ratio-only,uw_so,uw_so+guards"
+:data:`MAIN` receives the problem's main term. For example, a setting of ``ao.guarded``
+measured under ``ao.stable_weights`` is ``Arm("stable ramp 300", ao.stable_weights,
+dict(ramp_steps=300))``, and a balancer with recommended guards ``Arm("dwa", ao.dwa_weights,
+guards=STANDARD)``; then ``python -m benchmarks.report --arms "stable ramp 300,dwa,dwa+guards"
 --merge --out results`` adds their rows to the committed tables.
 """
 

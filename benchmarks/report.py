@@ -232,11 +232,11 @@ def _table(results: dict[str, dict], labels: Sequence[str], *, costs: bool) -> l
     extra = " within 2 % | cost (median over problems) | gradients |" if costs else ""
     lines = ["| arm | " + " | ".join(names) + " |" + extra, "|---|" + "---|" * len(names)]
     lines[-1] += "---|---|---|" if costs else ""
+    by_label = _rows_by_label(results)
     for label in labels:
         cells, cost, method, close, ran = [], [], "", 0, 0
         for name in names:
-            data = results[name]
-            rows = {r["label"]: r for r in data["rows"]}
+            data, rows = results[name], by_label[name]
             row = rows.get(label)
             if row is None:
                 live = rows.get(label.partition(" (")[0])
@@ -260,6 +260,22 @@ def _table(results: dict[str, dict], labels: Sequence[str], *, costs: bool) -> l
     return lines
 
 
+def _rows_by_label(results: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    return {name: {r["label"]: r for r in data["rows"]} for name, data in results.items()}
+
+
+def _compare(before: float, after: float) -> int:
+    """0: ``after`` is lower (better) by more than 1 %, 1: higher (worse), 2: about equal.
+
+    A failed run (an infinite score) is the worst score; two failed runs are equal.
+    """
+    if not (math.isfinite(before) or math.isfinite(after)):
+        return 2
+    if after < before * 0.99:
+        return 0
+    return 1 if after > before * 1.01 else 2
+
+
 def guards_markdown(results: dict[str, dict]) -> list[str]:
     """Each method with recommended guards: its bare and guarded regret, problem by problem."""
     names = list(results)
@@ -274,24 +290,18 @@ def guards_markdown(results: dict[str, dict]) -> list[str]:
         "| method | " + " | ".join(names) + " | guarded better / worse / equal |",
         "|---|" + "---|" * (len(names) + 1),
     ]
+    by_label = _rows_by_label(results)
     for variant in harness.variants():
         if not variant.guarded:
             continue
         cells, tally = [], [0, 0, 0]
         for name in names:
-            data = results[name]
-            rows = {r["label"]: r for r in data["rows"]}
+            data, rows = results[name], by_label[name]
             bare, guarded = rows.get(variant.method), rows.get(variant.label)
             if bare is None or guarded is None:
                 cells.append("-")
                 continue
-            before, after = bare["median"], guarded["median"]
-            if after < before * 0.99 or (math.isfinite(after) and not math.isfinite(before)):
-                tally[0] += 1
-            elif after > before * 1.01 or not math.isfinite(after):
-                tally[1] += 1
-            else:
-                tally[2] += 1
+            tally[_compare(bare["median"], guarded["median"])] += 1
             kind = data["kind"]
             cells.append(f"{_regret(bare['regret'], kind)} -> {_regret(guarded['regret'], kind)}")
         if sum(tally):

@@ -79,13 +79,24 @@ def test_summary_orders_arms_as_the_table_and_tallies_what_the_guards_buy():
             machine="m",
             rows=[row("dwa", 1.0, 0.0, "dwa"), row("dwa+guards", math.inf, math.inf, "dwa")],
         ),
+        "r": dict(  # both arms failed: no better, no worse
+            kind="relative",
+            command="c",
+            machine="m",
+            rows=[
+                row("dwa", math.inf, math.inf, "dwa"),
+                row("dwa+guards", math.inf, math.inf, "dwa"),
+            ],
+        ),
     }
-    for r in results["p"]["rows"] + results["q"]["rows"]:
+    for r in results["p"]["rows"] + results["q"]["rows"] + results["r"]["rows"]:
         r["cost"] = 1.0
     order = report._ordered(["dwa (averaged)", "dwa+guards", "dwa", "stable", "dwa (distilled)"])
     assert order == ["stable", "dwa", "dwa (distilled)", "dwa (averaged)", "dwa+guards"]
     guards = [line for line in report.guards_markdown(results) if line.startswith("| dwa ")]
-    assert guards == ["| dwa | +100.0 % -> +0.0 % | +0.0 % -> failed | 1 / 1 / 0 |"]
+    assert guards == [
+        "| dwa | +100.0 % -> +0.0 % | +0.0 % -> failed | failed -> failed | 1 / 1 / 1 |"
+    ]
 
 
 def test_best_fixed_has_zero_regret_and_no_grid_setting_beats_it(quick):
