@@ -41,9 +41,9 @@ def stable_weights(
     (``spike_prior=0.25``). The slow start (``ramp_steps=100``): each adaptive weight enters
     training at its floor and rises toward its base over 100 calm steps, as learning-rate
     warmup does for the step size (on the TTS model of ``MEASURED.md`` it finished 20 of 20
-    runs at a learning rate where starting at the base finished 18). ``ramp_steps=0, spike_prior=None`` give the
-    controller as the seed had it, starting at the base; ``spike_threshold=None`` switches the
-    spike guard off.
+    runs at a learning rate where starting at the base finished 18). ``ramp_steps=0,
+    spike_prior=None`` give the controller as the seed had it, starting at the base;
+    ``spike_threshold=None`` switches the spike guard off.
 
     A steadily converging loss sits below its running mean, so the rule lowers its weight at
     every adjustment: on a converging physics-informed network every weight reaches its floor
