@@ -155,9 +155,10 @@ def guarded(
     ``max_change`` do not hold the cut back, since by the time they would let it through the
     spike has done its harm. A cut starts a cooling period and is not rolled back; the weight
     recovers only through the rule's proposals and the usual gates (slow increase, fast
-    decrease, as in TCP's AIMD). This is our extension of the seed's "gradients growing ->
-    decrease", which waits for the cooling period and moves 5 % at a time.
+    decrease, as in TCP's AIMD).
 
+    Each guard is a record in a module of ``adaptive_optax._src.guards`` that owns its
+    settings, their checks and its slice of the state (see the guide, "Rules under guards").
     Every guard can be relaxed: ``max_change=None``, ``warmup_steps=0``, ``cooling_period=0``,
     ``min_stable_steps=0``, ``bounds=None``, ``auto_rollback=False``, ``spike_threshold=None``;
     ``RELAXED`` holds all but the bounds.
@@ -194,9 +195,8 @@ def guarded(
       spike_decay: decay of the spike guard's log-scale statistics, in ``[0, 1)`` (0.97 as in
         ZClip: a span of about 65 steps).
       every: consult the rule only every ``every`` steps (steps 1, 1 + every, ...), holding
-        the weights in between: for a rule whose solver is expensive. In-graph
-        (``lax.cond``): the rule's computation is skipped, not masked; the statistics and the
-        spike guard still see every step.
+        the weights in between: an alias of :func:`adaptive_optax.every_k`, the rule
+        combinator (``guarded(every_k(rule, every), ...)``).
       moves: what the rule may move: ``"weights"`` (each weight, and so their total scale) or
         ``"ratios"``: each proposal is rescaled so that the adaptive terms whose gate is open
         keep their total, stepped toward the total of their base weights by at most
@@ -205,13 +205,14 @@ def guarded(
         re-weighting, not a learning-rate schedule. ``max_change`` and the bounds still win
         where they bind, so the total is kept up to them; with one adaptive term the rule
         moves nothing and only the spike guard and its recovery act.
-      ramp_steps: the slow start (0: off). Each adaptive weight starts at its lower bound,
-        under a ceiling that rises linearly from the lower bound to the base weight over
-        ``ramp_steps`` calm steps (finite, stable in the sense of ``variance_threshold``, no
-        spike), as learning-rate warmup does for the step size; after the ramp the usual
-        upper bound applies. The weight rises only through the rule's proposals and the slow
-        gates: a rule that proposes its base (``base_rule``, or one that steps back toward
-        it) follows the ramp up, the seed's rule, which lowers the weight of a falling loss,
+      ramp_steps: the length of the start ramp (0: off). Each adaptive weight starts at its
+        lower bound, under a ceiling that rises linearly from the lower bound to the base
+        weight over ``ramp_steps`` calm steps (finite, stable in the sense of
+        ``variance_threshold``, no spike), as learning-rate warmup does for the step size;
+        after the ramp the usual upper bound applies. The weight rises only through the
+        rule's proposals and the slow gates: a rule that proposes its base (``base_rule``, or
+        one that steps back toward it) follows the ramp up;
+        :func:`adaptive_optax.loss_ratio_rule`, which lowers the weight of a falling loss,
         stays low. A spike during the ramp cuts the weight as usual and the ceiling restarts
         from the cut weight. With ``bounds=None`` the lower bound is 0, where a rule that
         multiplies the weight stays: give ``min_weight``. A Python int.
