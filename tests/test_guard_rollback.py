@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adaptive_optax._src.base import Counters
 from adaptive_optax._src.guards.decision import Decision
 from adaptive_optax._src.guards.rollback import Rollback
 
@@ -80,3 +81,24 @@ def test_a_rollback_needs_a_fault_and_returns_to_the_previous_weight(fault, peri
     assert not np.any(undone & ~np.array(fault))
     previous = np.asarray(landed.previous)
     np.testing.assert_array_equal(np.asarray(out.new_weights)[undone], previous[undone])
+
+
+def test_a_decision_counts_what_happened():
+    d = decision([1.5, 2.0, 9.0], valid=(True, True, False)).land(jnp.int32(4))
+    zeros = jnp.zeros(3, jnp.int32)
+    counters = Counters(*[zeros] * len(Counters._fields))
+    missing = jnp.array([False, True, False])
+    counted = jax.jit(Decision.counted)(
+        d,
+        counters,
+        step=jnp.int32(4),
+        missing=missing,
+        healed=jnp.array([False, False, True]),
+        spiked=jnp.array([True, False, False]),
+    )
+    np.testing.assert_array_equal(counted.adjustments, [1, 0, 0])
+    np.testing.assert_array_equal(counted.rejected, [0, 0, 1])
+    np.testing.assert_array_equal(counted.nonfinite, [0, 1, 0])
+    np.testing.assert_array_equal(counted.healed, [0, 0, 1])
+    np.testing.assert_array_equal(counted.spikes, [1, 0, 0])
+    np.testing.assert_array_equal(counted.first_nonfinite_step, [0, 4, 0])

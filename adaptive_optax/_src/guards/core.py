@@ -44,7 +44,6 @@ from adaptive_optax._src.statistics import (
     Statistics,
     at_least_float32,
     average_weights,
-    count_where,
     init_stats,
     normalised,
     update_stats,
@@ -252,7 +251,7 @@ def guarded(
     terms = terms_of(base_weights)
     adaptive = select(terms, adapt)  # NumPy: concrete even when built under a trace
     needs = check_statistics(rule.needs)
-    g = checked_guards(arguments)
+    guard = checked_guards(arguments)  # {record: the record, its settings checked}
     rule = consulted_every(rule, every, "every")  # every= is every_k(rule, every)
     try:
         if not jnp.issubdtype(dtype, jnp.floating):
@@ -265,7 +264,7 @@ def guarded(
     # at rest, the method's uniform weights (see Rule); a schedule's values scaled alike
     initial_base = initial_base * rest_scale
     # a schedule's base moves: its bounds are checked on a unit base, its base not against them
-    bounds_of = g[Bounds].of(
+    bounds_of = guard[Bounds].of(
         terms,
         jnp.where(schedules.scheduled, 1.0, initial_base).astype(dtype),
         adaptive & ~schedules.scheduled,
@@ -273,7 +272,7 @@ def guarded(
     # a scheduled term's loss settles for a while after it enters (an adversarial loss while
     # the discriminator warms up): the spike guard waits longer before judging it
     spike_warmup = np.where(schedules.scheduled, ENTRY_SPIKE_WARMUP, SPIKE_WARMUP)
-    start, start_ramp = g[StartRamp].start(
+    start, start_ramp = guard[StartRamp].start(
         adaptive, bounds_of(initial_base)[0], initial_base, stats_dtype
     )
 
@@ -320,10 +319,10 @@ def guarded(
         missing = now.present & ~finite
         finite = finite & now.present
         stats, signals = update_stats(
-            state.stats, loss, gradients, finite, step, **g[Statistics]._asdict()
+            state.stats, loss, gradients, finite, step, **guard[Statistics]._asdict()
         )
-        rule_base = g[Normalisation].base(now.base, stats, adaptive)
-        spiked, spike_stats = g[SpikeGuard].detect(
+        rule_base = guard[Normalisation].base(now.base, stats, adaptive)
+        spiked, spike_stats = guard[SpikeGuard].detect(
             state.spike_stats,
             loss,
             gradients,
@@ -338,21 +337,21 @@ def guarded(
 
         # 2. The slow gates: whether a proposal may land.
         active = state.enabled & adaptive
-        stable = g[Stability].count(state.stable_steps, signals)
+        stable = guard[Stability].count(state.stable_steps, signals)
         allowed = (
             active
             & signals.finite
-            & g[Warmup].allows(step)
-            & g[Cooling].allows(step, state.last_change)
-            & g[Stability].allows(stable)
+            & guard[Warmup].allows(step)
+            & guard[Cooling].allows(step, state.last_change)
+            & guard[Stability].allows(stable)
         )
 
         # 3. The limits: how much of it lands.
         low, high = bounds_of(rule_base)
-        proposal = g[RatiosOnly].keep_total(
-            proposal.astype(dtype), now.weights, rule_base, allowed, g[ChangeLimit].max_change
+        proposal = guard[RatiosOnly].keep_total(
+            proposal.astype(dtype), now.weights, rule_base, allowed, guard[ChangeLimit].max_change
         )
-        proposal = g[Bounds].clip(g[ChangeLimit].limit(proposal, now.weights), low, high)
+        proposal = guard[Bounds].clip(guard[ChangeLimit].limit(proposal, now.weights), low, high)
         decision = Decision.of(
             weights=now.weights,
             proposal=proposal,
@@ -365,11 +364,14 @@ def guarded(
         # 4. What lands, then the guards on what landed: rollback, rest, ramp, spike cut.
         ramping = active & (state.start_ramp < 1)  # False for a corrupted (NaN) progress
         decision = decision.land(step)
-        decision = g[Rollback].roll_back(
-            decision, step=step, fault=active & missing, cooling_period=g[Cooling].cooling_period
+        decision = guard[Rollback].roll_back(
+            decision,
+            step=step,
+            fault=active & missing,
+            cooling_period=guard[Cooling].cooling_period,
         )
         decision = decision.at_rest(active, now.base)
-        new_weights, progress = g[StartRamp].under_ceiling(
+        new_weights, progress = guard[StartRamp].under_ceiling(
             decision.new_weights,
             progress=state.start_ramp,
             ramping=ramping,
@@ -377,7 +379,7 @@ def guarded(
             low=low,
             base=rule_base,
         )
-        decision = g[SpikeGuard].cut(
+        decision = guard[SpikeGuard].cut(
             decision._replace(new_weights=new_weights), step=step, spiked=spiked & active, low=low
         )
         progress = StartRamp.resume_after_cut(
@@ -392,7 +394,6 @@ def guarded(
         )
 
         # 5. The new state.
-        counters = state.counters
         new_state = state._replace(
             step=step,
             weights=terms.tree(new_weights),
@@ -400,19 +401,8 @@ def guarded(
             base_weights=terms.tree(now.base),
             last_change=decision.last_change,
             stable_steps=jnp.where(decision.landed | decision.cut, 0, stable),
-            counters=Counters(
-                adjustments=count_where(counters.adjustments, decision.landed),
-                rejected=count_where(counters.rejected, decision.refused),
-                nonfinite=count_where(counters.nonfinite, missing),
-                rollbacks=count_where(counters.rollbacks, decision.rolled_back),
-                healed=count_where(counters.healed, now.corrupt),
-                spikes=count_where(counters.spikes, spiked),
-                first_nonfinite_step=jnp.where(
-                    missing & (counters.first_nonfinite_step == 0),
-                    step,
-                    counters.first_nonfinite_step,
-                ),
-                last_nonfinite_step=jnp.where(missing, step, counters.last_nonfinite_step),
+            counters=decision.counted(
+                state.counters, step=step, missing=missing, healed=now.corrupt, spiked=spiked
             ),
             stats=stats,
             spike_stats=spike_stats,
@@ -421,7 +411,7 @@ def guarded(
                 state.weight_average,
                 state.step,
                 normalised(new_weights.astype(stats_dtype)),
-                g[Statistics].ema_decay,
+                guard[Statistics].ema_decay,
             ),
             rule_state=rule_state,
         )

@@ -7,6 +7,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from adaptive_optax._src.base import Counters
+from adaptive_optax._src.statistics import count_where
+
 
 class Decision(NamedTuple):
     """What the rule proposed, what the guards allowed, and what lands: ``(n,)`` vectors.
@@ -79,3 +82,28 @@ class Decision(NamedTuple):
         new_weights = jnp.where(active, self.new_weights, base)
         previous = jnp.where(self.rolled_back | ~active, new_weights, self.previous)
         return self._replace(new_weights=new_weights, previous=previous)
+
+    def counted(self, counters: Counters, *, step: jax.Array, missing, healed, spiked) -> Counters:
+        """The event counters after this step.
+
+        Args:
+          counters: the counters before it.
+          step: the step being taken.
+          missing: ``(n,)`` bool, a present term's input was not finite.
+          healed: ``(n,)`` bool, a stored weight, base or schedule value was healed.
+          spiked: ``(n,)`` bool, the spike guard judged a spike (cut or not).
+        """
+        return Counters(
+            adjustments=count_where(counters.adjustments, self.landed),
+            rejected=count_where(counters.rejected, self.refused),
+            nonfinite=count_where(counters.nonfinite, missing),
+            rollbacks=count_where(counters.rollbacks, self.rolled_back),
+            healed=count_where(counters.healed, healed),
+            spikes=count_where(counters.spikes, spiked),
+            first_nonfinite_step=jnp.where(
+                missing & (counters.first_nonfinite_step == 0),
+                step,
+                counters.first_nonfinite_step,
+            ),
+            last_nonfinite_step=jnp.where(missing, step, counters.last_nonfinite_step),
+        )
