@@ -51,7 +51,7 @@ def test_the_old_import_path_still_works():
     assert guarded is ao.guarded and PACKAGE_RELAXED is ao.RELAXED
 
 
-def test_a_record_is_a_pytree_free_namedtuple_of_settings():
+def test_the_state_structure_does_not_depend_on_the_settings():
     # settings are closed over, never in the state: the state's structure is the same under
     # any settings, so any checkpoint resumes under any settings
     base = {"a": 1.0, "b": 2.0}
