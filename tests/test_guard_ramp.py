@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adaptive_optax as ao
+from adaptive_optax._src.guards.decision import Decision
 from adaptive_optax._src.guards.ramp import StartRamp
 
 
@@ -31,11 +32,25 @@ def test_it_starts_at_the_lower_bound_on_adaptive_terms_only():
     np.testing.assert_array_equal(off_progress, [1.0, 1.0])
 
 
+def after(new_weights):
+    """A decision whose earlier stages left ``new_weights``."""
+    new_weights = jnp.asarray(new_weights, jnp.float32)
+    n = new_weights.shape[0]
+    return Decision.of(
+        weights=new_weights,
+        proposal=new_weights,
+        allowed=jnp.zeros(n, bool),
+        valid=jnp.ones(n, bool),
+        previous=new_weights,
+        last_change=jnp.zeros(n, jnp.int32),
+    )
+
+
 def test_the_ceiling_rises_on_calm_steps_only():
     ramp = StartRamp.checked(ramp_steps=4)
     under = jax.jit(ramp.under_ceiling)
-    weights, progress = under(
-        jnp.array([5.0, 5.0, 5.0]),
+    decision, progress = under(
+        after([5.0, 5.0, 5.0]),
         progress=jnp.array([0.0, 0.0, 0.5]),
         ramping=jnp.array([True, True, False]),
         calm=jnp.array([True, False, True]),
@@ -43,7 +58,7 @@ def test_the_ceiling_rises_on_calm_steps_only():
         base=jnp.full(3, 3.0),
     )
     np.testing.assert_array_equal(progress, [0.25, 0.0, 0.5])
-    np.testing.assert_array_equal(weights, [1.5, 1.0, 5.0])  # not ramping: untouched
+    np.testing.assert_array_equal(decision.new_weights, [1.5, 1.0, 5.0])  # not ramping: as is
 
 
 @settings(max_examples=100, deadline=None)
@@ -57,17 +72,17 @@ def test_progress_never_falls_and_the_weight_stays_under_the_base(steps, progres
     ramp = StartRamp.checked(ramp_steps=steps)
     progress = np.array(progress, np.float32)
     low, base = jnp.full(3, 0.5), jnp.full(3, 2.0)
-    weights, after = ramp.under_ceiling(
-        jnp.array(new, np.float32),
+    decision, progressed = ramp.under_ceiling(
+        after(new),
         progress=jnp.asarray(progress),
         ramping=jnp.ones(3, bool),
         calm=jnp.array(calm),
         low=low,
         base=base,
     )
-    after = np.asarray(after)
-    assert np.all((after >= progress) & (after <= 1.0))
-    assert np.all(np.asarray(weights) <= 2.0)
+    progressed = np.asarray(progressed)
+    assert np.all((progressed >= progress) & (progressed <= 1.0))
+    assert np.all(np.asarray(decision.new_weights) <= 2.0)
 
 
 def test_a_cut_resumes_the_ramp_from_the_cut_weight():

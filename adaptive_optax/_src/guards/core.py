@@ -371,17 +371,15 @@ def guarded(
             cooling_period=guard[Cooling].cooling_period,
         )
         decision = decision.at_rest(active, now.base)
-        new_weights, progress = guard[StartRamp].under_ceiling(
-            decision.new_weights,
+        decision, progress = guard[StartRamp].under_ceiling(
+            decision,
             progress=state.start_ramp,
             ramping=ramping,
             calm=(stable > 0) & ~spiked,
             low=low,
             base=rule_base,
         )
-        decision = guard[SpikeGuard].cut(
-            decision._replace(new_weights=new_weights), step=step, spiked=spiked & active, low=low
-        )
+        decision = guard[SpikeGuard].cut(decision, step=step, spiked=spiked & active, low=low)
         progress = StartRamp.resume_after_cut(
             progress,
             cut=decision.cut & ramping,

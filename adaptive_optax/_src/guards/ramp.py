@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adaptive_optax._src import validation
+from adaptive_optax._src.guards.decision import Decision
 
 
 class StartRamp(NamedTuple):
@@ -29,11 +30,10 @@ class StartRamp(NamedTuple):
       >>> import jax.numpy as jnp
       >>> from adaptive_optax._src.guards.ramp import StartRamp
       >>> ramp = StartRamp.checked(ramp_steps=4)
-      >>> weights, progress = ramp.under_ceiling(
-      ...     jnp.array([2.0]), progress=jnp.array([0.0]), ramping=jnp.array([True]),
-      ...     calm=jnp.array([True]), low=jnp.array([1.0]), base=jnp.array([3.0]))
+      >>> weights, progress = ramp.start(
+      ...     np.array([True]), jnp.array([1.0]), jnp.array([3.0]), jnp.float32)
       >>> weights.tolist(), progress.tolist()
-      ([1.5], [0.25])
+      ([1.0], [0.0])
     """
 
     ramp_steps: int
@@ -58,12 +58,12 @@ class StartRamp(NamedTuple):
         return jnp.where(ramping, low, base), jnp.where(ramping, 0.0, 1.0).astype(dtype)
 
     def under_ceiling(
-        self, new_weights: jax.Array, *, progress, ramping, calm, low, base
-    ) -> tuple[jax.Array, jax.Array]:
-        """The weights under the ceiling, and the progress after this step.
+        self, decision: Decision, *, progress, ramping, calm, low, base
+    ) -> tuple[Decision, jax.Array]:
+        """The decision with its new weights under the ceiling, and the progress after this step.
 
         Args:
-          new_weights: ``(n,)`` the weights the earlier stages left.
+          decision: the decision the earlier stages left.
           progress: ``(n,)`` ``AdaptiveState.start_ramp``.
           ramping: ``(n,)`` bool, active terms whose ramp is not over.
           calm: ``(n,)`` bool, a stable step without a spike: the ramp advances.
@@ -71,11 +71,13 @@ class StartRamp(NamedTuple):
           base: ``(n,)`` the base weights the ramp rises to.
         """
         if self.ramp_steps == 0:
-            return new_weights, progress
+            return decision, progress
         advanced = jnp.minimum(progress + 1.0 / self.ramp_steps, 1.0)
         progress = jnp.where(ramping & calm, advanced, progress)
         ceiling = low + (base - low) * progress.astype(base.dtype)
-        return jnp.where(ramping, jnp.minimum(new_weights, ceiling), new_weights), progress
+        new_weights = decision.new_weights
+        new_weights = jnp.where(ramping, jnp.minimum(new_weights, ceiling), new_weights)
+        return decision._replace(new_weights=new_weights), progress
 
     @staticmethod
     def resume_after_cut(progress, *, cut, weights, low, base) -> jax.Array:
