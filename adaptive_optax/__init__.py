@@ -66,6 +66,7 @@ from adaptive_optax._src.base import RunningStats as RunningStats
 from adaptive_optax._src.base import Signals as Signals
 from adaptive_optax._src.base import SpikeStats as SpikeStats
 from adaptive_optax._src.checkpoint import restore as restore
+from adaptive_optax._src.combinators import every_k as every_k
 from adaptive_optax._src.control import checked as checked
 from adaptive_optax._src.control import disable as disable
 from adaptive_optax._src.control import distilled_weights as distilled_weights
@@ -133,6 +134,7 @@ __all__ = (
     "enable",
     "encodec_rule",
     "encodec_weights",
+    "every_k",
     "famo_rule",
     "famo_weights",
     "find_state",

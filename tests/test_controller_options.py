@@ -1,4 +1,4 @@
-"""The controller's options of ``ao.guarded``: ratios only (``moves``), the slow start
+"""The controller's options of ``ao.guarded``: ratios only (``moves``), the start ramp
 (``ramp_steps``), the spike guard's prior (``spike_prior``), scale normalisation
 (``normalize``), and the weight average that ``ao.distilled_weights`` freezes."""
 
@@ -84,7 +84,7 @@ def test_ratios_with_one_adaptive_term_leave_only_the_spike_guard():
 # ---------------------------------------------------------------- ramp_steps
 
 
-def test_the_slow_start_is_a_ceiling_rising_from_the_floor_over_calm_steps():
+def test_the_start_ramp_is_a_ceiling_rising_from_the_floor_over_calm_steps():
     guards = dict(ao.RELAXED) | dict(bounds=(0.4, 10.0))
     base = np.array(list(BASE.values()))
     # a rule that proposes the base weights follows the ceiling up, one tenth per calm step
@@ -106,7 +106,7 @@ def test_the_slow_start_is_a_ceiling_rising_from_the_floor_over_calm_steps():
     np.testing.assert_allclose(w, np.minimum(np.maximum(f, 0.4 * base), ceiling), rtol=1e-5)
 
 
-def test_the_slow_start_waits_on_unstable_steps_and_a_spike_resumes_it_from_the_cut():
+def test_the_start_ramp_waits_on_unstable_steps_and_a_spike_resumes_it_from_the_cut():
     losses = steady(40)
     losses["a"] = with_values(losses["a"], 4, 300.0)
     weighting = ao.guarded(
@@ -173,7 +173,7 @@ def test_running_normalisation_follows_the_losses_and_other_rules_take_it_as_bas
     w = vectors(trace)
     np.testing.assert_allclose(w.sum(axis=1), 3.5, rtol=1e-5)
     assert w[-1, 1] / w[-1].sum() < 0.5 * w[0, 1] / w[0].sum()
-    # the seed's rule around the normalised base: bounds of 0.4 to 2 reach a ratio of 1e6
+    # the loss-ratio rule around the normalised base: bounds of 0.4 to 2 reach a ratio of 1e6
     weighting = ao.stable_weights(BASE, normalize="first_loss", warmup_steps=0)
     _, seeded = run(weighting, noisy_heads(), grad_norms=np.ones(200, np.float32))
     s = vectors(seeded)[-1]

@@ -152,3 +152,75 @@ def test_every_consults_the_rule_only_every_k_steps():
     assert int(state.stats.loss_count[0]) == 12  # the statistics see every step
     with pytest.raises(ValueError, match=r"every must be in \[1, inf\], got 0"):
         ao.dwa_weights({"a": 1.0}, every=0)
+
+
+# every_k: a rule combinator ---------------------------------------------------------------
+
+
+def _trajectory(weighting, steps=40):
+    rng = np.random.default_rng(3)
+    losses = {"a": 1 + 0.3 * rng.random(steps), "b": 1 + 0.3 * rng.random(steps)}
+    losses = {k: v.astype(np.float32) for k, v in losses.items()}
+    norms = (1 + rng.random(steps)).astype(np.float32)
+    return run(weighting, losses, norms)
+
+
+def test_every_is_an_alias_of_every_k_bit_for_bit():
+    base, guards = {"a": 1.0, "b": 2.0}, dict(warmup_steps=0, cooling_period=0, max_change=0.3)
+    rule = ao.relative_ratio_rule(step_size=0.2)
+    alias = ao.guarded(rule, base, every=4, **guards)
+    combined = ao.guarded(ao.every_k(rule, 4), base, **guards)
+    (state_a, trace_a), (state_c, trace_c) = _trajectory(alias), _trajectory(combined)
+    chex.assert_trees_all_equal(trace_a, trace_c)
+    chex.assert_trees_all_equal(state_a, state_c)
+
+
+def test_every_k_consults_the_rule_on_steps_1_plus_multiples_of_k():
+    calls = ao.Rule(
+        init=lambda base: jnp.zeros((), jnp.int32),
+        propose=lambda signals, weights, base, count: (weights * 1.1, count + 1),
+    )
+    weighting = ao.guarded(ao.every_k(calls, 3), {"a": 1.0}, **ao.RELAXED, bounds=None)
+    state, trace = _trajectory_one(weighting, 7)
+    assert int(state.rule_state) == 3  # steps 1, 4, 7
+    changed = np.flatnonzero(np.diff(np.concatenate([[1.0], trace["weights"]["a"]])))
+    np.testing.assert_array_equal(changed + 1, [1, 4, 7])
+
+
+def _trajectory_one(weighting, steps):
+    return run(weighting, {"a": np.ones(steps, np.float32)})
+
+
+def test_every_k_of_1_is_the_rule_itself():
+    rule = ao.tanh_rule()
+    assert ao.every_k(rule, 1) is rule
+
+
+def test_every_k_keeps_what_the_rule_declares():
+    rule = ao.upgrad_rule()
+    every = ao.every_k(rule, 5)
+    assert (every.needs, every.per_term_base, every.init) == (
+        rule.needs,
+        rule.per_term_base,
+        rule.init,
+    )
+
+
+@pytest.mark.parametrize("k", [0, -2, 1.5, "3", True])
+def test_every_k_names_k_and_every_names_every(k):
+    with pytest.raises(ValueError, match=r"^k "):
+        ao.every_k(ao.tanh_rule(), k)
+    with pytest.raises(ValueError, match=r"^every "):
+        ao.guarded(ao.tanh_rule(), {"a": 1.0}, every=k)
+
+
+def test_every_k_may_be_traced():
+    rule = ao.relative_ratio_rule()
+
+    @jax.jit
+    def first_weights(k):
+        weighting = ao.guarded(ao.every_k(rule, k), {"a": 1.0, "b": 2.0}, **ao.RELAXED)
+        weights, _ = weighting.update({"a": 1.0, "b": 3.0}, weighting.init())
+        return weights
+
+    chex.assert_trees_all_equal(first_weights(2), first_weights(3))

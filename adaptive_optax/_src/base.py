@@ -121,7 +121,7 @@ class AdaptiveState(NamedTuple):
       spike_stats: the spike guard's log-scale statistics of the losses and gradient norms,
         which a spike does not inflate (see :class:`SpikeStats`; left empty when the guard
         is off).
-      start_ramp: ``(n,)`` the slow start's progress per term, from 0 (the weight at its
+      start_ramp: ``(n,)`` the start ramp's progress per term, from 0 (the weight at its
         lower bound) to 1 (the ramp is over; 1 from the start when ``ramp_steps=0``), see
         ``ramp_steps`` of :func:`adaptive_optax.guarded`.
       weight_average: ``(n,)`` the running mean (bias-corrected EMA of decay ``ema_decay``)

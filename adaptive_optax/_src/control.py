@@ -159,7 +159,7 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
     ``grad_norm_avg``             ``stats.grad_mean``
     ``steps_since_change``        ``step - last_change``
     ``stable_steps``              ``stable_steps``
-    ``start_ramp``                ``start_ramp`` (the slow start's progress, 0 to 1)
+    ``start_ramp``                ``start_ramp`` (the start ramp's progress, 0 to 1)
     ``weight_average``            ``weight_average`` (see :func:`distilled_weights`)
     ``<counter>``                 ``counters.<counter>``: ``adjustments``, ``rejected``,
                                   ``nonfinite``, ``rollbacks``, ``healed``, ``spikes``,
@@ -180,7 +180,7 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
     Examples:
       >>> import adaptive_optax as ao
       >>> m = ao.metrics(ao.stable_weights({"mel": 2.5}).init())
-      >>> float(m["weight/mel"]), float(m["base_weight/mel"]), int(m["step"])  # the slow start
+      >>> float(m["weight/mel"]), float(m["base_weight/mel"]), int(m["step"])  # the start ramp
       (1.0, 2.5, 0)
     """
     state = find_state(tree)

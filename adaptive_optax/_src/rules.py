@@ -1,4 +1,4 @@
-"""The seed's rules: the loss-ratio decision tree and the older tanh rule it replaced."""
+"""The stable controller's rules: the loss-ratio decision tree, its relative form, a tanh rule."""
 
 from __future__ import annotations
 
@@ -56,15 +56,15 @@ def relative_ratio_rule(
     grad_growth: float = 1.5,
     toward_base: bool = True,
 ) -> Rule:
-    """The seed's decision on a term's deviation relative to the other terms': no drift.
+    """The loss-ratio decision on a term's deviation relative to the other terms': no drift.
 
-    The seed's rule (:func:`adaptive_optax.loss_ratio_rule`) lowers the weight of every term
+    The loss-ratio rule (:func:`adaptive_optax.loss_ratio_rule`) lowers the weight of every term
     whose loss is below its running mean, that is, of every term that is improving, so its
     weights drift down in any training run that works. This rule takes the same decision on
     ``r = d - mean(d)``, a term's relative deviation ``d`` from its running mean minus the mean
     deviation of all terms with a finite loss this step: a term is "high" when it falls slower
     than the others (or rises), "low" when it falls faster. When all terms improve at the same
-    rate, nothing moves. Gradients growing still lower the weight, as in the seed. When the
+    rate, nothing moves. Gradients growing still lower the weight, as there. When the
     decision is to hold and ``toward_base``, the weight moves one step back toward its base
     weight, so a weight cut by the spike guard, or moved for a reason that has passed, recovers
     slowly (through the guards' cooling period and stability gate).
@@ -102,7 +102,7 @@ def relative_ratio_rule(
 
 
 def _check_decision(step_size, high_ratio, low_ratio, grad_growth):
-    """Validates the seed decision's settings; returns ``decide(signals, deviation) -> factor``.
+    """Checks the loss-ratio decision's settings; returns ``decide(signals, deviation) -> factor``.
 
     The factor is ``1 + step_size`` (up: high and gradients not growing), ``1 - step_size``
     (down: low or gradients growing) or 1 (hold).
@@ -134,7 +134,7 @@ def _check_decision(step_size, high_ratio, low_ratio, grad_growth):
 
 
 def tanh_rule() -> Rule:
-    """The older rule of the seed, kept as a faithful baseline.
+    """An older tanh rule, kept as a faithful baseline.
 
     Stateless apart from a running loss whose decay ramps up with the step
     (``decay = min(step / 1000, 0.99)``, running loss starting at 0)::
@@ -144,7 +144,7 @@ def tanh_rule() -> Rule:
         weight = base * clip(0.5 + 0.5 * tanh(ratio - 1), 0.8, 1.2)
 
     Since ``0.5 + 0.5 * tanh(x)`` is below 1 for every ``x``, the weight mostly sits at
-    ``0.8 * base``. Non-finite losses are skipped (the seed fed them in as 0).
+    ``0.8 * base``. Non-finite losses are skipped, not fed in as 0.
 
     Returns:
       A :class:`adaptive_optax.Rule` whose state is the running loss per term.

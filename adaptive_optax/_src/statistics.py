@@ -7,11 +7,13 @@ reduced over time, so a jitted ``update`` fuses into a few kernels whatever the 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from adaptive_optax._src import validation
 from adaptive_optax._src.base import RunningStats, Signals
 
 EPS = 1e-8  # floor of |mean| in relative quantities
@@ -155,3 +157,49 @@ def update_stats(
         grad_stats=grad_stats,
     )
     return new_stats, signals
+
+
+class Statistics(NamedTuple):
+    """The settings of the shared running statistics (not a guard: every rule reads them).
+
+    Attributes:
+      ema_decay: decay of the running mean of the losses (and of the running mean of the
+        normalised weights), in ``[0, 1)`` (may be traced).
+      window: span, in steps, of the recent statistics (the loss variance and the mean
+        gradient norm), >= 1 (may be traced).
+
+    Examples:
+      >>> from adaptive_optax._src.statistics import Statistics
+      >>> Statistics.checked(ema_decay=0.99, window=10)
+      Statistics(ema_decay=0.99, window=10)
+    """
+
+    ema_decay: Any
+    window: Any
+
+    @classmethod
+    def checked(cls, ema_decay: Any, window: Any) -> Statistics:
+        """The record, its settings validated.
+
+        Raises:
+          ValueError: naming the setting and its value: ``ema_decay`` must be in ``[0, 1)``,
+            ``window`` >= 1.
+        """
+        validation.check_number("ema_decay", ema_decay, low=0, high=1, high_open=True)
+        validation.check_number("window", window, low=1)
+        return cls(ema_decay, window)
+
+
+def normalised(weights: jax.Array) -> jax.Array:
+    """``w / sum(w)`` for finite weights >= 0, without overflow; uniform when all are 0."""
+    top = jnp.max(weights)
+    scaled = weights / jnp.where(top > 0, top, 1.0)
+    total = jnp.sum(scaled)
+    uniform = jnp.full_like(weights, 1.0 / weights.shape[0])
+    return jnp.where(total > 0, scaled / jnp.where(total > 0, total, 1.0), uniform)
+
+
+def average_weights(average: jax.Array, step: jax.Array, ratios: jax.Array, decay) -> jax.Array:
+    """The running mean of the normalised weights after ``step`` (restarted if corrupted)."""
+    average = ema_update(average, step, ratios, decay)
+    return jnp.where(jnp.isfinite(average), average, ratios)
