@@ -79,6 +79,7 @@ from adaptive_optax._src.gradients import GRADIENT_STATISTICS as GRADIENT_STATIS
 from adaptive_optax._src.gradients import gradient_statistics as gradient_statistics
 from adaptive_optax._src.guards import RELAXED as RELAXED
 from adaptive_optax._src.guards import guarded as guarded
+from adaptive_optax._src.guards.away import AWAY_REASONS as AWAY_REASONS
 from adaptive_optax._src.integration import WeightGradientsState as WeightGradientsState
 from adaptive_optax._src.integration import apply_gradients as apply_gradients
 from adaptive_optax._src.integration import apply_if_finite as apply_if_finite
@@ -106,6 +107,7 @@ __all__ = (
     "normalized_weights",
     "GRADIENT_STATISTICS",
     "RELAXED",
+    "AWAY_REASONS",
     "AdaptiveState",
     "Counters",
     "LogStats",

@@ -10,7 +10,11 @@ import numpy as np
 import adaptive_optax as ao
 
 TTS_BASE = {"mel": 2.5, "stop": 1.0, "attention": 0.1}
-SEED_START = dict(ramp_steps=0, spike_prior=None)
+# The original controller: its rule lowers a falling loss's weight and holds otherwise, its
+# spike guard judges at a z-score of 3 after 10 values, and its weights start at the base.
+SEED_START = dict(
+    ramp_steps=0, spike_prior=None, low_ratio=0.9, toward_base=False, spike_threshold=3.0
+)
 
 
 def seed_controller(base_weights, **settings):

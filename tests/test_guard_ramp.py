@@ -46,54 +46,59 @@ def after(new_weights):
     )
 
 
-def test_the_ceiling_rises_on_calm_steps_only():
+def test_the_ramped_base_rises_on_calm_steps_only():
     ramp = StartRamp.checked(ramp_steps=4)
-    under = jax.jit(ramp.under_ceiling)
-    decision, progress = under(
-        after([5.0, 5.0, 5.0]),
-        progress=jnp.array([0.0, 0.0, 0.5]),
-        ramping=jnp.array([True, True, False]),
-        calm=jnp.array([True, False, True]),
-        low=jnp.ones(3),
-        base=jnp.full(3, 3.0),
+    ramping = jnp.array([True, True, False])
+    progress = jax.jit(ramp.advance)(
+        jnp.array([0.0, 0.0, 0.5]), ramping=ramping, calm=jnp.array([True, False, True])
     )
     np.testing.assert_array_equal(progress, [0.25, 0.0, 0.5])
-    np.testing.assert_array_equal(decision.new_weights, [1.5, 1.0, 5.0])  # not ramping: as is
+    target = jax.jit(ramp.ramped_base)(
+        progress, ramping=ramping, low=jnp.ones(3), base=jnp.full(3, 3.0)
+    )
+    np.testing.assert_array_equal(target, [1.5, 1.0, 3.0])  # not ramping: the base
+
+
+def test_the_weights_follow_the_ramped_base_with_their_factor():
+    ramp = StartRamp.checked(ramp_steps=4)
+    weights, previous = jax.jit(ramp.carry)(
+        jnp.array([1.0, 0.5]), jnp.array([1.0, 1.0]), jnp.array([1.0, 1.0]), jnp.array([2.0, 2.0])
+    )
+    np.testing.assert_allclose(weights, [2.0, 1.0])  # at the ramped base, and half of it
+    np.testing.assert_allclose(previous, [2.0, 2.0])
+    off = StartRamp.checked(ramp_steps=0)
+    np.testing.assert_array_equal(
+        off.ramped_base(
+            jnp.zeros(1), ramping=jnp.ones(1, bool), low=jnp.ones(1), base=jnp.full(1, 3.0)
+        ),
+        [3.0],
+    )
+
+
+def test_no_weight_exceeds_the_ramped_base_while_the_ramp_lasts():
+    ramp = StartRamp.checked(ramp_steps=4)
+    decision = jax.jit(ramp.under_ceiling)(
+        after([5.0, 5.0, 1.0]), ramping=jnp.array([True, False, True]), ceiling=jnp.full(3, 2.0)
+    )
+    np.testing.assert_array_equal(decision.new_weights, [2.0, 5.0, 1.0])
 
 
 @settings(max_examples=100, deadline=None)
 @given(
     steps=st.integers(1, 50),
     progress=st.lists(st.floats(0, 1), min_size=3, max_size=3),
-    new=st.lists(st.floats(0, 1e3), min_size=3, max_size=3),
     calm=st.lists(st.booleans(), min_size=3, max_size=3),
 )
-def test_progress_never_falls_and_the_weight_stays_under_the_base(steps, progress, new, calm):
+def test_progress_never_falls_and_the_ramped_base_stays_between_low_and_base(steps, progress, calm):
     ramp = StartRamp.checked(ramp_steps=steps)
     progress = np.array(progress, np.float32)
     low, base = jnp.full(3, 0.5), jnp.full(3, 2.0)
-    decision, progressed = ramp.under_ceiling(
-        after(new),
-        progress=jnp.asarray(progress),
-        ramping=jnp.ones(3, bool),
-        calm=jnp.array(calm),
-        low=low,
-        base=base,
+    progressed = np.asarray(
+        ramp.advance(jnp.asarray(progress), ramping=jnp.ones(3, bool), calm=jnp.array(calm))
     )
-    progressed = np.asarray(progressed)
     assert np.all((progressed >= progress) & (progressed <= 1.0))
-    assert np.all(np.asarray(decision.new_weights) <= 2.0)
-
-
-def test_a_cut_resumes_the_ramp_from_the_cut_weight():
-    progress = StartRamp.resume_after_cut(
-        jnp.array([0.9, 0.9]),
-        cut=jnp.array([True, False]),
-        weights=jnp.array([1.5, 1.5]),
-        low=jnp.ones(2),
-        base=jnp.full(2, 3.0),
-    )
-    np.testing.assert_array_equal(progress, np.float32([0.25, 0.9]))
+    target = np.asarray(ramp.ramped_base(progressed, ramping=jnp.ones(3, bool), low=low, base=base))
+    assert np.all((target >= 0.5 * (1 - 1e-6)) & (target <= 2.0 * (1 + 1e-6)))
 
 
 def test_a_corrupted_progress_ends_the_ramp():

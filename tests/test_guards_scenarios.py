@@ -198,6 +198,8 @@ def test_metrics_keys_and_scalars():
         "grad_norm_avg",
         "steps_since_change",
         "stable_steps",
+        "away",
+        "away_since",
         "start_ramp",
         "weight_average",
         "adjustments",

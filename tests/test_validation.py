@@ -45,7 +45,7 @@ OUT_OF_RANGE = {
     "every": 0,
     "expected_rho": 1.5,
     "grad_growth": 0.0,
-    "high_ratio": 0.5,  # below the default low_ratio 0.9
+    "high_ratio": float("inf"),
     "init_log_scale": 31.0,  # beyond max_log_scale
     "init_log_variance": 31.0,
     "interval": 0,

@@ -116,6 +116,9 @@ class AdaptiveState(NamedTuple):
       last_change: int32 ``(n,)``, step of the last adjustment or rollback (0: none yet).
       stable_steps: int32 ``(n,)``, consecutive stable steps (finite, and relative variance
         below the threshold).
+      away: int32 ``(n,)``, why each weight is away from its base now: an index into
+        :data:`adaptive_optax.AWAY_REASONS` (0: at its base).
+      away_since: int32 ``(n,)``, the step it left its base for that reason (0 at its base).
       counters: per-term event counts, see :class:`Counters`.
       stats: the shared running statistics, see :class:`RunningStats`.
       spike_stats: the spike guard's log-scale statistics of the losses and gradient norms,
@@ -137,6 +140,8 @@ class AdaptiveState(NamedTuple):
     base_weights: PyTree
     last_change: chex.Array
     stable_steps: chex.Array
+    away: chex.Array
+    away_since: chex.Array
     counters: Counters
     stats: RunningStats
     spike_stats: SpikeStats

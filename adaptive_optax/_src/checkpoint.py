@@ -12,12 +12,23 @@ from adaptive_optax._src.base import AdaptiveState, PyTree
 from adaptive_optax._src.terms import term_names
 
 _FIELDS = frozenset(AdaptiveState._fields)
+_ADDED = frozenset({"away", "away_since"})  # fields a state dict written by 0.1 lacks
 
 
 def _is_state(node: Any) -> bool:
     return isinstance(node, AdaptiveState) or (
-        isinstance(node, Mapping) and frozenset(node) == _FIELDS
+        isinstance(node, Mapping) and frozenset(node) in (_FIELDS, _FIELDS - _ADDED)
     )
+
+
+def _upgraded(node: Any) -> Any:
+    """A state dict (or a dict holding some) with the fields added since 0.1: at its base."""
+    if not isinstance(node, Mapping):
+        return node
+    if frozenset(node) == _FIELDS - _ADDED:
+        n = len(jax.tree.leaves(node["weights"]))
+        return {**node, **{name: np.zeros((n,), np.int32) for name in _ADDED}}
+    return {key: _upgraded(value) for key, value in node.items()}
 
 
 def _terms_in(tree: PyTree) -> list[tuple[str, ...]]:
@@ -47,6 +58,9 @@ def restore(target: PyTree, restored: PyTree) -> PyTree:
     Returns:
       ``restored`` in the structure of ``target``.
 
+    A state dict written before the fields ``away`` and ``away_since`` existed gets them at
+    their "at its base" values.
+
     Raises:
       ValueError: naming the difference: loss terms added, removed or renamed; another tree
         structure; a leaf of another shape or dtype (a setting like ``dtype`` or the rule
@@ -61,6 +75,7 @@ def restore(target: PyTree, restored: PyTree) -> PyTree:
       >>> int(state.step)
       0
     """
+    restored = _upgraded(restored)
     expected, found = _terms_in(target), _terms_in(restored)
     if expected != found:
         raise ValueError(

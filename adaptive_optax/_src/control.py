@@ -159,6 +159,9 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
     ``grad_norm_avg``             ``stats.grad_mean``
     ``steps_since_change``        ``step - last_change``
     ``stable_steps``              ``stable_steps``
+    ``away``                      ``away``: why the weight is away from its base now, an
+                                  index into :data:`AWAY_REASONS` (0: at its base)
+    ``away_since``                ``away_since``: the step it left its base (0 at its base)
     ``start_ramp``                ``start_ramp`` (the start ramp's progress, 0 to 1)
     ``weight_average``            ``weight_average`` (see :func:`distilled_weights`)
     ``<counter>``                 ``counters.<counter>``: ``adjustments``, ``rejected``,
@@ -194,6 +197,8 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
         "grad_norm_avg": stats.grad_mean,
         "steps_since_change": state.step[..., None] - state.last_change,
         "stable_steps": state.stable_steps,
+        "away": state.away,
+        "away_since": state.away_since,
         "start_ramp": state.start_ramp,
         "weight_average": state.weight_average,
         **state.counters._asdict(),

@@ -90,6 +90,7 @@ def arms():
         out[f"{name}"] = factory(BASE, **kwargs)
         out[f"{name}+guards"] = factory(BASE, **kwargs, **GUARDS)
     options = {
+        "original": SEED_START | dict(low_ratio=0.9, toward_base=False, spike_threshold=3.0),
         "seed_start": SEED_START,
         "ratios": dict(moves="ratios", **SEED_START),
         "first_loss": dict(normalize="first_loss"),

@@ -22,6 +22,7 @@ from adaptive_optax._src.base import AdaptiveState, Counters, LossWeighting, PyT
 from adaptive_optax._src.combinators import consulted_every
 from adaptive_optax._src.gradients import check_statistics
 from adaptive_optax._src.guards import always
+from adaptive_optax._src.guards.away import START_RAMP, why_away
 from adaptive_optax._src.guards.base_weights import (
     Normalisation,
     Normalize,
@@ -287,6 +288,8 @@ def guarded(
             base_weights=terms.tree(initial_base),
             last_change=zeros,
             stable_steps=zeros,
+            away=jnp.where(start_ramp < 1, START_RAMP, 0).astype(jnp.int32),
+            away_since=zeros,
             counters=Counters(*[zeros] * len(Counters._fields)),
             stats=init_stats(terms.size, stats_dtype),
             spike_stats=init_spike_stats(terms.size, stats_dtype),
@@ -331,13 +334,21 @@ def guarded(
             warmup=spike_warmup,
             scheduled=schedules.scheduled,
         )
-        proposal, rule_state = always.propose(
-            rule, signals, now.weights, rule_base, state.rule_state
-        )
-
-        # 2. The slow gates: whether a proposal may land.
         active = state.enabled & adaptive
         stable = guard[Stability].count(state.stable_steps, signals)
+        low, high = bounds_of(rule_base)
+        # The start ramp moves the base the weights follow, as a schedule does.
+        ramping = active & (state.start_ramp < 1)  # False for a corrupted (NaN) progress
+        progress = guard[StartRamp].advance(
+            state.start_ramp, ramping=ramping, calm=(stable > 0) & ~spiked
+        )
+        ramped = dict(ramping=ramping, low=low, base=rule_base)
+        before = guard[StartRamp].ramped_base(state.start_ramp, **ramped)
+        target = guard[StartRamp].ramped_base(progress, **ramped)
+        weights, previous = guard[StartRamp].carry(now.weights, now.previous, before, target)
+        proposal, rule_state = always.propose(rule, signals, weights, target, state.rule_state)
+
+        # 2. The slow gates: whether a proposal may land.
         allowed = (
             active
             & signals.finite
@@ -347,22 +358,20 @@ def guarded(
         )
 
         # 3. The limits: how much of it lands.
-        low, high = bounds_of(rule_base)
         proposal = guard[RatiosOnly].keep_total(
-            proposal.astype(dtype), now.weights, rule_base, allowed, guard[ChangeLimit].max_change
+            proposal.astype(dtype), weights, target, allowed, guard[ChangeLimit].max_change
         )
-        proposal = guard[Bounds].clip(guard[ChangeLimit].limit(proposal, now.weights), low, high)
+        proposal = guard[Bounds].clip(guard[ChangeLimit].limit(proposal, weights), low, high)
         decision = Decision.of(
-            weights=now.weights,
+            weights=weights,
             proposal=proposal,
             allowed=allowed,
             valid=always.valid(proposal, loss),
-            previous=now.previous,
+            previous=previous,
             last_change=state.last_change,
         )
 
         # 4. What lands, then the guards on what landed: rollback, rest, ramp, spike cut.
-        ramping = active & (state.start_ramp < 1)  # False for a corrupted (NaN) progress
         decision = decision.land(step)
         decision = guard[Rollback].roll_back(
             decision,
@@ -371,21 +380,15 @@ def guarded(
             cooling_period=guard[Cooling].cooling_period,
         )
         decision = decision.at_rest(active, now.base)
-        decision, progress = guard[StartRamp].under_ceiling(
-            decision,
-            progress=state.start_ramp,
-            ramping=ramping,
-            calm=(stable > 0) & ~spiked,
-            low=low,
-            base=rule_base,
-        )
+        decision = guard[StartRamp].under_ceiling(decision, ramping=ramping, ceiling=target)
         decision = guard[SpikeGuard].cut(decision, step=step, spiked=spiked & active, low=low)
-        progress = StartRamp.resume_after_cut(
-            progress,
-            cut=decision.cut & ramping,
-            weights=decision.new_weights,
-            low=low,
-            base=rule_base,
+        away, away_since = why_away(
+            decision,
+            reason=state.away,
+            since=state.away_since,
+            step=step,
+            base=jnp.where(active, rule_base, now.base),
+            ramping=ramping,
         )
         new_weights, previous = absent_weigh_nothing(
             schedules, now.base, decision.new_weights, decision.previous
@@ -399,6 +402,8 @@ def guarded(
             base_weights=terms.tree(now.base),
             last_change=decision.last_change,
             stable_steps=jnp.where(decision.landed | decision.cut, 0, stable),
+            away=away,
+            away_since=away_since,
             counters=decision.counted(
                 state.counters, step=step, missing=missing, healed=now.corrupt, spiked=spiked
             ),

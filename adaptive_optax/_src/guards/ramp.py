@@ -10,17 +10,20 @@ import numpy as np
 
 from adaptive_optax._src import validation
 from adaptive_optax._src.guards.decision import Decision
+from adaptive_optax._src.schedules import follow
 
 
 class StartRamp(NamedTuple):
-    """A limit for the start of a run: a ceiling that rises from the lower bound to the base.
+    """The start of a run: a base that rises from the lower bound to the base weight.
 
-    Each adaptive weight starts at its lower bound, under a ceiling that rises linearly to the
+    Each adaptive weight starts at its lower bound, on a ramped base that rises linearly to the
     base weight over ``ramp_steps`` calm steps (finite, stable, no spike), as learning-rate
-    warmup does for the step size; after the ramp the upper bound applies. The weight rises
-    only through the rule's proposals and the slow gates. A spike cut during the ramp restarts
-    the ceiling from the cut weight. Reads and writes ``AdaptiveState.start_ramp``, each
-    term's progress from 0 (at the lower bound) to 1 (the ramp is over; 1 from the start when
+    warmup does for the step size. The weight follows the ramped base as it follows a
+    schedule (its factor to the base is kept), the rule works around the ramped base, and no
+    weight exceeds it until the ramp is over; so a run without evidence reaches its base
+    weights after ``ramp_steps`` calm steps, and a spike cut during the ramp keeps its factor
+    while the ramp goes on. Reads and writes ``AdaptiveState.start_ramp``, each term's
+    progress from 0 (at the lower bound) to 1 (the ramp is over; 1 from the start when
     ``ramp_steps=0``).
 
     Attributes:
@@ -34,6 +37,9 @@ class StartRamp(NamedTuple):
       ...     np.array([True]), jnp.array([1.0]), jnp.array([3.0]), jnp.float32)
       >>> weights.tolist(), progress.tolist()
       ([1.0], [0.0])
+      >>> ramp.ramped_base(jnp.array([0.5]), ramping=jnp.array([True]), low=jnp.array([1.0]),
+      ...                  base=jnp.array([3.0])).tolist()
+      [2.0]
     """
 
     ramp_steps: int
@@ -57,35 +63,34 @@ class StartRamp(NamedTuple):
         ramping = self.ramping(adaptive)
         return jnp.where(ramping, low, base), jnp.where(ramping, 0.0, 1.0).astype(dtype)
 
-    def under_ceiling(
-        self, decision: Decision, *, progress, ramping, calm, low, base
-    ) -> tuple[Decision, jax.Array]:
-        """The decision with its new weights under the ceiling, and the progress after this step.
-
-        Args:
-          decision: the decision the earlier stages left.
-          progress: ``(n,)`` ``AdaptiveState.start_ramp``.
-          ramping: ``(n,)`` bool, active terms whose ramp is not over.
-          calm: ``(n,)`` bool, a stable step without a spike: the ramp advances.
-          low: ``(n,)`` the lower bounds.
-          base: ``(n,)`` the base weights the ramp rises to.
-        """
+    def advance(self, progress: jax.Array, *, ramping, calm) -> jax.Array:
+        """The progress after this step: one ``ramp_steps``-th further on a calm step."""
         if self.ramp_steps == 0:
-            return decision, progress
+            return progress
         advanced = jnp.minimum(progress + 1.0 / self.ramp_steps, 1.0)
-        progress = jnp.where(ramping & calm, advanced, progress)
-        ceiling = low + (base - low) * progress.astype(base.dtype)
-        new_weights = decision.new_weights
-        new_weights = jnp.where(ramping, jnp.minimum(new_weights, ceiling), new_weights)
-        return decision._replace(new_weights=new_weights), progress
+        return jnp.where(ramping & calm, advanced, progress)
 
-    @staticmethod
-    def resume_after_cut(progress, *, cut, weights, low, base) -> jax.Array:
-        """The progress of a ``cut`` term set to where its cut weight stands on the ramp."""
-        span = base - low
-        position = (weights - low) / jnp.where(span > 0, span, 1.0)
-        position = jnp.where(span > 0, jnp.clip(position, 0.0, 1.0), 1.0)
-        return jnp.where(cut, position.astype(progress.dtype), progress)
+    def ramped_base(self, progress: jax.Array, *, ramping, low, base) -> jax.Array:
+        """``low + (base - low) * progress`` on the ramp, else ``base``."""
+        if self.ramp_steps == 0:
+            return base
+        return jnp.where(ramping, low + (base - low) * progress.astype(base.dtype), base)
+
+    def carry(self, weights, previous, before, target) -> tuple[jax.Array, jax.Array]:
+        """The weights and rollback targets carried from the ramped base ``before`` to
+        ``target`` with their factor, as along a schedule."""
+        if self.ramp_steps == 0:
+            return weights, previous
+        return follow(weights, before, target), follow(previous, before, target)
+
+    def under_ceiling(self, decision: Decision, *, ramping, ceiling) -> Decision:
+        """The decision with its new weights at most the ramped base while the ramp lasts."""
+        if self.ramp_steps == 0:
+            return decision
+        new_weights = jnp.where(
+            ramping, jnp.minimum(decision.new_weights, ceiling), decision.new_weights
+        )
+        return decision._replace(new_weights=new_weights)
 
     @staticmethod
     def stored(progress: jax.Array, dtype) -> jax.Array:
