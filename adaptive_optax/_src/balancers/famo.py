@@ -81,8 +81,8 @@ def famo_rule(
     largest weight and no ``delta`` beyond ``log eps``. A term whose loss is not finite keeps
     its logit and Adam moments; it shares the softmax through its last finite loss.
 
-    Recommended guards: ``bounds`` (for instance ``(0.1, 10.0)``), since a loss near its floor
-    takes almost all the weight.
+    Recommended guards (``ao.RECOMMENDED["famo"]``): bounds, since a loss near its floor takes
+    almost all the weight.
 
     Args:
       lr: Adam's step size on the logits (> 0): the authors' ``w_lr``, 0.025.
@@ -187,21 +187,15 @@ def famo_weights(
 ) -> LossWeighting:
     """FAMO (Liu et al. 2023) as a weighting, its logits' Adam in the state.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.famo_rule` for the formula and for
-    how the losses after a step are taken from the next step. Recommended guards: ``bounds``.
+    See :func:`adaptive_optax.famo_rule` for the formula and for how the losses after a step are
+    taken from the next step; recommended guards: ``ao.RECOMMENDED["famo"]``.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       lr: Adam's step size on the logits (the authors' ``w_lr``).
       weight_decay: L2 regularisation of the logits (the authors' ``gamma``).
       min_losses: the loss floor FAMO takes the log above: one number, or a pytree of numbers
         shaped like ``base_weights``.
       eps: added to ``L - min_losses`` before the log.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
-
-    Returns:
-      A :class:`adaptive_optax.LossWeighting`.
 
     Examples:
       >>> import adaptive_optax as ao

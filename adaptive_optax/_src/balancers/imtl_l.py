@@ -50,8 +50,8 @@ def imtl_l_rule(
     (``init_log_scale = -init_log_variance``). Use whichever parametrisation your paper or
     checkpoint uses.
 
-    Recommended guards: ``bounds`` (for instance ``(0.1, 10.0)``) or ``max_weight``, which stop
-    the weight of a loss near 0 from growing to ``exp(max_log_scale)``.
+    Recommended guards (``ao.RECOMMENDED["imtl_l"]``): bounds, which stop the weight of a loss
+    near 0 from growing to ``exp(max_log_scale)``; ``max_weight`` does too.
 
     Args:
       lr: step size of the scales (> 0).
@@ -103,19 +103,13 @@ def imtl_l_weights(
 ) -> LossWeighting:
     """IMTL-L (Liu et al. 2021) as a weighting: ``w_i = base_i exp(s_i)``.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.imtl_l_rule` for the formula and its
-    relation to uncertainty weighting. Recommended guards: ``bounds`` or ``max_weight``.
+    See :func:`adaptive_optax.imtl_l_rule` for the formula and its relation to uncertainty
+    weighting; recommended guards: ``ao.RECOMMENDED["imtl_l"]``.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       lr: step size of the scales.
       init_log_scale: initial scale ``s``.
       max_log_scale: bound of the scales' magnitude.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
-
-    Returns:
-      A :class:`adaptive_optax.LossWeighting`.
 
     Examples:
       >>> import adaptive_optax as ao

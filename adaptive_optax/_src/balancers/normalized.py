@@ -36,24 +36,14 @@ def normalized_weights(
 ) -> LossWeighting:
     """Weights ``b_i * c / L_i``: every term brought to a common scale, their total kept.
 
-    ``L_i`` is the term's first finite loss (``reference="first_loss"``, GradNorm's
-    ``L_i(0)``) or the running mean of its losses (``"running"``), and ``c`` keeps the sum of
-    the base weights: ``guarded(base_rule(), base_weights, normalize=reference)``, bare. With
-    ``"first_loss"`` the weights are fixed from the first step on: terms whose losses differ
-    by orders of magnitude start on a common scale, and a noisy term, whose loss stays high
-    because of noise it cannot learn, keeps its share (a ``1 / loss`` method such as
-    uncertainty weighting, IMTL-L, GLS or FAMO, or ``"running"``, hands it away as the other
-    losses fall). To put another rule on the normalised scale, pass ``normalize=`` to
-    :func:`adaptive_optax.guarded` or to its preset: its base, bounds and slow start are then
-    the normalised ones.
+    ``L_i`` is the term's first finite loss (``reference="first_loss"``, GradNorm's ``L_i(0)``) or
+    the running mean of its losses (``"running"``), and ``c`` keeps the sum of the base weights:
+    ``guarded(base_rule(), base_weights, normalize=reference)``, bare. To put another rule on the
+    normalised scale, pass ``normalize=`` to :func:`adaptive_optax.guarded` or to its preset.
+    Recommended guards: ``ao.RECOMMENDED["normalized"]`` (none: run it bare).
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       reference: ``"first_loss"`` or ``"running"``.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
-
-    Returns:
-      A :class:`adaptive_optax.LossWeighting`.
 
     Examples:
       >>> import adaptive_optax as ao

@@ -94,9 +94,9 @@ def softadapt_rule(
     divides by 0 when slopes cancel. Their softmax adds 1e-8 to its denominator; we normalise
     exactly. A term with a non-finite loss keeps its history, last slope and mean.
 
-    Recommended guards: those of :func:`adaptive_optax.softadapt_weights` (bounds near the base
-    weight, a change limit, a cooling period, the spike guard): with the raw slopes of the
-    original variant a term whose loss falls fast is switched almost off.
+    Recommended guards (``ao.RECOMMENDED["softadapt"]``): bounds near the base weight, a
+    change limit, a cooling period and the spike guard: with the raw slopes of the original
+    variant a term whose loss falls fast is switched almost off.
 
     Args:
       variant: ``"original"``, ``"loss_weighted"`` or ``"normalized"``.
@@ -183,36 +183,15 @@ def softadapt_weights(
 ) -> LossWeighting:
     """SoftAdapt (Heydari et al. 2019) as a weighting, in any of its three variants.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.softadapt_rule` for the formulas, the
-    finite differences (fourth order over the last five losses by default, as the authors'
-    code) and where we depart from that code.
-
-    Recommended guards: ``bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10,
-    spike_threshold=3.0``. Slopes of minibatch losses are noisy; a large ``beta`` turns that noise
-    into weights that jump between 0 and ``n`` (the number of terms) times their base from one step
-    to the next, and with SGD a term whose weight is ``n`` times its base takes ``n`` times its
-    step. In the failure gym (``python -m benchmarks.failures``, ``results/failures.md``;
-    ``beta=100``, SGD) every bare run went non-finite and no guarded run did. These guards do not
-    rescue a learning rate past the stable edge (the gym's ``learning rate past the edge``: 5 of 10
-    guarded runs went non-finite); a sensitive spike guard with deep cuts does, at twice the error
-    where nothing fails: lower the learning rate instead. The spike guard halves a weight whose loss
-    or gradient norm jumps; it also fires on ordinary minibatch outliers, and in the gym's control
-    (DWA at its paper's temperature, where the bare method works) these guards cost 12 % of held-out
-    error, against 1 % with ``spike_threshold=None``: switch it off when training is stable and the
-    losses are noisy.
+    See :func:`adaptive_optax.softadapt_rule` for the formulas and where we depart from the
+    authors' code; recommended guards: ``ao.RECOMMENDED["softadapt"]``.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       variant: ``"original"``, ``"loss_weighted"`` or ``"normalized"``.
       beta: the focus ``beta``.
       order: accuracy order of the finite difference of the slopes, 1 to 10 (default 4, the
         authors': five losses).
       eps: floor of the slopes' L1 norm in the normalised variant.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
-
-    Returns:
-      A :class:`adaptive_optax.LossWeighting`.
 
     Examples:
       >>> import adaptive_optax as ao
@@ -226,8 +205,7 @@ def softadapt_weights(
       >>> # three: second order, s = -3/2 L(t-2) + 2 L(t-1) - 1/2 L(t) = (1.5, -0.25)
       >>> round(float(weights["a"]), 4)  # 2 e^1.5 / (e^1.5 + e^-0.25)
       1.7039
-      >>> safe = ao.softadapt_weights({"a": 1.0, "b": 1.0}, bounds=(0.2, 2.0), max_change=0.1,
-      ...                             warmup_steps=100, cooling_period=10, spike_threshold=3.0)
+      >>> safe = ao.softadapt_weights({"a": 1.0, "b": 1.0}, **ao.RECOMMENDED["softadapt"])
 
     References:
       Heydari, Thompson & Mehmood, 2019 (arXiv:1912.12355), section 3.1.

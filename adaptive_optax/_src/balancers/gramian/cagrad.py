@@ -203,8 +203,8 @@ def cagrad_rule(
     rounding error); gradients of disparate norms (one 3000 times shorter) still move.
     ``norm_eps=0`` never stops, as the authors' code.
 
-    Recommended guards: ``every=k`` (each solve is ``iterations`` QPs); none for the method's
-    guarantee.
+    Recommended guards (``ao.RECOMMENDED["cagrad"]``): none, for the method's guarantee;
+    ``every=k`` amortises the solve (``iterations`` QPs).
 
     Args:
       c: radius of the ball relative to ``||g_0||`` (>= 0); the authors use 0.4 to 0.5.
@@ -251,21 +251,18 @@ def cagrad_weights(
 ) -> LossWeighting:
     """CAGrad (Liu et al. 2021) as a weighting: conflict-averse gradient descent.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.cagrad_rule`.
+    See :func:`adaptive_optax.cagrad_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["cagrad"]`` (none: run it bare).
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term: the method balances the
-        gradients of ``base_i * L_i``.
       c: radius of the ball relative to the mean gradient's norm.
       rescale: divide the weights by ``1 + c**2``.
       norm_eps: relative norm below which the gradients are taken as Pareto-stationary.
       iterations: root-finding steps.
       qp_iterations: interior-point iterations of each QP.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
-      A :class:`adaptive_optax.LossWeighting` of CAGrad's weights, needing ``"gramian"``.
+      A :class:`adaptive_optax.LossWeighting` needing ``"gramian"``.
 
     Examples:
       >>> import adaptive_optax as ao

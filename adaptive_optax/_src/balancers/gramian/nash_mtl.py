@@ -180,9 +180,9 @@ def nash_mtl_rule(
     TorchJD; default here: none). When no solution exists (a zero gradient, or zero in the
     gradients' conic hull) the previous ``alpha`` is kept (ones at first), as TorchJD does.
 
-    Recommended guards: ``every=k`` as the authors' ``update_weights_every``; ``max_weight``
-    if a vanishing gradient should not get a huge weight (``alpha_i`` grows like
-    ``1 / ||g_i||``).
+    Recommended guards (``ao.RECOMMENDED["nash_mtl"]``): none; ``every=k`` is the authors'
+    ``update_weights_every``, and ``max_weight`` keeps a vanishing gradient from a huge weight
+    (``alpha_i`` grows like ``1 / ||g_i||``).
 
     Args:
       max_norm: optional bound on the aggregate's norm (> 0), or None.
@@ -235,19 +235,16 @@ def nash_mtl_weights(
 ) -> LossWeighting:
     """Nash-MTL (Navon et al. 2022) as a weighting: the Nash bargaining solution.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the balancers guide),
-    ``every=k`` as the authors' ``update_weights_every``. See
-    :func:`adaptive_optax.nash_mtl_rule` (the base weights have no effect on this method).
+    See :func:`adaptive_optax.nash_mtl_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["nash_mtl"]`` (none: run it bare).
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term.
       max_norm: optional bound on the aggregate's norm, or None.
       reg_eps: ridge added to the unit-diagonal Gramian.
       iterations: Newton steps.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
-      A :class:`adaptive_optax.LossWeighting` of Nash-MTL's weights, needing ``"gramian"``.
+      A :class:`adaptive_optax.LossWeighting` needing ``"gramian"``.
 
     Examples:
       >>> import adaptive_optax as ao

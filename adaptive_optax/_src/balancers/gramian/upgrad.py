@@ -84,8 +84,8 @@ def upgrad_rule(*, reg_eps: float = REG_EPS, iterations: int = QP_ITERATIONS) ->
     to ``reg_eps``); with equal base weights it is TorchJD's ``UPGrad()``, and the base weights
     act as TorchJD's preference vector (``pref_vector = b / k``).
 
-    Recommended guards: none for the guarantee (see :func:`adaptive_optax.mgda_rule`);
-    ``every=k`` to amortise the ``n`` small QPs.
+    Recommended guards (``ao.RECOMMENDED["upgrad"]``): none, for the guarantee (see
+    :func:`adaptive_optax.mgda_rule`); ``every=k`` amortises the ``n`` small QPs.
 
     Args:
       reg_eps: ridge added to the trace-normalised Gramian (>= 0).
@@ -115,18 +115,15 @@ def upgrad_weights(
 ) -> LossWeighting:
     """UPGrad (Quinton & Rey 2024) as a weighting: the average of the projected gradients.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.upgrad_rule`.
+    See :func:`adaptive_optax.upgrad_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["upgrad"]`` (none: run it bare).
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term: the method balances the
-        gradients of ``base_i * L_i``.
       reg_eps: ridge added to the trace-normalised Gramian.
       iterations: interior-point iterations.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
-      A :class:`adaptive_optax.LossWeighting` of UPGrad's weights, needing ``"gramian"``.
+      A :class:`adaptive_optax.LossWeighting` needing ``"gramian"``.
 
     Examples:
       >>> import adaptive_optax as ao
