@@ -207,6 +207,7 @@ def famo_weights(
       >>> weights, state = weighting.update({"a": 0.5, "b": 3.0}, state)
       >>> float(state.rule_state.logits[0]) < 0  # "a" fell faster: its logit goes down
       True
+      >>> safe = ao.famo_weights({"a": 1.0, "b": 1.0}, **ao.RECOMMENDED["famo"])
 
     References:
       Liu, Feng, Stone & Liu, NeurIPS 2023 (arXiv:2306.03792).

@@ -92,6 +92,7 @@ def gls_weights(base_weights: PyTree, *, min_loss: float = 1e-8, **guards: Any) 
       >>> weights, state = weighting.update({"a": 1.0, "b": 4.0}, weighting.init())
       >>> float(weights["a"]), float(weights["b"])  # G = 2: (2 / 1, 2 / 4)
       (2.0, 0.5)
+      >>> safe = ao.gls_weights({"a": 1.0, "b": 1.0}, **ao.RECOMMENDED["gls"])
 
     References:
       Chennupati et al., CVPR 2019 workshops (arXiv:1904.08492).

@@ -117,6 +117,7 @@ def imtl_l_weights(
       >>> weights, state = weighting.update({"a": 3.0}, weighting.init())
       >>> round(float(weights["a"]), 4)  # s = 0 - 0.5 * (3 - 1) = -1
       0.3679
+      >>> safe = ao.imtl_l_weights({"a": 1.0}, **ao.RECOMMENDED["imtl_l"])
 
     References:
       Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021.

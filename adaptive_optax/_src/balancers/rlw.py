@@ -102,6 +102,7 @@ def rlw_weights(base_weights: PyTree, *, seed: int = 0, **guards: Any) -> LossWe
       >>> g = np.asarray(jax.random.normal(draw, (3,)))
       >>> bool(np.allclose(jax.tree.leaves(weights), 3 * np.exp(g) / np.exp(g).sum()))
       True
+      >>> safe = ao.rlw_weights({"a": 1.0, "b": 1.0, "c": 1.0}, **ao.RECOMMENDED["rlw"])
 
     References:
       Lin et al., TMLR 2022 (arXiv:2111.10603).
