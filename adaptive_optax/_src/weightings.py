@@ -107,7 +107,8 @@ def legacy_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
       >>> float(weights["mel"])  # 0.8 x base: 0.5 + 0.5 tanh(x) < 1
       2.0
     """
-    return guarded(tanh_rule(), base_weights, **(RELAXED | guards))
+    settings: dict[str, Any] = {**RELAXED, **guards}
+    return guarded(tanh_rule(), base_weights, **settings)
 
 
 @preset
@@ -144,7 +145,7 @@ def unguarded_weights(
       >>> weighting = ao.unguarded_weights({"mel": 2.5, "stop": 1.0}, adapt="mel")
     """
     rule = _controller_rule(max_change, high_ratio, low_ratio, grad_growth)
-    settings = RELAXED | dict(bounds=(1e-3, 1e3), max_change=max_change)
+    settings: dict[str, Any] = {**RELAXED, "bounds": (1e-3, 1e3), "max_change": max_change}
     return guarded(rule, base_weights, **(settings | guards))
 
 

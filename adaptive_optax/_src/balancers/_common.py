@@ -57,7 +57,7 @@ def preset(factory: Factory) -> Factory:
 
 def bare(rule: Rule, base_weights: PyTree, guards: dict[str, Any]) -> LossWeighting:
     """``rule`` under the :data:`BARE` settings, overridden by the user's ``guards``."""
-    return guarded(rule, base_weights, **(BARE | guards))
+    return guarded(rule, base_weights, **{**BARE, **guards})
 
 
 def float_dtype(x: jax.Array):

@@ -23,7 +23,7 @@ ADAM_EPS = 1e-8
 
 
 class FAMOState(NamedTuple):
-    """State of :func:`famo_rule`: the logits and their Adam optimiser.
+    """State of :func:`famo_rule`: the logits and their Adam optimizer.
 
     Attributes:
       logits: ``(n,)`` the task logits ``xi`` (0 at first); ``softmax(xi)`` are FAMO's ``z``.
@@ -49,7 +49,7 @@ def famo_rule(
     """FAMO's weights: softmax logits learned so that every loss falls at the same log rate.
 
     With ``D_i = max(L_i - m_i, 0) + eps`` (``m_i`` the loss floor ``min_losses``), logits
-    ``xi`` and ``z = softmax(xi)``, FAMO (the authors' ``famo.py``) minimises
+    ``xi`` and ``z = softmax(xi)``, FAMO (the authors' ``famo.py``) minimizes
     ``sum_i z_i log D_i / c`` with ``c = sum_j z_j / D_j`` held constant; its gradient with
     respect to the model is that of the weighted sum ``sum_i w_i L_i`` with::
 
@@ -86,7 +86,7 @@ def famo_rule(
 
     Args:
       lr: Adam's step size on the logits (> 0): the authors' ``w_lr``, 0.025.
-      weight_decay: L2 regularisation of the logits (>= 0): the authors' ``gamma``. 1e-3 as
+      weight_decay: L2 regularization of the logits (>= 0): the authors' ``gamma``. 1e-3 as
         in three of their four ``run.sh`` scripts, LibMTL and TorchJD; their ``famo.py`` and
         command line default to 0.01, their ``weight_methods.py`` to 1e-5, their toy to 0.
       min_losses: the floor ``m_i``: one finite number, or one per term in the leaf order of
@@ -192,7 +192,7 @@ def famo_weights(
 
     Args:
       lr: Adam's step size on the logits (the authors' ``w_lr``).
-      weight_decay: L2 regularisation of the logits (the authors' ``gamma``).
+      weight_decay: L2 regularization of the logits (the authors' ``gamma``).
       min_losses: the loss floor FAMO takes the log above: one number, or a pytree of numbers
         shaped like ``base_weights``.
       eps: added to ``L - min_losses`` before the log.

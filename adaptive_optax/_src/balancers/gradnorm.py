@@ -35,14 +35,14 @@ def gradnorm_rule(*, alpha: float = 1.5, lr: float = 0.025) -> Rule:
     With ``g_i`` the norm of the *unweighted* gradient of term ``i`` with respect to the
     shared weights ``W`` (the ``"norm"`` statistic; select ``W`` with the ``gradient_filter``
     of :func:`adaptive_optax.weight_gradients`), ``G_i = w_i g_i``, ``G_bar`` their mean,
-    ``L~_i = L_i(t) / L_i(0)`` and ``r_i = L~_i / mean_j L~_j``, the paper minimises::
+    ``L~_i = L_i(t) / L_i(0)`` and ``r_i = L~_i / mean_j L~_j``, the paper minimizes::
 
         L_grad = sum_i | G_i - G_bar * r_i ** alpha |
 
     with the target ``G_bar r_i ** alpha`` held constant. Its gradient is taken analytically,
     ``dL_grad / dw_i = sign(G_i - G_bar r_i ** alpha) * g_i``, and one plain gradient step of
-    size ``lr`` is made per ``update`` (the paper uses the network's optimiser); the weights
-    are then clipped at 0 and renormalised to sum to the number of terms. The proposed weight
+    size ``lr`` is made per ``update`` (the paper uses the network's optimizer); the weights
+    are then clipped at 0 and renormalized to sum to the number of terms. The proposed weight
     is ``base_i * w_i``: with unit base weights, exactly the paper's; other base weights act as
     fixed prior factors (``G_i`` then uses ``base_i * w_i``).
 
@@ -93,8 +93,8 @@ def gradnorm_rule(*, alpha: float = 1.5, lr: float = 0.025) -> Rule:
         held = jnp.sum(jnp.where(finite, 0.0, w))
         total = jnp.sum(jnp.where(finite, stepped, 0.0))
         scale = (w.shape[0] - held) / jnp.where(total > 0, total, 1.0)
-        renormalised = jnp.where(finite & (total > 0), stepped * scale, w)
-        return base * renormalised, GradNormState(renormalised)
+        renormalized = jnp.where(finite & (total > 0), stepped * scale, w)
+        return base * renormalized, GradNormState(renormalized)
 
     return Rule(init=init, propose=propose, needs=("norm",))
 
@@ -103,7 +103,7 @@ def gradnorm_rule(*, alpha: float = 1.5, lr: float = 0.025) -> Rule:
 def gradnorm_weights(
     base_weights: PyTree, *, alpha: float = 1.5, lr: float = 0.025, **guards: Any
 ) -> LossWeighting:
-    """GradNorm (Chen et al. 2018) as a weighting: learned weights, renormalised to sum to n.
+    """GradNorm (Chen et al. 2018) as a weighting: learned weights, renormalized to sum to n.
 
     See :func:`adaptive_optax.gradnorm_rule` for the formula; recommended guards:
     ``ao.RECOMMENDED["gradnorm"]``.

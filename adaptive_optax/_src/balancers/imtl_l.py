@@ -27,18 +27,18 @@ def imtl_l_rule(
 ) -> Rule:
     """Weights ``exp(s_i)`` learned so that every scaled loss tends to 1.
 
-    IMTL-L scales each raw loss by ``exp(s_i)`` and adds the regulariser ``-s_i``::
+    IMTL-L scales each raw loss by ``exp(s_i)`` and adds the regularizer ``-s_i``::
 
         L(s) = sum_i exp(s_i) * L_i - s_i,      dL / ds_i = exp(s_i) * L_i - 1
 
     so that at equilibrium ``exp(s_i) L_i = 1`` for every term, whatever its kind (the
     "impartial" balance of the paper). One plain gradient step of size ``lr`` on ``s`` is made
     per ``update`` from this analytic gradient (the authors train ``s`` with the network's
-    optimiser), and the proposed weight is ``base_i * exp(s_i)``. ``s`` is clipped to
+    optimizer), and the proposed weight is ``base_i * exp(s_i)``. ``s`` is clipped to
     ``[-max_log_scale, max_log_scale]`` so that ``exp(s)`` stays finite: a loss at or below 0
     (where the objective has no minimum) drives the weight to ``exp(max_log_scale)``; bounds of
     :func:`adaptive_optax.guarded` stop it sooner. A term whose loss is not finite keeps its
-    ``s_i``. The regulariser ``-s_i`` is not part of :func:`adaptive_optax.weighted_sum`: it
+    ``s_i``. The regularizer ``-s_i`` is not part of :func:`adaptive_optax.weighted_sum`: it
     does not depend on the model's parameters.
 
     Relation to uncertainty weighting: IMTL-L at ``s`` is twice Kendall et al.'s regression

@@ -1,4 +1,4 @@
-"""Scale normalisation: each term's weight divided by its loss scale, as GradNorm's L_i / L_i(0)."""
+"""Scale normalization: each term's weight divided by its loss scale, as GradNorm's L_i / L_i(0)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def base_rule() -> Rule:
     """Proposes the base weights it is given: the rule of :func:`normalized_weights`.
 
     Under ``normalize=`` of :func:`adaptive_optax.guarded` the base a rule is given is the
-    normalised one, so this rule is the scale normalisation alone; without it, it proposes the
+    normalized one, so this rule is the scale normalization alone; without it, it proposes the
     base weights (fixed weights, with the guards' spike cuts and slow start).
 
     Returns:
@@ -39,7 +39,7 @@ def normalized_weights(
     ``L_i`` is the term's first finite loss (``reference="first_loss"``, GradNorm's ``L_i(0)``) or
     the running mean of its losses (``"running"``), and ``c`` keeps the sum of the base weights:
     ``guarded(base_rule(), base_weights, normalize=reference)``, bare. To put another rule on the
-    normalised scale, pass ``normalize=`` to :func:`adaptive_optax.guarded` or to its preset.
+    normalized scale, pass ``normalize=`` to :func:`adaptive_optax.guarded` or to its preset.
     Recommended guards: ``ao.RECOMMENDED["normalized"]`` (none: run it bare).
 
     Args:

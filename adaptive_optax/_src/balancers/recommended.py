@@ -55,51 +55,49 @@ _RELATIVE = dict(
 # Weights of 1 / loss, or a random draw, that can leave the base by orders of magnitude.
 _WIDE_BOUNDS = dict(bounds=(0.1, 10.0))
 
+_TABLE: dict[str, dict[str, Any]] = {
+    # loss-only balancers
+    "dwa": _RELATIVE,
+    "softadapt": _RELATIVE,
+    "relobralo": _RELATIVE,
+    # learned weights that tend to 1 / L: within a factor 10 of the base weight
+    "uncertainty": _RELATIVE | _WIDE_BOUNDS,
+    "famo": _WIDE_BOUNDS,
+    "imtl_l": _WIDE_BOUNDS,
+    "gls": _WIDE_BOUNDS,
+    "rlw": _WIDE_BOUNDS,
+    "uw_so": {},
+    "normalized": {},
+    # gradient-norm balancers
+    "gradnorm": _RELATIVE,
+    # a term whose gradient is 0 is proposed R / eps: slow moves, wide bounds, no spike
+    # guard (the original controller's guards with bounds (0.1, 10))
+    "encodec": dict(
+        bounds=(0.1, 10.0),
+        max_change=0.05,
+        warmup_steps=100,
+        cooling_period=50,
+        min_stable_steps=10,
+        auto_rollback=True,
+    ),
+    # the rule needs its weight early: a cap instead of a warmup or change limit, and
+    # no spike guard (a jumping boundary loss asks for more weight, not less)
+    "lr_annealing": dict(max_weight=1e3, cooling_period=10, auto_rollback=True),
+    "metabalance": {},
+    # Gramian methods: a change limit, bounds or a gate void the guarantees of the
+    # solvers (an aggregate that conflicts with no term); run them bare
+    "mgda": {},
+    "upgrad": {},
+    "dualproj": {},
+    "imtl_g": {},
+    "aligned_mtl": {},
+    "cagrad": {},
+    "pcgrad": {},
+    "config": {},
+    "nash_mtl": {},
+}
 RECOMMENDED: Mapping[str, GuardSettings] = MappingProxyType(
-    {
-        name: MappingProxyType(settings)
-        for name, settings in {
-            # loss-only balancers
-            "dwa": _RELATIVE,
-            "softadapt": _RELATIVE,
-            "relobralo": _RELATIVE,
-            # learned weights that tend to 1 / L: within a factor 10 of the base weight
-            "uncertainty": _RELATIVE | _WIDE_BOUNDS,
-            "famo": _WIDE_BOUNDS,
-            "imtl_l": _WIDE_BOUNDS,
-            "gls": _WIDE_BOUNDS,
-            "rlw": _WIDE_BOUNDS,
-            "uw_so": {},
-            "normalized": {},
-            # gradient-norm balancers
-            "gradnorm": _RELATIVE,
-            # a term whose gradient is 0 is proposed R / eps: slow moves, wide bounds, no spike
-            # guard (the original controller's guards with bounds (0.1, 10))
-            "encodec": dict(
-                bounds=(0.1, 10.0),
-                max_change=0.05,
-                warmup_steps=100,
-                cooling_period=50,
-                min_stable_steps=10,
-                auto_rollback=True,
-            ),
-            # the rule needs its weight early: a cap instead of a warmup or change limit, and
-            # no spike guard (a jumping boundary loss asks for more weight, not less)
-            "lr_annealing": dict(max_weight=1e3, cooling_period=10, auto_rollback=True),
-            "metabalance": {},
-            # Gramian methods: a change limit, bounds or a gate void the guarantees of the
-            # solvers (an aggregate that conflicts with no term); run them bare
-            "mgda": {},
-            "upgrad": {},
-            "dualproj": {},
-            "imtl_g": {},
-            "aligned_mtl": {},
-            "cagrad": {},
-            "pcgrad": {},
-            "config": {},
-            "nash_mtl": {},
-        }.items()
-    }
+    {name: MappingProxyType(settings) for name, settings in _TABLE.items()}
 )
 """The guards recommended for each preset, by the method's name (its factory without
 ``_weights``): ``ao.gradnorm_weights(base, **ao.RECOMMENDED["gradnorm"])``.

@@ -1,4 +1,4 @@
-"""SoftAdapt (Heydari, Thompson & Mehmood, 2019): original, loss-weighted and normalised."""
+"""SoftAdapt (Heydari, Thompson & Mehmood, 2019): original, loss-weighted and normalized."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def forward_difference(order: int) -> np.ndarray:
             if j != k:
                 c *= Fraction(-j, k - j)
         coefficients[k] = c
-    coefficients[0] = -sum(coefficients[1:])
+    coefficients[0] = -sum(coefficients[1:], Fraction(0))
     return np.array([float(c) for c in coefficients])
 
 
@@ -72,7 +72,7 @@ def softadapt_rule(
         loss_weighted  alpha_i = f_i exp(beta s_i) / sum_j f_j exp(beta s_j)
         normalized     alpha_i = exp(beta ns_i) / sum_j exp(beta ns_j),  ns_i = s_i / sum_j |s_j|
 
-    where ``f_i`` is the mean of the losses the slope is taken over. ``beta > 0`` favours the
+    where ``f_i`` is the mean of the losses the slope is taken over. ``beta > 0`` favors the
     term that decreases slowest. The paper's ``alpha`` sum to 1; the proposed weight is
     ``n * alpha_i * base_i``, so that equal slopes give the base weights (a constant factor
     ``n`` on the total loss).
@@ -86,12 +86,12 @@ def softadapt_rule(
     number of losses known minus 1, and the slope is 0 with one loss. The last ``order + 1``
     losses are kept in the rule's state (the shared history holds only the previous one).
 
-    Where we depart from the authors' code: the normalised variant divides by the L1 norm
-    ``sum_j |s_j|``, so the normalised slopes lie in ``[-1, 1]``; their code divides by the
+    Where we depart from the authors' code: the normalized variant divides by the L1 norm
+    ``sum_j |s_j|``, so the normalized slopes lie in ``[-1, 1]``; their code divides by the
     signed sum ``sum_j s_j``, which flips every slope when the sum is negative (when the
     losses fall overall, the usual case, it gives the fastest-falling term the largest weight,
-    the opposite of the variant's intent: their README's own normalised examples show it) and
-    divides by 0 when slopes cancel. Their softmax adds 1e-8 to its denominator; we normalise
+    the opposite of the variant's intent: their README's own normalized examples show it) and
+    divides by 0 when slopes cancel. Their softmax adds 1e-8 to its denominator; we normalize
     exactly. A term with a non-finite loss keeps its history, last slope and mean.
 
     Recommended guards (``ao.RECOMMENDED["softadapt"]``): bounds near the base weight, a
@@ -103,7 +103,7 @@ def softadapt_rule(
       beta: the focus ``beta`` (any real; 0 gives equal weights).
       order: accuracy order of the finite difference, 1 to 10 (the authors' default: 4,
         over five losses).
-      eps: floor of ``sum_j |s_j|`` in the normalised variant (> 0).
+      eps: floor of ``sum_j |s_j|`` in the normalized variant (> 0).
 
     Returns:
       A :class:`adaptive_optax.Rule` with state :class:`SoftAdaptState`.
@@ -191,7 +191,7 @@ def softadapt_weights(
       beta: the focus ``beta``.
       order: accuracy order of the finite difference of the slopes, 1 to 10 (default 4, the
         authors': five losses).
-      eps: floor of the slopes' L1 norm in the normalised variant.
+      eps: floor of the slopes' L1 norm in the normalized variant.
 
     Examples:
       >>> import adaptive_optax as ao

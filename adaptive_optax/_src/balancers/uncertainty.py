@@ -34,12 +34,12 @@ def uncertainty_rule(
         L(s) = sum_i exp(-s_i) * L_i + s_i,     dL / ds_i = 1 - exp(-s_i) * L_i
 
     One plain gradient step of size ``lr`` on ``s`` is made per ``update`` from this analytic
-    gradient (the paper trains ``s`` with the network's optimiser), and the proposed weight is
+    gradient (the paper trains ``s`` with the network's optimizer), and the proposed weight is
     ``base_i * exp(-s_i)``. At equilibrium ``exp(-s_i) = 1 / L_i``. ``s`` is clipped to
     ``[-max_log_variance, max_log_variance]`` so that ``exp(-s)`` stays finite: a loss at or
     below 0 (where the objective has no minimum and the weight would grow without end) then
     stops at ``exp(max_log_variance)``; bounds of :func:`adaptive_optax.guarded` stop it
-    sooner. The regulariser ``s_i`` is not part of :func:`adaptive_optax.weighted_sum`: it
+    sooner. The regularizer ``s_i`` is not part of :func:`adaptive_optax.weighted_sum`: it
     does not depend on the model's parameters.
 
     Args:

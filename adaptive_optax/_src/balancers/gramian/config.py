@@ -34,7 +34,7 @@ def config_from_gramian(gramian, *, pref_vector=None, mask=None) -> Array:
     (``pinv``) act on ``U`` itself; they agree unless ``U`` is that ill-conditioned. When
     ``pinv(U) u`` vanishes (``u`` has no component above ``eps`` in the range of the unit
     Gramian, e.g. two opposite gradients) or ``v^T G v = 0``, the weights are zero, as
-    TorchJD's normalisation of a (numerically) zero direction gives.
+    TorchJD's normalization of a (numerically) zero direction gives.
 
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.

@@ -22,13 +22,13 @@ def dualproj_from_gramian(
 
     ``w = argmin_v v^T G v`` s.t. ``v >= u`` with ``u = pref_vector`` (default ``1/K``): the
     weights of the projection of ``J^T u`` onto ``{d : J d >= 0}`` (Equation 11 of GEM,
-    in TorchJD's dual form). Same solver, regularisation and departures as
+    in TorchJD's dual form). Same solver, regularization and departures as
     ``upgrad_from_gramian`` (``ao.gramian.upgrad``).
 
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
       pref_vector: ``(K,)`` weights of the vector to project; default ``1/K`` each.
-      reg_eps: ridge added to the trace-normalised Gramian (``>= 0``).
+      reg_eps: ridge added to the trace-normalized Gramian (``>= 0``).
       iterations: interior-point iterations (static).
       mask: optional ``(K,)`` bools, the terms to solve for (see ``ao.gramian``).
 
@@ -68,7 +68,7 @@ def dualproj_rule(
     :func:`adaptive_optax.upgrad_rule`.
 
     Args:
-      reg_eps: ridge added to the trace-normalised Gramian (>= 0).
+      reg_eps: ridge added to the trace-normalized Gramian (>= 0).
       iterations: interior-point iterations (static, >= 1).
 
     Returns:
@@ -101,7 +101,7 @@ def dualproj_weights(
     ``ao.RECOMMENDED["dualproj"]`` (none: run it bare).
 
     Args:
-      reg_eps: ridge of the projection's QP, added to the trace-normalised Gramian.
+      reg_eps: ridge of the projection's QP, added to the trace-normalized Gramian.
       iterations: interior-point iterations of the projection.
 
     Returns:

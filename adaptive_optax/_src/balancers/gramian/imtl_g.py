@@ -21,7 +21,7 @@ from adaptive_optax._src.base import LossWeighting, PyTree, Rule
 def imtl_g_from_gramian(gramian, *, mask=None) -> Array:
     """IMTL-G: the aggregate has the same projection on every unit gradient.
 
-    Closed form (TorchJD's generalisation to linearly dependent gradients)::
+    Closed form (TorchJD's generalization to linearly dependent gradients)::
 
         v = pinv(G) sqrt(diag(G)),    w = v / sum(v)
 
@@ -68,7 +68,7 @@ def imtl_g_rule() -> Rule:
     non-negative, and the guards clip such a weight to 0 (or to the lower bound): a departure
     from the method, which the toy benchmark of MEASURED.md shows.
 
-    Recommended guards (``ao.RECOMMENDED["imtl_g"]``): none; ``every=k`` amortises the
+    Recommended guards (``ao.RECOMMENDED["imtl_g"]``): none; ``every=k`` amortizes the
     eigendecomposition, and bounds keep a weight from reaching 0.
 
     Returns:

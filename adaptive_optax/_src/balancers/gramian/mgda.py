@@ -24,10 +24,10 @@ def mgda_from_gramian(gramian, *, iterations: int = QP_ITERATIONS, mask=None) ->
     ``J d >= ||d||^2 >= 0``: it conflicts with no gradient.
 
     Solved by a primal-dual interior-point method (fixed ``iterations``) on the
-    trace-normalised Gramian, where the authors and TorchJD run Frank-Wolfe (Algorithm 2 of
-    Sener & Koltun) with an early stop at ``gamma < 0.001`` or 100 iterations: the minimiser is
+    trace-normalized Gramian, where the authors and TorchJD run Frank-Wolfe (Algorithm 2 of
+    Sener & Koltun) with an early stop at ``gamma < 0.001`` or 100 iterations: the minimizer is
     the same, reached to float precision. When it is not unique (``0`` in the hull of a
-    rank-deficient set), the interior-point method returns the analytic centre of the optimal
+    rank-deficient set), the interior-point method returns the analytic center of the optimal
     face, which keeps the weights permutation-equivariant.
 
     Args:
