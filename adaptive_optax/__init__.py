@@ -1,4 +1,4 @@
-"""adaptive_optax: adaptive loss weights for JAX that never destabilise training.
+"""adaptive_optax: adaptive loss weights for JAX that never destabilize training.
 
 A weighting is a pure ``(init, update)`` pair over an immutable :class:`AdaptiveState`::
 

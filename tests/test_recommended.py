@@ -52,7 +52,7 @@ def guide_table() -> dict[str, dict]:
 
 def test_every_preset_has_recommended_guards_and_nothing_else_does():
     assert sorted(ao.RECOMMENDED) == PRESETS
-    assert len(PRESETS) == 23  # the 22 published methods and the scale normalisation
+    assert len(PRESETS) == 23  # the 22 published methods and the scale normalization
 
 
 def test_the_guides_table_says_what_the_data_says():
