@@ -1,8 +1,12 @@
 # Two commands do everything on a fresh machine with only Python:
 #   make demo   runs the main job (the stability demo), writing to out/demo/ (ignored by git)
-#   make test   lint, format check, every test (notebooks included) and the docs build
+#   make test   lint, format check, type check, every test (notebooks included), the docs build,
+#               and the core tests under the lowest versions pyproject.toml allows (test-lowest)
 # Also:
 #   make docs     the documentation site, in docs/_build/html (ignored by git)
+#   make test-lowest  core tests (guard settings, rules, balancers) in a venv of their own, build/venv-lowest,
+#                 under the lowest jax, jaxlib, optax, chex, pytest, pytest-xdist and hypothesis that
+#                 pyproject.toml allows (.ci/lowest_requirements.py reads them)
 #   make figures  regenerates the benchmark outputs committed in results/ (the suite: every problem
 #                 of benchmarks/problems.py with every arm at full length, hours on 2 cores; the
 #                 committed tables came from the reduced commands beside them in results/summary.md;
@@ -11,8 +15,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SPHINX_OPTS ?= -W --keep-going -q
+LOWEST ?= build/venv-lowest
+# The core tests of test-lowest: the fastest files that cover the guards' settings, the rules and
+# every balancer (the whole suite under the lowest versions would not fit the test command's
+# budget). The deselected test reads jax.dtypes.TypePromotionError, public from jax 0.10.1 on;
+# the library itself needs only jax 0.10.
+CORE_TESTS ?= tests/test_rules.py tests/test_guards_settings.py tests/test_recommended.py \
+	tests/test_uw_so_metabalance.py \
+	--deselect tests/test_guards_settings.py::test_library_tests_run_under_strict_dtype_promotion
 
-.PHONY: demo test docs figures bench install clean
+.PHONY: demo test test-lowest docs figures bench install clean
 
 install: $(VENV)/.installed
 
@@ -38,8 +50,21 @@ docs: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 tests --doctest-modules adaptive_optax
 	$(BIN)/sphinx-build $(SPHINX_OPTS) -b html docs docs/_build/html
+	$(MAKE) test-lowest
+
+# The venv is rebuilt only when the pinned versions change; the package runs from the work tree.
+test-lowest:
+	@mkdir -p build
+	$(PYTHON) .ci/lowest_requirements.py > build/lowest-requirements.txt
+	cmp -s build/lowest-requirements.txt $(LOWEST)/requirements.txt || { \
+		rm -rf $(LOWEST) && $(PYTHON) -m venv $(LOWEST) && \
+		$(LOWEST)/bin/python -m pip install --quiet --upgrade pip && \
+		$(LOWEST)/bin/python -m pip install --quiet -r build/lowest-requirements.txt && \
+		cp build/lowest-requirements.txt $(LOWEST)/requirements.txt; }
+	PYTHONPATH=$(CURDIR) $(LOWEST)/bin/python -m pytest -q -n 2 -p no:cacheprovider $(CORE_TESTS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache docs/_build docs/_autosummary docs/notebooks out
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .ruff_cache .mypy_cache docs/_build docs/_autosummary docs/notebooks out

@@ -1,4 +1,4 @@
-"""adaptive_optax: adaptive loss weights for JAX that never destabilise training.
+"""adaptive_optax: adaptive loss weights for JAX that never destabilize training.
 
 A weighting is a pure ``(init, update)`` pair over an immutable :class:`AdaptiveState`::
 
@@ -8,6 +8,7 @@ A weighting is a pure ``(init, update)`` pair over an immutable :class:`Adaptive
     total = ao.weighted_sum(losses, weights)
 """
 
+from adaptive_optax import balancers as balancers  # the published methods: ao.balancers.dwa_weights
 from adaptive_optax import gramian as gramian  # the pure solvers: ao.gramian.upgrad(G)
 from adaptive_optax._src.balancers.annealing import lr_annealing_rule as lr_annealing_rule
 from adaptive_optax._src.balancers.annealing import lr_annealing_weights as lr_annealing_weights
@@ -47,6 +48,9 @@ from adaptive_optax._src.balancers.metabalance import metabalance_rule as metaba
 from adaptive_optax._src.balancers.metabalance import metabalance_weights as metabalance_weights
 from adaptive_optax._src.balancers.normalized import base_rule as base_rule
 from adaptive_optax._src.balancers.normalized import normalized_weights as normalized_weights
+from adaptive_optax._src.balancers.recommended import BARE as BARE
+from adaptive_optax._src.balancers.recommended import ORIGINAL as ORIGINAL
+from adaptive_optax._src.balancers.recommended import RECOMMENDED as RECOMMENDED
 from adaptive_optax._src.balancers.relobralo import relobralo_rule as relobralo_rule
 from adaptive_optax._src.balancers.relobralo import relobralo_weights as relobralo_weights
 from adaptive_optax._src.balancers.rlw import rlw_rule as rlw_rule
@@ -69,12 +73,13 @@ from adaptive_optax._src.checkpoint import restore as restore
 from adaptive_optax._src.combinators import every_k as every_k
 from adaptive_optax._src.control import checked as checked
 from adaptive_optax._src.control import disable as disable
-from adaptive_optax._src.control import distilled_weights as distilled_weights
+from adaptive_optax._src.control import distilled_weights as distill
 from adaptive_optax._src.control import enable as enable
 from adaptive_optax._src.control import find_state as find_state
 from adaptive_optax._src.control import metrics as metrics
 from adaptive_optax._src.control import rollback as rollback
 from adaptive_optax._src.control import weighted_sum as weighted_sum
+from adaptive_optax._src.deprecated import distilled_weights as distilled_weights
 from adaptive_optax._src.gradients import GRADIENT_STATISTICS as GRADIENT_STATISTICS
 from adaptive_optax._src.gradients import gradient_statistics as gradient_statistics
 from adaptive_optax._src.guards import RELAXED as RELAXED
@@ -99,19 +104,16 @@ from adaptive_optax._src.weightings import unguarded_weights as unguarded_weight
 __version__ = "0.1.0"
 
 __all__ = (
-    "metabalance_rule",
-    "metabalance_weights",
-    "uw_so_rule",
-    "uw_so_weights",
-    "base_rule",
-    "normalized_weights",
-    "GRADIENT_STATISTICS",
-    "RELAXED",
     "AWAY_REASONS",
     "AdaptiveState",
+    "BARE",
     "Counters",
+    "GRADIENT_STATISTICS",
     "LogStats",
     "LossWeighting",
+    "ORIGINAL",
+    "RECOMMENDED",
+    "RELAXED",
     "RepresentationGrads",
     "Rule",
     "RunningStats",
@@ -122,12 +124,14 @@ __all__ = (
     "aligned_mtl_weights",
     "apply_gradients",
     "apply_if_finite",
+    "base_rule",
     "cagrad_rule",
     "cagrad_weights",
     "checked",
     "config_rule",
     "config_weights",
     "disable",
+    "distill",
     "distilled_weights",
     "dualproj_rule",
     "dualproj_weights",
@@ -155,11 +159,14 @@ __all__ = (
     "loss_scaled",
     "lr_annealing_rule",
     "lr_annealing_weights",
+    "metabalance_rule",
+    "metabalance_weights",
     "metrics",
     "mgda_rule",
     "mgda_weights",
     "nash_mtl_rule",
     "nash_mtl_weights",
+    "normalized_weights",
     "pcgrad_rule",
     "pcgrad_weights",
     "per_term_grads",
@@ -180,6 +187,8 @@ __all__ = (
     "unguarded_weights",
     "upgrad_rule",
     "upgrad_weights",
+    "uw_so_rule",
+    "uw_so_weights",
     "weight_gradients",
     "weight_grid",
     "weighted_sum",

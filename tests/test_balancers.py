@@ -88,7 +88,7 @@ def test_lr_annealing_rejects_unknown_main():
 
 
 def gradnorm_reference(losses, norms, alpha, lr):
-    """GradNorm from eq. 1-2 of the paper: one L1 gradient step on w, then renormalise."""
+    """GradNorm from eq. 1-2 of the paper: one L1 gradient step on w, then renormalize."""
     w = np.ones(losses.shape[1])
     out = []
     for t in range(len(losses)):
@@ -127,7 +127,7 @@ def test_gradnorm_weights_are_prior_times_learned_and_skip_nonfinite_terms():
             ({"a": jnp.nan, "b": 1.0}, {"grad_norms": {"a": 1.0, "b": 1.0}}),
         ],
     )
-    # G = (2, 1), target 1.5: w = (1 - 0.2, 1 + 0.1) renormalised to sum 2.
+    # G = (2, 1), target 1.5: w = (1 - 0.2, 1 + 0.1) renormalized to sum 2.
     w = np.array([0.8, 1.1]) * 2 / 1.9
     np.testing.assert_allclose(out[0], [2 * w[0], w[1]], rtol=1e-6)
     # a non-finite term keeps its learned weight; the other keeps the rest of the sum
@@ -261,8 +261,8 @@ FACTORIES = {
     "gls": lambda **g: ao.gls_weights(BASE, **g),
     "uw_so": lambda **g: ao.uw_so_weights(BASE, **g),
     "metabalance": lambda **g: ao.metabalance_weights(BASE, main="b", **g),
-    # its bounds are factors of the normalised base weights, not of BASE, and win over
-    # max_change when the normalised base moves (tests/test_controller_options.py)
+    # its bounds are factors of the normalized base weights, not of BASE, and win over
+    # max_change when the normalized base moves (tests/test_controller_options.py)
     "normalized": lambda **g: ao.normalized_weights(BASE, reference="running", **g),
     # the Gramian methods (tests/test_gramian.py checks their values)
     "mgda": lambda **g: ao.mgda_weights(BASE, **g),
@@ -521,6 +521,6 @@ def test_gradnorm_through_weight_gradients_uses_the_shared_layer_norm():
     expected, _ = jax.jit(direct.update)(losses, direct.init(), grad_norms={"a": 5.0, "b": 1.0})
     got = ao.find_state(state).weights
     np.testing.assert_allclose(jax.tree.leaves(got), jax.tree.leaves(expected), rtol=1e-6)
-    # G = (5, 1), target 3: w = (1 - 0.5, 1 + 0.1), renormalised to sum 2
+    # G = (5, 1), target 3: w = (1 - 0.5, 1 + 0.1), renormalized to sum 2
     np.testing.assert_allclose(jax.tree.leaves(got), [0.5 / 0.8, 1.1 / 0.8], rtol=1e-6)
     assert isinstance(tx, optax.GradientTransformationExtraArgs)

@@ -88,5 +88,5 @@ def test_stability_counts_calm_steps_and_resets_on_a_loud_or_nonfinite_one():
 def test_stability_count_saturates_instead_of_wrapping():
     gate = Stability.checked(min_stable_steps=1, variance_threshold=0.5)
     top = jnp.iinfo(jnp.int32).max
-    stable = gate.count(jnp.array([top], jnp.int32), _signals([0.0], [True]))
+    stable = gate.stable_count(jnp.array([top], jnp.int32), _signals([0.0], [True]))
     assert int(stable[0]) == top

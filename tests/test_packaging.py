@@ -42,3 +42,33 @@ def test_extras_install_what_users_and_the_test_command_need():
     assert {"jupyterlab", "nbconvert", "ipykernel"} <= names("notebooks")
     assert {"sphinx", "myst-nb", "furo"} <= names("docs")
     assert "adaptive_optax[examples,docs]" in extras["test"]  # make install builds the docs too
+
+
+def test_pre_commit_runs_the_checks_of_the_test_command():
+    """Each hook of .pre-commit-config.yaml is a command of the Makefile's test target."""
+    make = (ROOT / "Makefile").read_text()
+    recipe = make.split("\ntest: install\n", 1)[1].split("\n\n", 1)[0]
+    commands = {
+        line.strip().replace("$(BIN)/", ".venv/bin/").removesuffix(" .")  # pre-commit: files
+        for line in recipe.splitlines()
+    }
+    hooks = re.findall(r"^\s+entry: (.+)$", (ROOT / ".pre-commit-config.yaml").read_text(), re.M)
+    assert [h.split()[0].rsplit("/", 1)[1] for h in hooks] == ["ruff", "ruff", "mypy"]
+    for hook in hooks:
+        assert hook.replace(" --force-exclude", "") in commands, hook
+    assert "$(MAKE) test-lowest" in commands
+
+
+def test_the_lowest_versions_leg_pins_every_core_dependency_at_its_lower_bound():
+    import subprocess
+    import sys
+
+    script = ROOT / ".ci" / "lowest_requirements.py"
+    pins = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    names = {pin.split("==")[0] for pin in pins}
+    assert names == {"jax", "jaxlib", "optax", "chex", "pytest", "pytest-xdist", "hypothesis"}
+    for requirement in project()["dependencies"]:
+        name, bound = re.fullmatch(r"([\w.\-]+)>=(\S+)", requirement).groups()
+        assert f"{name}=={bound}" in pins

@@ -83,11 +83,11 @@ def restore(target: PyTree, restored: PyTree) -> PyTree:
             f"{_describe(found)}, the weighting's are {_describe(expected)} "
             "(a term was added, removed or renamed)"
         )
-    if jax.tree.structure(restored) != jax.tree.structure(target) and isinstance(restored, Mapping):
+    if _structure(restored) != _structure(target) and isinstance(restored, Mapping):
         from flax import serialization  # a state dict: flax wrote it
 
-        restored = serialization.from_state_dict(target, restored)
-    if jax.tree.structure(restored) != jax.tree.structure(target):
+        restored = serialization.from_state_dict(target, dict(restored))
+    if _structure(restored) != _structure(target):
         raise ValueError(
             f"the checkpoint's structure {jax.tree.structure(restored)} differs from the "
             f"target's {jax.tree.structure(target)}"
@@ -102,6 +102,10 @@ def restore(target: PyTree, restored: PyTree) -> PyTree:
                 "dtype or the rule change?)"
             )
     return restored
+
+
+def _structure(tree: PyTree) -> Any:
+    return jax.tree.structure(tree)
 
 
 def _dtype(leaf: Any) -> np.dtype:

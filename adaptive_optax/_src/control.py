@@ -139,7 +139,7 @@ def weighted_sum(losses: PyTree, weights: PyTree) -> jax.Array:
         losses,
         weights,
     )
-    return sum(jax.tree.leaves(products))
+    return sum(jax.tree.leaves(products))  # type: ignore[return-value]
 
 
 def metrics(tree: PyTree) -> dict[str, jax.Array]:
@@ -272,7 +272,7 @@ def _float_fields(state: Any, prefix: str = "") -> dict[str, Any]:
     that hold arrays or pytrees of terms), so a field added to the state is checked without
     being listed here.
     """
-    fields = {}
+    fields: dict[str, Any] = {}
     for name, value in state._asdict().items():
         path = f"{prefix}{name}"
         if hasattr(value, "_asdict"):

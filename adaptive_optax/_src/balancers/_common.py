@@ -1,24 +1,20 @@
-"""What the balancing rules share: bare guard settings, safe arithmetic, the weighted softmax."""
+"""What the balancing rules share: the preset wrapper, safe arithmetic, the weighted softmax."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 from collections.abc import Callable
-from types import MappingProxyType
 from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 
+from adaptive_optax._src.balancers.recommended import BARE
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
-from adaptive_optax._src.guards import RELAXED, guarded
+from adaptive_optax._src.guards import guarded
 from adaptive_optax._src.statistics import at_least_float32
 from adaptive_optax._src.terms import terms_of
-
-BARE = MappingProxyType(RELAXED | dict(bounds=None))
-"""Guard settings of a bare balancer: only non-finite inputs are skipped; weights in [0, inf)."""
-
 
 GUARD_SETTINGS = tuple(
     name
@@ -61,7 +57,7 @@ def preset(factory: Factory) -> Factory:
 
 def bare(rule: Rule, base_weights: PyTree, guards: dict[str, Any]) -> LossWeighting:
     """``rule`` under the :data:`BARE` settings, overridden by the user's ``guards``."""
-    return guarded(rule, base_weights, **(BARE | guards))
+    return guarded(rule, base_weights, **{**BARE, **guards})
 
 
 def float_dtype(x: jax.Array):

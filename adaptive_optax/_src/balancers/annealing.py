@@ -90,34 +90,14 @@ def lr_annealing_weights(
 ) -> LossWeighting:
     """Learning-rate annealing (Wang, Teng & Perdikaris 2021) as a weighting.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.lr_annealing_rule` for the formula.
-
-    Recommended guards: ``max_weight=1e3, cooling_period=10, auto_rollback=True``: a cap on the
-    weight about ten times the weight the rule settles at when every batch holds every term
-    (tens to a few hundred on the PINN of ``MEASURED.md``), and no warmup, change limit or spike
-    guard. In a batch where a term's gradient vanishes (a PINN batch without boundary points)
-    the estimate is ``max |grad| / eps``, about 1e12, and the bare rule adopts 90 % of it at
-    once; in the failure gym (``python -m benchmarks.failures``, ``results/failures.md``) that
-    left the bare PINN at a relative error of 1 (no solution), against 0.015 under these guards.
-    The rule needs its weight early: on that PINN (20 seeds) the median error under these guards
-    was 0.62 times the bare one, and 1.48 times under the guards that PINN used before
-    (``warmup_steps=100, max_change=0.5, max_weight=1e4``), which hold the weight back. The
-    spike guard would halve the boundary weight when the boundary loss jumps, which is when it
-    needs more. The cooling
-    period used to count from step 0, so it held the rule's first estimate back for
-    ``cooling_period`` steps (the estimate the rule needs most); on the 1-D Poisson PINN (width
-    32, 2000 steps, seeds 0-2) ``cooling_period=10`` alone then had a mean error of 1.0e-2
-    against 1.5e-3 bare. It now follows a change, and ``cooling_period=10`` with ``interval=1``
-    is ``interval=10`` (mean 8.1e-4); these recommended guards, 3.0e-4.
+    See :func:`adaptive_optax.lr_annealing_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["lr_annealing"]``.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (the initial weights).
       main: the main (PDE-residual) term, by name (``"residual"``) or leaf index.
       alpha: weight of the new estimate in the moving average.
       interval: update every ``interval`` steps.
       eps: added to the denominator.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
       A :class:`adaptive_optax.LossWeighting` whose ``update`` needs
@@ -135,8 +115,8 @@ def lr_annealing_weights(
       ...                 "mean_abs": {"bc": 0.05, "res": 1.0}})
       >>> round(float(weights["bc"]), 3)  # 0.1 * 1 + 0.9 * 5 / 0.05
       90.1
-      >>> safe = ao.lr_annealing_weights({"bc": 1.0, "res": 1.0}, main="res", max_weight=1e3,
-      ...                                cooling_period=10, auto_rollback=True)
+      >>> safe = ao.lr_annealing_weights({"bc": 1.0, "res": 1.0}, main="res",
+      ...                                **ao.RECOMMENDED["lr_annealing"])
 
     References:
       Wang, Teng & Perdikaris, SIAM J. Sci. Comput. 43(5), 2021, Algorithm 1.

@@ -78,27 +78,11 @@ def dwa_rule(*, temperature: float = 2.0) -> Rule:
 def dwa_weights(base_weights: PyTree, *, temperature: float = 2.0, **guards: Any) -> LossWeighting:
     """Dynamic Weight Average (Liu et al. 2019) as a weighting.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.dwa_rule` for the formula.
-
-    Recommended guards: ``bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10,
-    spike_threshold=3.0``. Updated at every step, the ratios of minibatch losses are noisy; a low
-    temperature turns that noise into weights that jump between 0 and ``n`` (the number of terms)
-    times their base from one step to the next, and with SGD a term whose weight is ``n`` times its
-    base takes ``n`` times its step. In the failure gym (``python -m benchmarks.failures``,
-    ``results/failures.md``; ``temperature=0.05``, SGD) every bare run went non-finite and no
-    guarded run did. The spike guard halves a weight whose loss or gradient norm jumps; it also
-    fires on ordinary minibatch outliers, and in the gym's control (``temperature=2.0``, where the
-    bare method works) these guards cost 12 % of held-out error, against 1 % with
-    ``spike_threshold=None``: switch it off when training is stable and the losses are noisy.
+    See :func:`adaptive_optax.dwa_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["dwa"]``.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       temperature: ``T``.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
-
-    Returns:
-      A :class:`adaptive_optax.LossWeighting`.
 
     Examples:
       >>> import adaptive_optax as ao
@@ -108,8 +92,7 @@ def dwa_weights(base_weights: PyTree, *, temperature: float = 2.0, **guards: Any
       >>> weights, state = weighting.update({"a": 0.5, "b": 1.0}, state)
       >>> round(float(weights["a"]), 4)  # 2 e^0.25 / (e^0.25 + e^0.5)
       0.8756
-      >>> safe = ao.dwa_weights({"a": 1.0, "b": 1.0}, bounds=(0.2, 2.0), max_change=0.1,
-      ...                       warmup_steps=100, cooling_period=10, spike_threshold=3.0)
+      >>> safe = ao.dwa_weights({"a": 1.0, "b": 1.0}, **ao.RECOMMENDED["dwa"])
 
     References:
       Liu, Johns & Davison, CVPR 2019, eq. 7.

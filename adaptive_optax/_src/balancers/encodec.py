@@ -92,27 +92,14 @@ def encodec_weights(
 ) -> LossWeighting:
     """EnCodec's loss balancer as a weighting: each term gets its share of the gradient norm.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.encodec_rule` for the formula.
-
-    Recommended guards: ``bounds=(0.1, 10.0), max_change=0.05, warmup_steps=100, cooling_period=50,
-    min_stable_steps=10, auto_rollback=True``, without the spike guard: the slow defaults of
-    :func:`adaptive_optax.guarded` with wide bounds, which is ``ao.guarded(ao.encodec_rule(), base,
-    bounds=(0.1, 10.0))``. A term whose gradient is 0 (a loss switched on late in training, such as
-    an adversarial loss waiting for its discriminator) is proposed ``R * share / eps``, up to ``R /
-    eps`` = 1e12 by default, at every step until it wakes up, and the bare weight multiplies its
-    first real gradient by that. Moves must therefore be slow: a weight allowed to move fast reaches
-    its upper bound before the term wakes up. In the failure gym (``python -m benchmarks.failures``,
-    ``results/failures.md``; SGD) the bare weight reached 5e11 and training blew up (held-out error
-    1.8e27); under these guards the weight stayed below 2.1 and every run trained, to an error 1.4
-    times that of fixed weights.
+    See :func:`adaptive_optax.encodec_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["encodec"]``.
 
     Args:
       base_weights: the target shares ``lambda_i`` (a pytree of positive floats).
       total_norm: the reference norm ``R``.
       ema_decay: decay of the gradient-norm EMA.
       eps: added to the averaged norm.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
       A :class:`adaptive_optax.LossWeighting` whose ``update`` needs ``grad_norms`` per term.
@@ -124,9 +111,7 @@ def encodec_weights(
       ...     {"l1": 0.5, "adv": 2.0}, weighting.init(), grad_norms={"l1": 2.0, "adv": 0.5})
       >>> round(float(weights["l1"]), 3), round(float(weights["adv"]), 3)
       (0.125, 1.5)
-      >>> safe = ao.encodec_weights({"l1": 1.0, "adv": 3.0}, bounds=(0.1, 10.0), max_change=0.05,
-      ...                           warmup_steps=100, cooling_period=50, min_stable_steps=10,
-      ...                           auto_rollback=True)
+      >>> safe = ao.encodec_weights({"l1": 1.0, "adv": 3.0}, **ao.RECOMMENDED["encodec"])
 
     References:
       Defossez et al., "High Fidelity Neural Audio Compression", 2022, section 3.4.

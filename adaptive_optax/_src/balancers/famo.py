@@ -23,7 +23,7 @@ ADAM_EPS = 1e-8
 
 
 class FAMOState(NamedTuple):
-    """State of :func:`famo_rule`: the logits and their Adam optimiser.
+    """State of :func:`famo_rule`: the logits and their Adam optimizer.
 
     Attributes:
       logits: ``(n,)`` the task logits ``xi`` (0 at first); ``softmax(xi)`` are FAMO's ``z``.
@@ -49,7 +49,7 @@ def famo_rule(
     """FAMO's weights: softmax logits learned so that every loss falls at the same log rate.
 
     With ``D_i = max(L_i - m_i, 0) + eps`` (``m_i`` the loss floor ``min_losses``), logits
-    ``xi`` and ``z = softmax(xi)``, FAMO (the authors' ``famo.py``) minimises
+    ``xi`` and ``z = softmax(xi)``, FAMO (the authors' ``famo.py``) minimizes
     ``sum_i z_i log D_i / c`` with ``c = sum_j z_j / D_j`` held constant; its gradient with
     respect to the model is that of the weighted sum ``sum_i w_i L_i`` with::
 
@@ -81,12 +81,12 @@ def famo_rule(
     largest weight and no ``delta`` beyond ``log eps``. A term whose loss is not finite keeps
     its logit and Adam moments; it shares the softmax through its last finite loss.
 
-    Recommended guards: ``bounds`` (for instance ``(0.1, 10.0)``), since a loss near its floor
-    takes almost all the weight.
+    Recommended guards (``ao.RECOMMENDED["famo"]``): bounds, since a loss near its floor takes
+    almost all the weight.
 
     Args:
       lr: Adam's step size on the logits (> 0): the authors' ``w_lr``, 0.025.
-      weight_decay: L2 regularisation of the logits (>= 0): the authors' ``gamma``. 1e-3 as
+      weight_decay: L2 regularization of the logits (>= 0): the authors' ``gamma``. 1e-3 as
         in three of their four ``run.sh`` scripts, LibMTL and TorchJD; their ``famo.py`` and
         command line default to 0.01, their ``weight_methods.py`` to 1e-5, their toy to 0.
       min_losses: the floor ``m_i``: one finite number, or one per term in the leaf order of
@@ -187,21 +187,15 @@ def famo_weights(
 ) -> LossWeighting:
     """FAMO (Liu et al. 2023) as a weighting, its logits' Adam in the state.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.famo_rule` for the formula and for
-    how the losses after a step are taken from the next step. Recommended guards: ``bounds``.
+    See :func:`adaptive_optax.famo_rule` for the formula and for how the losses after a step are
+    taken from the next step; recommended guards: ``ao.RECOMMENDED["famo"]``.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       lr: Adam's step size on the logits (the authors' ``w_lr``).
-      weight_decay: L2 regularisation of the logits (the authors' ``gamma``).
+      weight_decay: L2 regularization of the logits (the authors' ``gamma``).
       min_losses: the loss floor FAMO takes the log above: one number, or a pytree of numbers
         shaped like ``base_weights``.
       eps: added to ``L - min_losses`` before the log.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
-
-    Returns:
-      A :class:`adaptive_optax.LossWeighting`.
 
     Examples:
       >>> import adaptive_optax as ao
@@ -213,6 +207,7 @@ def famo_weights(
       >>> weights, state = weighting.update({"a": 0.5, "b": 3.0}, state)
       >>> float(state.rule_state.logits[0]) < 0  # "a" fell faster: its logit goes down
       True
+      >>> safe = ao.famo_weights({"a": 1.0, "b": 1.0}, **ao.RECOMMENDED["famo"])
 
     References:
       Liu, Feng, Stone & Liu, NeurIPS 2023 (arXiv:2306.03792).

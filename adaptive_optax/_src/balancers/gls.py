@@ -34,8 +34,8 @@ def gls_rule(*, min_loss: float = 1e-8) -> Rule:
     most sensitive to its smallest loss. Choose ``min_loss`` near the smallest loss that
     still matters. A term whose loss is not finite enters ``G`` through its last finite loss.
 
-    Recommended guards: ``bounds`` (for instance ``(0.1, 10.0)``) or ``max_weight``, which
-    cap the weight of a loss that approaches its floor.
+    Recommended guards (``ao.RECOMMENDED["gls"]``): bounds, which cap the weight of a loss
+    that approaches its floor; ``max_weight`` does too.
 
     Args:
       min_loss: the floor of the losses (> 0).
@@ -80,17 +80,11 @@ def gls_rule(*, min_loss: float = 1e-8) -> Rule:
 def gls_weights(base_weights: PyTree, *, min_loss: float = 1e-8, **guards: Any) -> LossWeighting:
     """GLS (Chennupati et al. 2019) as a weighting: ``w_i = base_i * G / L_i``.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.gls_rule` for the formula and the
-    floor. Recommended guards: ``bounds`` or ``max_weight``.
+    See :func:`adaptive_optax.gls_rule` for the formula and the floor; recommended guards:
+    ``ao.RECOMMENDED["gls"]``.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       min_loss: the floor of the losses.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
-
-    Returns:
-      A :class:`adaptive_optax.LossWeighting`.
 
     Examples:
       >>> import adaptive_optax as ao
@@ -98,6 +92,7 @@ def gls_weights(base_weights: PyTree, *, min_loss: float = 1e-8, **guards: Any) 
       >>> weights, state = weighting.update({"a": 1.0, "b": 4.0}, weighting.init())
       >>> float(weights["a"]), float(weights["b"])  # G = 2: (2 / 1, 2 / 4)
       (2.0, 0.5)
+      >>> safe = ao.gls_weights({"a": 1.0, "b": 1.0}, **ao.RECOMMENDED["gls"])
 
     References:
       Chennupati et al., CVPR 2019 workshops (arXiv:1904.08492).

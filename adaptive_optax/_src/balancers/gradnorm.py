@@ -35,14 +35,14 @@ def gradnorm_rule(*, alpha: float = 1.5, lr: float = 0.025) -> Rule:
     With ``g_i`` the norm of the *unweighted* gradient of term ``i`` with respect to the
     shared weights ``W`` (the ``"norm"`` statistic; select ``W`` with the ``gradient_filter``
     of :func:`adaptive_optax.weight_gradients`), ``G_i = w_i g_i``, ``G_bar`` their mean,
-    ``L~_i = L_i(t) / L_i(0)`` and ``r_i = L~_i / mean_j L~_j``, the paper minimises::
+    ``L~_i = L_i(t) / L_i(0)`` and ``r_i = L~_i / mean_j L~_j``, the paper minimizes::
 
         L_grad = sum_i | G_i - G_bar * r_i ** alpha |
 
     with the target ``G_bar r_i ** alpha`` held constant. Its gradient is taken analytically,
     ``dL_grad / dw_i = sign(G_i - G_bar r_i ** alpha) * g_i``, and one plain gradient step of
-    size ``lr`` is made per ``update`` (the paper uses the network's optimiser); the weights
-    are then clipped at 0 and renormalised to sum to the number of terms. The proposed weight
+    size ``lr`` is made per ``update`` (the paper uses the network's optimizer); the weights
+    are then clipped at 0 and renormalized to sum to the number of terms. The proposed weight
     is ``base_i * w_i``: with unit base weights, exactly the paper's; other base weights act as
     fixed prior factors (``G_i`` then uses ``base_i * w_i``).
 
@@ -93,8 +93,8 @@ def gradnorm_rule(*, alpha: float = 1.5, lr: float = 0.025) -> Rule:
         held = jnp.sum(jnp.where(finite, 0.0, w))
         total = jnp.sum(jnp.where(finite, stepped, 0.0))
         scale = (w.shape[0] - held) / jnp.where(total > 0, total, 1.0)
-        renormalised = jnp.where(finite & (total > 0), stepped * scale, w)
-        return base * renormalised, GradNormState(renormalised)
+        renormalized = jnp.where(finite & (total > 0), stepped * scale, w)
+        return base * renormalized, GradNormState(renormalized)
 
     return Rule(init=init, propose=propose, needs=("norm",))
 
@@ -103,29 +103,14 @@ def gradnorm_rule(*, alpha: float = 1.5, lr: float = 0.025) -> Rule:
 def gradnorm_weights(
     base_weights: PyTree, *, alpha: float = 1.5, lr: float = 0.025, **guards: Any
 ) -> LossWeighting:
-    """GradNorm (Chen et al. 2018) as a weighting: learned weights, renormalised to sum to n.
+    """GradNorm (Chen et al. 2018) as a weighting: learned weights, renormalized to sum to n.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the balancers guide;
-    bounds keep a weight from collapsing to 0). See :func:`adaptive_optax.gradnorm_rule` for
-    the formula.
-
-    Recommended guards: ``bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10,
-    spike_threshold=3.0``. The weights are relative (they sum to the number of terms ``n``), and
-    what goes wrong is concentration: with a large ``lr`` a weight steps past 0 and is clipped
-    there, the renormalisation hands the sum to the others, and a term whose weight reaches ``n``
-    times its base has its step multiplied by ``n``. In the failure gym (``python -m
-    benchmarks.failures``, ``results/failures.md``; ``lr=1.0``, SGD) the bare weights jumped between
-    0 and 3 and every run went non-finite; under these guards none did. The spike guard halves a
-    weight whose loss or gradient norm jumps; it also fires on ordinary minibatch outliers, and in
-    the gym's control (DWA at its paper's temperature, where the bare method works) these guards
-    cost 12 % of held-out error, against 1 % with ``spike_threshold=None``: switch it off when
-    training is stable and the losses are noisy.
+    See :func:`adaptive_optax.gradnorm_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["gradnorm"]``.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       alpha: the asymmetry ``alpha``.
       lr: step size of the weights.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
       A :class:`adaptive_optax.LossWeighting` whose ``update`` needs ``grad_norms`` per term.
@@ -138,8 +123,7 @@ def gradnorm_weights(
       >>> # G = (3, 1), target 2: w = (1 - 0.1 * 3, 1 + 0.1 * 1) = (0.7, 1.1), times 2 / 1.8
       >>> round(float(weights["a"]), 4), round(float(weights["b"]), 4)
       (0.7778, 1.2222)
-      >>> safe = ao.gradnorm_weights({"a": 1.0, "b": 1.0}, bounds=(0.2, 2.0), max_change=0.1,
-      ...                            warmup_steps=100, cooling_period=10, spike_threshold=3.0)
+      >>> safe = ao.gradnorm_weights({"a": 1.0, "b": 1.0}, **ao.RECOMMENDED["gradnorm"])
 
     References:
       Chen et al., "GradNorm", ICML 2018, section 3.

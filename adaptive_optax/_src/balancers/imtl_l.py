@@ -27,18 +27,18 @@ def imtl_l_rule(
 ) -> Rule:
     """Weights ``exp(s_i)`` learned so that every scaled loss tends to 1.
 
-    IMTL-L scales each raw loss by ``exp(s_i)`` and adds the regulariser ``-s_i``::
+    IMTL-L scales each raw loss by ``exp(s_i)`` and adds the regularizer ``-s_i``::
 
         L(s) = sum_i exp(s_i) * L_i - s_i,      dL / ds_i = exp(s_i) * L_i - 1
 
     so that at equilibrium ``exp(s_i) L_i = 1`` for every term, whatever its kind (the
     "impartial" balance of the paper). One plain gradient step of size ``lr`` on ``s`` is made
     per ``update`` from this analytic gradient (the authors train ``s`` with the network's
-    optimiser), and the proposed weight is ``base_i * exp(s_i)``. ``s`` is clipped to
+    optimizer), and the proposed weight is ``base_i * exp(s_i)``. ``s`` is clipped to
     ``[-max_log_scale, max_log_scale]`` so that ``exp(s)`` stays finite: a loss at or below 0
     (where the objective has no minimum) drives the weight to ``exp(max_log_scale)``; bounds of
     :func:`adaptive_optax.guarded` stop it sooner. A term whose loss is not finite keeps its
-    ``s_i``. The regulariser ``-s_i`` is not part of :func:`adaptive_optax.weighted_sum`: it
+    ``s_i``. The regularizer ``-s_i`` is not part of :func:`adaptive_optax.weighted_sum`: it
     does not depend on the model's parameters.
 
     Relation to uncertainty weighting: IMTL-L at ``s`` is twice Kendall et al.'s regression
@@ -50,8 +50,8 @@ def imtl_l_rule(
     (``init_log_scale = -init_log_variance``). Use whichever parametrisation your paper or
     checkpoint uses.
 
-    Recommended guards: ``bounds`` (for instance ``(0.1, 10.0)``) or ``max_weight``, which stop
-    the weight of a loss near 0 from growing to ``exp(max_log_scale)``.
+    Recommended guards (``ao.RECOMMENDED["imtl_l"]``): bounds, which stop the weight of a loss
+    near 0 from growing to ``exp(max_log_scale)``; ``max_weight`` does too.
 
     Args:
       lr: step size of the scales (> 0).
@@ -103,19 +103,13 @@ def imtl_l_weights(
 ) -> LossWeighting:
     """IMTL-L (Liu et al. 2021) as a weighting: ``w_i = base_i exp(s_i)``.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.imtl_l_rule` for the formula and its
-    relation to uncertainty weighting. Recommended guards: ``bounds`` or ``max_weight``.
+    See :func:`adaptive_optax.imtl_l_rule` for the formula and its relation to uncertainty
+    weighting; recommended guards: ``ao.RECOMMENDED["imtl_l"]``.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       lr: step size of the scales.
       init_log_scale: initial scale ``s``.
       max_log_scale: bound of the scales' magnitude.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
-
-    Returns:
-      A :class:`adaptive_optax.LossWeighting`.
 
     Examples:
       >>> import adaptive_optax as ao
@@ -123,6 +117,7 @@ def imtl_l_weights(
       >>> weights, state = weighting.update({"a": 3.0}, weighting.init())
       >>> round(float(weights["a"]), 4)  # s = 0 - 0.5 * (3 - 1) = -1
       0.3679
+      >>> safe = ao.imtl_l_weights({"a": 1.0}, **ao.RECOMMENDED["imtl_l"])
 
     References:
       Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021.

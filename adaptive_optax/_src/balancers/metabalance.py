@@ -104,17 +104,13 @@ def metabalance_weights(
 ) -> LossWeighting:
     """MetaBalance (He et al. 2022) as a weighting: auxiliary terms scaled toward the main one.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.metabalance_rule` for the formula. The
-    main term keeps its base weight; an auxiliary term whose gradient is ``k`` times smaller
-    gets ``r k + 1 - r`` times its base weight, so the scale moves with the ratios.
+    See :func:`adaptive_optax.metabalance_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["metabalance"]`` (none: run it bare).
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       main: the main task, by name (``"buy"``) or leaf index.
       relax_factor: ``r``.
       beta: decay of the moving averages of the norms.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
       A :class:`adaptive_optax.LossWeighting` whose ``update`` needs ``grad_norms`` per term.

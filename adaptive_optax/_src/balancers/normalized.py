@@ -1,4 +1,4 @@
-"""Scale normalisation: each term's weight divided by its loss scale, as GradNorm's L_i / L_i(0)."""
+"""Scale normalization: each term's weight divided by its loss scale, as GradNorm's L_i / L_i(0)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def base_rule() -> Rule:
     """Proposes the base weights it is given: the rule of :func:`normalized_weights`.
 
     Under ``normalize=`` of :func:`adaptive_optax.guarded` the base a rule is given is the
-    normalised one, so this rule is the scale normalisation alone; without it, it proposes the
+    normalized one, so this rule is the scale normalization alone; without it, it proposes the
     base weights (fixed weights, with the guards' spike cuts and slow start).
 
     Returns:
@@ -36,24 +36,14 @@ def normalized_weights(
 ) -> LossWeighting:
     """Weights ``b_i * c / L_i``: every term brought to a common scale, their total kept.
 
-    ``L_i`` is the term's first finite loss (``reference="first_loss"``, GradNorm's
-    ``L_i(0)``) or the running mean of its losses (``"running"``), and ``c`` keeps the sum of
-    the base weights: ``guarded(base_rule(), base_weights, normalize=reference)``, bare. With
-    ``"first_loss"`` the weights are fixed from the first step on: terms whose losses differ
-    by orders of magnitude start on a common scale, and a noisy term, whose loss stays high
-    because of noise it cannot learn, keeps its share (a ``1 / loss`` method such as
-    uncertainty weighting, IMTL-L, GLS or FAMO, or ``"running"``, hands it away as the other
-    losses fall). To put another rule on the normalised scale, pass ``normalize=`` to
-    :func:`adaptive_optax.guarded` or to its preset: its base, bounds and slow start are then
-    the normalised ones.
+    ``L_i`` is the term's first finite loss (``reference="first_loss"``, GradNorm's ``L_i(0)``) or
+    the running mean of its losses (``"running"``), and ``c`` keeps the sum of the base weights:
+    ``guarded(base_rule(), base_weights, normalize=reference)``, bare. To put another rule on the
+    normalized scale, pass ``normalize=`` to :func:`adaptive_optax.guarded` or to its preset.
+    Recommended guards: ``ao.RECOMMENDED["normalized"]`` (none: run it bare).
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       reference: ``"first_loss"`` or ``"running"``.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
-
-    Returns:
-      A :class:`adaptive_optax.LossWeighting`.
 
     Examples:
       >>> import adaptive_optax as ao

@@ -117,33 +117,14 @@ def relobralo_weights(
 ) -> LossWeighting:
     """ReLoBRaLo (Bischof & Kraus 2021) as a weighting, its random lookback keyed in the state.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.relobralo_rule` for the formula.
-
-    Recommended guards: ``bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10,
-    spike_threshold=3.0``. At each random lookback (on average every ``1 / (1 - expected_rho)``
-    steps) every loss is divided by its first value; a term whose first loss is 0 or tiny (a loss
-    switched on later in training, a penalty or KL term that starts at 0) then gets a ratio near the
-    largest float, the softmax gives it the whole weight ``n`` times its base and the others 0, and
-    ``alpha`` carries that for hundreds of steps. In the failure gym (``python -m
-    benchmarks.failures``, ``results/failures.md``) the bare weights of the other terms fell to 4e-8
-    and the held-out error was 1.4 times that of fixed weights; under these guards the weights
-    stayed within (0.2, 2) times their base and the error was half the bare one. The spike guard
-    halves a weight whose loss or gradient norm jumps; it also fires on ordinary minibatch outliers,
-    and in the gym's control (DWA at its paper's temperature, where the bare method works) these
-    guards cost 12 % of held-out error, against 1 % with ``spike_threshold=None``: switch it off
-    when training is stable and the losses are noisy.
+    See :func:`adaptive_optax.relobralo_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["relobralo"]``.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       alpha: decay of the history.
       temperature: softmax temperature ``T``.
       expected_rho: probability of keeping the history at a step.
       seed: seed of the lookback draws.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
-
-    Returns:
-      A :class:`adaptive_optax.LossWeighting`.
 
     Examples:
       >>> import adaptive_optax as ao
@@ -153,8 +134,7 @@ def relobralo_weights(
       >>> weights, state = weighting.update({"pde": 1.0, "bc": 0.9}, state)
       >>> round(float(weights["pde"]), 4)  # 0.5 * 1 + 0.5 * 2 / (1 + e^-1)
       1.2311
-      >>> safe = ao.relobralo_weights({"pde": 1.0, "bc": 1.0}, bounds=(0.2, 2.0), max_change=0.1,
-      ...                             warmup_steps=100, cooling_period=10, spike_threshold=3.0)
+      >>> safe = ao.relobralo_weights({"pde": 1.0, "bc": 1.0}, **ao.RECOMMENDED["relobralo"])
 
     References:
       Bischof & Kraus, 2021 (arXiv:2110.09813), section IV.

@@ -43,8 +43,8 @@ def rlw_rule(*, seed: int = 0) -> Rule:
     offers only the standard normal, and so does this rule. The losses are not read: a term
     whose loss is not finite is held at its weight by the guards.
 
-    Recommended guards: ``bounds`` (for instance ``(0.2, 5.0)``) to keep a draw from switching
-    a term almost off; ``max_change`` smooths the draws into a random walk, which is no longer
+    Recommended guards (``ao.RECOMMENDED["rlw"]``): bounds, to keep a draw from switching a
+    term almost off; ``max_change`` smooths the draws into a random walk, which is no longer
     RLW.
 
     Args:
@@ -85,17 +85,11 @@ def rlw_rule(*, seed: int = 0) -> Rule:
 def rlw_weights(base_weights: PyTree, *, seed: int = 0, **guards: Any) -> LossWeighting:
     """Random loss weighting (Lin et al. 2022) as a weighting, its key in the state.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.rlw_rule` for the formula.
-    Recommended guards: ``bounds``.
+    See :func:`adaptive_optax.rlw_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["rlw"]``.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       seed: seed of the draws.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
-
-    Returns:
-      A :class:`adaptive_optax.LossWeighting`.
 
     Examples:
       >>> import adaptive_optax as ao
@@ -108,6 +102,7 @@ def rlw_weights(base_weights: PyTree, *, seed: int = 0, **guards: Any) -> LossWe
       >>> g = np.asarray(jax.random.normal(draw, (3,)))
       >>> bool(np.allclose(jax.tree.leaves(weights), 3 * np.exp(g) / np.exp(g).sum()))
       True
+      >>> safe = ao.rlw_weights({"a": 1.0, "b": 1.0, "c": 1.0}, **ao.RECOMMENDED["rlw"])
 
     References:
       Lin et al., TMLR 2022 (arXiv:2111.10603).

@@ -1,4 +1,4 @@
-"""SoftAdapt (Heydari, Thompson & Mehmood, 2019): original, loss-weighted and normalised."""
+"""SoftAdapt (Heydari, Thompson & Mehmood, 2019): original, loss-weighted and normalized."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def forward_difference(order: int) -> np.ndarray:
             if j != k:
                 c *= Fraction(-j, k - j)
         coefficients[k] = c
-    coefficients[0] = -sum(coefficients[1:])
+    coefficients[0] = -sum(coefficients[1:], Fraction(0))
     return np.array([float(c) for c in coefficients])
 
 
@@ -72,7 +72,7 @@ def softadapt_rule(
         loss_weighted  alpha_i = f_i exp(beta s_i) / sum_j f_j exp(beta s_j)
         normalized     alpha_i = exp(beta ns_i) / sum_j exp(beta ns_j),  ns_i = s_i / sum_j |s_j|
 
-    where ``f_i`` is the mean of the losses the slope is taken over. ``beta > 0`` favours the
+    where ``f_i`` is the mean of the losses the slope is taken over. ``beta > 0`` favors the
     term that decreases slowest. The paper's ``alpha`` sum to 1; the proposed weight is
     ``n * alpha_i * base_i``, so that equal slopes give the base weights (a constant factor
     ``n`` on the total loss).
@@ -86,24 +86,24 @@ def softadapt_rule(
     number of losses known minus 1, and the slope is 0 with one loss. The last ``order + 1``
     losses are kept in the rule's state (the shared history holds only the previous one).
 
-    Where we depart from the authors' code: the normalised variant divides by the L1 norm
-    ``sum_j |s_j|``, so the normalised slopes lie in ``[-1, 1]``; their code divides by the
+    Where we depart from the authors' code: the normalized variant divides by the L1 norm
+    ``sum_j |s_j|``, so the normalized slopes lie in ``[-1, 1]``; their code divides by the
     signed sum ``sum_j s_j``, which flips every slope when the sum is negative (when the
     losses fall overall, the usual case, it gives the fastest-falling term the largest weight,
-    the opposite of the variant's intent: their README's own normalised examples show it) and
-    divides by 0 when slopes cancel. Their softmax adds 1e-8 to its denominator; we normalise
+    the opposite of the variant's intent: their README's own normalized examples show it) and
+    divides by 0 when slopes cancel. Their softmax adds 1e-8 to its denominator; we normalize
     exactly. A term with a non-finite loss keeps its history, last slope and mean.
 
-    Recommended guards: those of :func:`adaptive_optax.softadapt_weights` (bounds near the base
-    weight, a change limit, a cooling period, the spike guard): with the raw slopes of the
-    original variant a term whose loss falls fast is switched almost off.
+    Recommended guards (``ao.RECOMMENDED["softadapt"]``): bounds near the base weight, a
+    change limit, a cooling period and the spike guard: with the raw slopes of the original
+    variant a term whose loss falls fast is switched almost off.
 
     Args:
       variant: ``"original"``, ``"loss_weighted"`` or ``"normalized"``.
       beta: the focus ``beta`` (any real; 0 gives equal weights).
       order: accuracy order of the finite difference, 1 to 10 (the authors' default: 4,
         over five losses).
-      eps: floor of ``sum_j |s_j|`` in the normalised variant (> 0).
+      eps: floor of ``sum_j |s_j|`` in the normalized variant (> 0).
 
     Returns:
       A :class:`adaptive_optax.Rule` with state :class:`SoftAdaptState`.
@@ -183,36 +183,15 @@ def softadapt_weights(
 ) -> LossWeighting:
     """SoftAdapt (Heydari et al. 2019) as a weighting, in any of its three variants.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.softadapt_rule` for the formulas, the
-    finite differences (fourth order over the last five losses by default, as the authors'
-    code) and where we depart from that code.
-
-    Recommended guards: ``bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10,
-    spike_threshold=3.0``. Slopes of minibatch losses are noisy; a large ``beta`` turns that noise
-    into weights that jump between 0 and ``n`` (the number of terms) times their base from one step
-    to the next, and with SGD a term whose weight is ``n`` times its base takes ``n`` times its
-    step. In the failure gym (``python -m benchmarks.failures``, ``results/failures.md``;
-    ``beta=100``, SGD) every bare run went non-finite and no guarded run did. These guards do not
-    rescue a learning rate past the stable edge (the gym's ``learning rate past the edge``: 5 of 10
-    guarded runs went non-finite); a sensitive spike guard with deep cuts does, at twice the error
-    where nothing fails: lower the learning rate instead. The spike guard halves a weight whose loss
-    or gradient norm jumps; it also fires on ordinary minibatch outliers, and in the gym's control
-    (DWA at its paper's temperature, where the bare method works) these guards cost 12 % of held-out
-    error, against 1 % with ``spike_threshold=None``: switch it off when training is stable and the
-    losses are noisy.
+    See :func:`adaptive_optax.softadapt_rule` for the formulas and where we depart from the
+    authors' code; recommended guards: ``ao.RECOMMENDED["softadapt"]``.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       variant: ``"original"``, ``"loss_weighted"`` or ``"normalized"``.
       beta: the focus ``beta``.
       order: accuracy order of the finite difference of the slopes, 1 to 10 (default 4, the
         authors': five losses).
-      eps: floor of the slopes' L1 norm in the normalised variant.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
-
-    Returns:
-      A :class:`adaptive_optax.LossWeighting`.
+      eps: floor of the slopes' L1 norm in the normalized variant.
 
     Examples:
       >>> import adaptive_optax as ao
@@ -226,8 +205,7 @@ def softadapt_weights(
       >>> # three: second order, s = -3/2 L(t-2) + 2 L(t-1) - 1/2 L(t) = (1.5, -0.25)
       >>> round(float(weights["a"]), 4)  # 2 e^1.5 / (e^1.5 + e^-0.25)
       1.7039
-      >>> safe = ao.softadapt_weights({"a": 1.0, "b": 1.0}, bounds=(0.2, 2.0), max_change=0.1,
-      ...                             warmup_steps=100, cooling_period=10, spike_threshold=3.0)
+      >>> safe = ao.softadapt_weights({"a": 1.0, "b": 1.0}, **ao.RECOMMENDED["softadapt"])
 
     References:
       Heydari, Thompson & Mehmood, 2019 (arXiv:1912.12355), section 3.1.

@@ -34,12 +34,12 @@ def uncertainty_rule(
         L(s) = sum_i exp(-s_i) * L_i + s_i,     dL / ds_i = 1 - exp(-s_i) * L_i
 
     One plain gradient step of size ``lr`` on ``s`` is made per ``update`` from this analytic
-    gradient (the paper trains ``s`` with the network's optimiser), and the proposed weight is
+    gradient (the paper trains ``s`` with the network's optimizer), and the proposed weight is
     ``base_i * exp(-s_i)``. At equilibrium ``exp(-s_i) = 1 / L_i``. ``s`` is clipped to
     ``[-max_log_variance, max_log_variance]`` so that ``exp(-s)`` stays finite: a loss at or
     below 0 (where the objective has no minimum and the weight would grow without end) then
     stops at ``exp(max_log_variance)``; bounds of :func:`adaptive_optax.guarded` stop it
-    sooner. The regulariser ``s_i`` is not part of :func:`adaptive_optax.weighted_sum`: it
+    sooner. The regularizer ``s_i`` is not part of :func:`adaptive_optax.weighted_sum`: it
     does not depend on the model's parameters.
 
     Args:
@@ -91,25 +91,13 @@ def uncertainty_weights(
 ) -> LossWeighting:
     """Uncertainty weighting (Kendall et al. 2018) as a weighting: ``w_i = base_i exp(-s_i)``.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.uncertainty_rule` for the formula.
-
-    Recommended guards: ``bounds=(0.1, 10.0), max_change=0.1, warmup_steps=100, cooling_period=10,
-    spike_threshold=3.0``. The weight tends to ``1 / L``, so a loss that approaches 0 or goes
-    negative (a Gaussian negative log-likelihood with a learned variance) drives it up by orders of
-    magnitude, and with SGD the step of that term with it; the bounds keep it within a factor 10 of
-    the base weight. In the failure gym (``python -m benchmarks.failures``, ``results/failures.md``;
-    SGD) the bare weight reached 65 and 3 of 10 runs went non-finite; under these guards none did.
+    See :func:`adaptive_optax.uncertainty_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["uncertainty"]``.
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       lr: step size of the log-variances.
       init_log_variance: initial log-variance.
       max_log_variance: bound of the log-variances' magnitude.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
-
-    Returns:
-      A :class:`adaptive_optax.LossWeighting`.
 
     Examples:
       >>> import adaptive_optax as ao
@@ -117,8 +105,7 @@ def uncertainty_weights(
       >>> weights, state = weighting.update({"a": 3.0}, weighting.init())
       >>> round(float(weights["a"]), 4)  # s = 0 - 0.5 * (1 - 3) = 1
       0.3679
-      >>> safe = ao.uncertainty_weights({"a": 1.0}, bounds=(0.1, 10.0), max_change=0.1,
-      ...                               warmup_steps=100, cooling_period=10, spike_threshold=3.0)
+      >>> safe = ao.uncertainty_weights({"a": 1.0}, **ao.RECOMMENDED["uncertainty"])
 
     References:
       Kendall, Gal & Cipolla, CVPR 2018, section 3.2.

@@ -63,21 +63,12 @@ def uw_so_weights(
 ) -> LossWeighting:
     """UW-SO (Kirchdorfer et al. 2024) as a weighting: a softmax over inverse losses.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.uw_so_rule` for the formula. The
-    weights sum to the base weights' scale of one term (1 with unit base weights), so under SGD
-    the step is ``1 / n`` of an unweighted sum's: UW-SO moves both the ratios and the scale.
-    Like every ``1 / loss`` method it gives a term whose loss stays high (noise it cannot
-    learn) the smallest weight.
+    See :func:`adaptive_optax.uw_so_rule` for the formula and the weights' scale (they sum to one
+    term's base weight); recommended guards: ``ao.RECOMMENDED["uw_so"]`` (none: run it bare).
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term (prior factors).
       temperature: ``T``.
       eps: added to each loss before inverting it.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
-
-    Returns:
-      A :class:`adaptive_optax.LossWeighting`.
 
     Examples:
       >>> import adaptive_optax as ao

@@ -31,7 +31,7 @@ def check_state(state: Any, rule: Rule, base: jax.Array) -> None:
     expected = jax.tree.structure(
         jax.eval_shape(rule.init, jax.ShapeDtypeStruct(base.shape, base.dtype))
     )
-    if jax.tree.structure(state.rule_state) != expected:
+    if jax.tree.structure(state.rule_state) != expected:  # type: ignore[operator]
         raise ValueError(
             "update got the state of another weighting: its rule_state is "
             f"{type(state.rule_state).__name__} with structure "

@@ -105,7 +105,7 @@ def checked_guards(settings: Mapping[str, Any]) -> dict[type, Any]:
     owned: dict[type, dict[str, Any]] = {}
     for name, record in TABLE.items():
         owned.setdefault(record, {})[name] = settings[name]
-    return {record: record.checked(**values) for record, values in owned.items()}
+    return {record: record.checked(**values) for record, values in owned.items()}  # type: ignore[attr-defined]
 
 
 def guarded(
@@ -335,7 +335,7 @@ def guarded(
             scheduled=schedules.scheduled,
         )
         active = state.enabled & adaptive
-        stable = guard[Stability].count(state.stable_steps, signals)
+        stable = guard[Stability].stable_count(state.stable_steps, signals)
         low, high = bounds_of(rule_base)
         # The start ramp moves the base the weights follow, as a schedule does.
         ramping = active & (state.start_ramp < 1)  # False for a corrupted (NaN) progress

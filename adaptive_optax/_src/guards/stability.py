@@ -48,7 +48,7 @@ class Stability(NamedTuple):
         validation.check_number("variance_threshold", variance_threshold, low=0, low_open=True)
         return cls(min_stable_steps, variance_threshold)
 
-    def count(self, stable_steps: jax.Array, signals: Signals) -> jax.Array:
+    def stable_count(self, stable_steps: jax.Array, signals: Signals) -> jax.Array:
         """The ``(n,)`` consecutive stable steps, this step included."""
         calm = signals.finite & (signals.rel_variance < self.variance_threshold)
         return jnp.where(calm, optax.safe_increment(stable_steps), 0)

@@ -4,7 +4,7 @@
 ``config`` and ``nash_mtl`` each hold ``<method>_from_gramian`` (public as
 ``ao.gramian.<method>``, whose docstring holds the method's mathematics and references),
 ``<method>_rule`` and the preset ``<method>_weights``; ``_shared`` holds what several methods
-use (normalisation, the dual-cone QP, the spectrum, the rule adapter, validation) and the
+use (normalization, the dual-cone QP, the spectrum, the rule adapter, validation) and the
 conventions common to all. The solvers are re-exported here under their full names;
 ``adaptive_optax.gramian`` gives them their public, short ones.
 """

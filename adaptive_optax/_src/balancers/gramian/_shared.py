@@ -1,4 +1,4 @@
-"""What the nine Gramian methods share: normalisation, the dual-cone QP, the rule adapter.
+"""What the nine Gramian methods share: normalization, the dual-cone QP, the rule adapter.
 
 With ``J`` the ``(K, n)`` matrix whose rows are the gradients ``g_i`` of the ``K`` loss terms,
 a *weighting* maps the ``(K, K)`` Gramian ``G = J J^T`` to weights ``w`` and the update
@@ -13,7 +13,7 @@ Solver conventions. Each solver is pure and runs entirely in-graph: jittable, vm
 host round-trip, no Python branching on traced values, and every iterative solver runs a fixed
 number of iterations.
 
-- The Gramian is symmetrised and normalised by its largest entry, then by its trace, before
+- The Gramian is symmetrized and normalized by its largest entry, then by its trace, before
   any solver runs, so fixed iteration counts work at any scale; every method but Nash-MTL
   gives weights invariant to ``G -> c G`` (``c > 0``), and Nash-MTL's are rescaled back.
 - Computation is in float32 at least (float64 stays float64); the weights come back in that
@@ -112,7 +112,7 @@ def as_vector(name: str, value, g: Array) -> Array:
     return vector.astype(g.dtype)
 
 
-# ---------------------------------------------------------------- normalisation, division
+# ---------------------------------------------------------------- normalization, division
 
 
 class Normalized(NamedTuple):
@@ -125,7 +125,7 @@ class Normalized(NamedTuple):
 
 
 def normalize(gramian, mask=None) -> Normalized:
-    """Symmetrises ``gramian``, zeroes the rows and columns of the terms left out by ``mask``
+    """Symmetrizes ``gramian``, zeroes the rows and columns of the terms left out by ``mask``
     and divides it by its trace; see :class:`Normalized`."""
     g = jnp.asarray(gramian)
     if g.ndim != 2 or g.shape[0] != g.shape[1] or g.shape[0] == 0:
@@ -223,7 +223,7 @@ def nonneg_qp(
     eliminated) once, by Cholesky; ``Q`` may be singular. Once the duality measure falls below
     ``eps**2`` the iterate is frozen, so extra iterations cannot degrade it. From the symmetric
     start ``x = 1/K`` (simplex) or ``x = 1``, the method is permutation-equivariant, and for a
-    non-unique minimiser it tends to the analytic centre of the optimal face.
+    non-unique minimizer it tends to the analytic center of the optimal face.
 
     With ``active``, the other variables are held at 0: their rows and columns of ``Q`` are
     replaced by the identity's and their ``c`` by a cost larger than any multiplier of the
@@ -263,7 +263,7 @@ def nonneg_qp(
         primal = jnp.sum(x) - 1.0
         mu = x @ z / k
         factor = factorise(x, z)
-        # Predictor (affine) step, then a centred corrector with Mehrotra's sigma.
+        # Predictor (affine) step, then a centerd corrector with Mehrotra's sigma.
         dxa, dza, _ = direction(factor, x, z, residual, primal, -x * z)
         alpha = jnp.minimum(1.0, jnp.minimum(_step_to_boundary(x, dxa), _step_to_boundary(z, dza)))
         mu_affine = (x + alpha * dxa) @ (z + alpha * dza) / k

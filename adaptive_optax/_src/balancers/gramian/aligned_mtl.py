@@ -89,7 +89,8 @@ def aligned_mtl_rule(*, scale_mode: ScaleMode = SCALE_MODE) -> Rule:
     finite terms); the loss weight is ``b_i w_i``. A negative ``w_i`` is clipped to 0 by the
     guards (the library's weights are non-negative), a departure from the method.
 
-    Recommended guards: as for :func:`adaptive_optax.imtl_g_rule`.
+    Recommended guards (``ao.RECOMMENDED["aligned_mtl"]``): none; options as for
+    :func:`adaptive_optax.imtl_g_rule`.
 
     Args:
       scale_mode: ``"min"``, ``"median"`` or ``"rmse"``.
@@ -118,17 +119,14 @@ def aligned_mtl_weights(
 ) -> LossWeighting:
     """Aligned-MTL (Senushkin et al. 2023) as a weighting: aligned principal components.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.aligned_mtl_rule`.
+    See :func:`adaptive_optax.aligned_mtl_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["aligned_mtl"]`` (none: run it bare).
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term: the method balances the
-        gradients of ``base_i * L_i``.
       scale_mode: ``"min"``, ``"median"`` or ``"rmse"``.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
-      A :class:`adaptive_optax.LossWeighting` of Aligned-MTL's weights, needing ``"gramian"``.
+      A :class:`adaptive_optax.LossWeighting` needing ``"gramian"``.
 
     Examples:
       >>> import adaptive_optax as ao

@@ -47,7 +47,7 @@ def _rounding_error(g: Array, w: Array) -> Array:
 def _cagrad_direction_weights(g: Array, mean: Array, s: Array, iterations, qp_iterations, active):
     """``w* = argmin_{w in simplex} w^T G mean + s sqrt(w^T G w)``.
 
-    Since ``sqrt(q) = min_t (q / t + t) / 2``, the minimiser is ``w(t*)`` with
+    Since ``sqrt(q) = min_t (q / t + t) / 2``, the minimizer is ``w(t*)`` with
     ``w(t) = argmin_simplex (t / s) (G 1/K)^T w + 1/2 w^T G w`` and ``t* = ||J^T w(t*)||``;
     ``psi(t) = log ||J^T w(t)|| - log t`` decreases in ``t`` (the partial minimum over ``w`` is
     convex in ``t``). The root is bracketed by ``[||J^T w_0||, sqrt(max G_ii)]``, where
@@ -119,7 +119,7 @@ def cagrad_from_gramian(
 ) -> Array:
     """CAGrad: the best worst-case improvement within a ball around the mean gradient.
 
-    On the trace-normalised Gramian, with ``g_0 = J^T 1/K`` and ``s = c ||g_0||``::
+    On the trace-normalized Gramian, with ``g_0 = J^T 1/K`` and ``s = c ||g_0||``::
 
         w* = argmin_{w in simplex} w^T G 1/K + s ||J^T w||
         weights = 1/K + (s / ||J^T w*||) w*
@@ -130,7 +130,7 @@ def cagrad_from_gramian(
     and the authors scipy's SLSQP. The weights do not depend on the scale of ``G``.
 
     The weights are zero, as in TorchJD, only when ``||J^T w*|| < norm_eps`` (relative to
-    ``sqrt(trace(G))``, TorchJD's normalisation) or when ``||J^T w*||^2`` is below its
+    ``sqrt(trace(G))``, TorchJD's normalization) or when ``||J^T w*||^2`` is below its
     rounding error in the computing dtype (``w*`` is then noise; this happens near
     Pareto-stationary points, where ``0`` is in the convex hull of the gradients). Gradients
     of different scales are not stationary: a term whose gradient is 3000 times shorter than
@@ -203,8 +203,8 @@ def cagrad_rule(
     rounding error); gradients of disparate norms (one 3000 times shorter) still move.
     ``norm_eps=0`` never stops, as the authors' code.
 
-    Recommended guards: ``every=k`` (each solve is ``iterations`` QPs); none for the method's
-    guarantee.
+    Recommended guards (``ao.RECOMMENDED["cagrad"]``): none, for the method's guarantee;
+    ``every=k`` amortizes the solve (``iterations`` QPs).
 
     Args:
       c: radius of the ball relative to ``||g_0||`` (>= 0); the authors use 0.4 to 0.5.
@@ -251,21 +251,18 @@ def cagrad_weights(
 ) -> LossWeighting:
     """CAGrad (Liu et al. 2021) as a weighting: conflict-averse gradient descent.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.cagrad_rule`.
+    See :func:`adaptive_optax.cagrad_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["cagrad"]`` (none: run it bare).
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term: the method balances the
-        gradients of ``base_i * L_i``.
       c: radius of the ball relative to the mean gradient's norm.
       rescale: divide the weights by ``1 + c**2``.
       norm_eps: relative norm below which the gradients are taken as Pareto-stationary.
       iterations: root-finding steps.
       qp_iterations: interior-point iterations of each QP.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
-      A :class:`adaptive_optax.LossWeighting` of CAGrad's weights, needing ``"gramian"``.
+      A :class:`adaptive_optax.LossWeighting` needing ``"gramian"``.
 
     Examples:
       >>> import adaptive_optax as ao

@@ -34,7 +34,7 @@ def config_from_gramian(gramian, *, pref_vector=None, mask=None) -> Array:
     (``pinv``) act on ``U`` itself; they agree unless ``U`` is that ill-conditioned. When
     ``pinv(U) u`` vanishes (``u`` has no component above ``eps`` in the range of the unit
     Gramian, e.g. two opposite gradients) or ``v^T G v = 0``, the weights are zero, as
-    TorchJD's normalisation of a (numerically) zero direction gives.
+    TorchJD's normalization of a (numerically) zero direction gives.
 
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
@@ -76,7 +76,8 @@ def config_rule() -> Rule:
     only its length: the base-weighted sum of the projections. A negative weight (possible for
     three terms or more) is clipped to 0 by the guards, a departure from the method.
 
-    Recommended guards: as for :func:`adaptive_optax.imtl_g_rule`.
+    Recommended guards (``ao.RECOMMENDED["config"]``): none; options as for
+    :func:`adaptive_optax.imtl_g_rule`.
 
     Returns:
       A stateless :class:`adaptive_optax.Rule` proposing ConFIG's weights, needing ``"gramian"``.
@@ -95,15 +96,11 @@ def config_rule() -> Rule:
 def config_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
     """ConFIG (Liu et al. 2025) as a weighting: conflict-free, equally aligned updates.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.config_rule`.
-
-    Args:
-      base_weights: a pytree of positive floats, one per loss term.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
+    See :func:`adaptive_optax.config_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["config"]`` (none: run it bare).
 
     Returns:
-      A :class:`adaptive_optax.LossWeighting` of ConFIG's weights, needing ``"gramian"``.
+      A :class:`adaptive_optax.LossWeighting` needing ``"gramian"``.
 
     Examples:
       >>> import adaptive_optax as ao

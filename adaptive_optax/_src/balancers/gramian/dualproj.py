@@ -22,13 +22,13 @@ def dualproj_from_gramian(
 
     ``w = argmin_v v^T G v`` s.t. ``v >= u`` with ``u = pref_vector`` (default ``1/K``): the
     weights of the projection of ``J^T u`` onto ``{d : J d >= 0}`` (Equation 11 of GEM,
-    in TorchJD's dual form). Same solver, regularisation and departures as
+    in TorchJD's dual form). Same solver, regularization and departures as
     ``upgrad_from_gramian`` (``ao.gramian.upgrad``).
 
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
       pref_vector: ``(K,)`` weights of the vector to project; default ``1/K`` each.
-      reg_eps: ridge added to the trace-normalised Gramian (``>= 0``).
+      reg_eps: ridge added to the trace-normalized Gramian (``>= 0``).
       iterations: interior-point iterations (static).
       mask: optional ``(K,)`` bools, the terms to solve for (see ``ao.gramian``).
 
@@ -64,10 +64,11 @@ def dualproj_rule(
     gradients (GEM's projection). The loss weight is ``b_i w_i``; the aggregate conflicts with
     no term.
 
-    Recommended guards: as for :func:`adaptive_optax.upgrad_rule`.
+    Recommended guards (``ao.RECOMMENDED["dualproj"]``): none; options as for
+    :func:`adaptive_optax.upgrad_rule`.
 
     Args:
-      reg_eps: ridge added to the trace-normalised Gramian (>= 0).
+      reg_eps: ridge added to the trace-normalized Gramian (>= 0).
       iterations: interior-point iterations (static, >= 1).
 
     Returns:
@@ -96,18 +97,15 @@ def dualproj_weights(
 ) -> LossWeighting:
     """DualProj (GEM's projection, Lopez-Paz & Ranzato 2017) as a weighting.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.dualproj_rule`.
+    See :func:`adaptive_optax.dualproj_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["dualproj"]`` (none: run it bare).
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term: the method balances the
-        gradients of ``base_i * L_i``.
-      reg_eps: ridge of the projection's QP, added to the trace-normalised Gramian.
+      reg_eps: ridge of the projection's QP, added to the trace-normalized Gramian.
       iterations: interior-point iterations of the projection.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
-      A :class:`adaptive_optax.LossWeighting` of DualProj's weights, needing ``"gramian"``.
+      A :class:`adaptive_optax.LossWeighting` needing ``"gramian"``.
 
     Examples:
       >>> import adaptive_optax as ao

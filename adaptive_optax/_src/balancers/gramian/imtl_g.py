@@ -21,7 +21,7 @@ from adaptive_optax._src.base import LossWeighting, PyTree, Rule
 def imtl_g_from_gramian(gramian, *, mask=None) -> Array:
     """IMTL-G: the aggregate has the same projection on every unit gradient.
 
-    Closed form (TorchJD's generalisation to linearly dependent gradients)::
+    Closed form (TorchJD's generalization to linearly dependent gradients)::
 
         v = pinv(G) sqrt(diag(G)),    w = v / sum(v)
 
@@ -68,8 +68,8 @@ def imtl_g_rule() -> Rule:
     non-negative, and the guards clip such a weight to 0 (or to the lower bound): a departure
     from the method, which the toy benchmark of MEASURED.md shows.
 
-    Recommended guards: ``every=k`` to amortise the eigendecomposition; bounds if a weight
-    should never reach 0.
+    Recommended guards (``ao.RECOMMENDED["imtl_g"]``): none; ``every=k`` amortizes the
+    eigendecomposition, and bounds keep a weight from reaching 0.
 
     Returns:
       A stateless :class:`adaptive_optax.Rule` proposing IMTL-G's weights, needing ``"gramian"``.
@@ -88,15 +88,11 @@ def imtl_g_rule() -> Rule:
 def imtl_g_weights(base_weights: PyTree, **guards: Any) -> LossWeighting:
     """IMTL-G (Liu et al. 2021) as a weighting: equal projections on the unit gradients.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.imtl_g_rule` (negative weights are clipped to 0).
-
-    Args:
-      base_weights: a pytree of positive floats, one per loss term.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
+    See :func:`adaptive_optax.imtl_g_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["imtl_g"]`` (none: run it bare).
 
     Returns:
-      A :class:`adaptive_optax.LossWeighting` of IMTL-G's weights, needing ``"gramian"``.
+      A :class:`adaptive_optax.LossWeighting` needing ``"gramian"``.
 
     Examples:
       >>> import adaptive_optax as ao

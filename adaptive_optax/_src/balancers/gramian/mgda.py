@@ -24,10 +24,10 @@ def mgda_from_gramian(gramian, *, iterations: int = QP_ITERATIONS, mask=None) ->
     ``J d >= ||d||^2 >= 0``: it conflicts with no gradient.
 
     Solved by a primal-dual interior-point method (fixed ``iterations``) on the
-    trace-normalised Gramian, where the authors and TorchJD run Frank-Wolfe (Algorithm 2 of
-    Sener & Koltun) with an early stop at ``gamma < 0.001`` or 100 iterations: the minimiser is
+    trace-normalized Gramian, where the authors and TorchJD run Frank-Wolfe (Algorithm 2 of
+    Sener & Koltun) with an early stop at ``gamma < 0.001`` or 100 iterations: the minimizer is
     the same, reached to float precision. When it is not unique (``0`` in the hull of a
-    rank-deficient set), the interior-point method returns the analytic centre of the optimal
+    rank-deficient set), the interior-point method returns the analytic center of the optimal
     face, which keeps the weights permutation-equivariant.
 
     Args:
@@ -62,9 +62,9 @@ def mgda_rule(*, iterations: int = QP_ITERATIONS) -> Rule:
     with no term, and it vanishes at a Pareto-stationary point. Non-finite terms are left out
     of the hull.
 
-    Recommended guards: none for the guarantee (a change limit, bounds or gate make the applied
-    weights differ from the solver's, and the aggregate may then conflict); ``every=k`` to
-    consult the solver every ``k`` steps only.
+    Recommended guards (``ao.RECOMMENDED["mgda"]``): none, for the guarantee (a change limit,
+    bounds or gate make the applied weights differ from the solver's, and the aggregate may
+    then conflict); ``every=k`` consults the solver every ``k`` steps only.
 
     Args:
       iterations: interior-point iterations (static, >= 1).
@@ -89,18 +89,14 @@ def mgda_weights(
 ) -> LossWeighting:
     """MGDA (Désidéri 2012; Sener & Koltun 2018) as a weighting: the min-norm aggregate.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the balancers guide),
-    ``every=k`` included. See :func:`adaptive_optax.mgda_rule`.
+    See :func:`adaptive_optax.mgda_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["mgda"]`` (none: run it bare).
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term: the method balances the
-        gradients of ``base_i * L_i``.
       iterations: interior-point iterations.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
-      A :class:`adaptive_optax.LossWeighting` of MGDA's weights, needing ``"gramian"`` (computed by
-      :func:`adaptive_optax.weight_gradients`, or passed as ``grad_stats={"gramian": G}``).
+      A :class:`adaptive_optax.LossWeighting` needing ``"gramian"``.
 
     Examples:
       >>> import adaptive_optax as ao

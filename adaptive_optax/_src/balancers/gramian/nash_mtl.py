@@ -59,7 +59,7 @@ def _nash_start(q: Array, init: Array | None) -> Array:
 
 
 def _nash_newton(q: Array, alpha: Array, iterations: int) -> Array:
-    """Damped Newton on ``F(a) = 1/2 a^T Q a - sum(log a)``, whose minimiser has
+    """Damped Newton on ``F(a) = 1/2 a^T Q a - sum(log a)``, whose minimizer has
     ``Q a = 1/a``. ``F`` is self-concordant, so the step ``-H^-1 grad / (1 + lambda)``
     (``lambda`` the Newton decrement) keeps ``a > 0`` and converges from any start."""
 
@@ -84,8 +84,8 @@ def nash_mtl_from_gramian(
 ) -> Array:
     """Nash-MTL: the Nash bargaining solution ``alpha > 0`` with ``G alpha = 1 / alpha``.
 
-    The direction ``d = J^T alpha`` maximises ``sum_i log(g_i . d)`` over the unit ball (up to
-    scale); ``alpha`` is the unique minimiser of the strictly convex
+    The direction ``d = J^T alpha`` maximizes ``sum_i log(g_i . d)`` over the unit ball (up to
+    scale); ``alpha`` is the unique minimizer of the strictly convex
     ``F(a) = 1/2 a^T G a - sum_i log a_i``, whose gradient is ``G a - 1/a``. It is found by
     damped Newton (``iterations`` steps, self-concordant, so no line search). Since rescaling
     the gradients, ``G -> S G S`` with ``S`` diagonal, maps ``alpha`` to ``S^-1 alpha``, the
@@ -157,7 +157,7 @@ def nash_mtl_from_gramian(
     solved = jnp.all(jnp.where(n.active, beta * (correlation @ beta) > 0.5, True))
     beta = jnp.where(n.active, jnp.where(solved, beta, previous * root * n.root_scale), 0.0)
     if max_norm is not None:
-        # ||J^T alpha|| = sqrt(beta^T C beta): the normalisations cancel.
+        # ||J^T alpha|| = sqrt(beta^T C beta): the normalizations cancel.
         norm = jnp.sqrt(jnp.maximum(beta @ correlation @ beta, 0.0))
         too_long = norm > max_norm
         beta = beta * divide_where(too_long, max_norm, norm, 1.0)
@@ -180,9 +180,9 @@ def nash_mtl_rule(
     TorchJD; default here: none). When no solution exists (a zero gradient, or zero in the
     gradients' conic hull) the previous ``alpha`` is kept (ones at first), as TorchJD does.
 
-    Recommended guards: ``every=k`` as the authors' ``update_weights_every``; ``max_weight``
-    if a vanishing gradient should not get a huge weight (``alpha_i`` grows like
-    ``1 / ||g_i||``).
+    Recommended guards (``ao.RECOMMENDED["nash_mtl"]``): none; ``every=k`` is the authors'
+    ``update_weights_every``, and ``max_weight`` keeps a vanishing gradient from a huge weight
+    (``alpha_i`` grows like ``1 / ||g_i||``).
 
     Args:
       max_norm: optional bound on the aggregate's norm (> 0), or None.
@@ -235,19 +235,16 @@ def nash_mtl_weights(
 ) -> LossWeighting:
     """Nash-MTL (Navon et al. 2022) as a weighting: the Nash bargaining solution.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the balancers guide),
-    ``every=k`` as the authors' ``update_weights_every``. See
-    :func:`adaptive_optax.nash_mtl_rule` (the base weights have no effect on this method).
+    See :func:`adaptive_optax.nash_mtl_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["nash_mtl"]`` (none: run it bare).
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term.
       max_norm: optional bound on the aggregate's norm, or None.
       reg_eps: ridge added to the unit-diagonal Gramian.
       iterations: Newton steps.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
-      A :class:`adaptive_optax.LossWeighting` of Nash-MTL's weights, needing ``"gramian"``.
+      A :class:`adaptive_optax.LossWeighting` needing ``"gramian"``.
 
     Examples:
       >>> import adaptive_optax as ao

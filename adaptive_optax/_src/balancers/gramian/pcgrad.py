@@ -103,8 +103,8 @@ def pcgrad_rule(*, seed: int | None = SEED) -> Rule:
     every replica. With ``seed=None`` the order is the terms' leaf order (deterministic, not
     permutation-invariant for three terms or more; the order is irrelevant for two).
 
-    Recommended guards: none needed; ``every=k`` changes the method (the weights of a past
-    step then weight the current gradients).
+    Recommended guards (``ao.RECOMMENDED["pcgrad"]``): none; ``every=k`` changes the method
+    (the weights of a past step then weight the current gradients).
 
     Args:
       seed: seed of the random orders, or None for the fixed order.
@@ -143,17 +143,14 @@ def pcgrad_weights(
 ) -> LossWeighting:
     """PCGrad (Yu et al. 2020) as a weighting: gradient surgery, random orders in the state.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.pcgrad_rule`.
+    See :func:`adaptive_optax.pcgrad_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["pcgrad"]`` (none: run it bare).
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term: the method balances the
-        gradients of ``base_i * L_i``.
       seed: seed of the random orders, or None for the fixed leaf order.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
-      A :class:`adaptive_optax.LossWeighting` of PCGrad's weights, needing ``"gramian"``.
+      A :class:`adaptive_optax.LossWeighting` needing ``"gramian"``.
 
     Examples:
       >>> import adaptive_optax as ao

@@ -35,7 +35,7 @@ def upgrad_from_gramian(
     With ``u = pref_vector`` (default ``1/K``), each row ``u_i e_i`` is projected onto the dual
     cone ``{d : J d >= 0}`` by solving ``v_i = argmin_v v^T G v`` s.t. ``v >= u_i e_i``
     (Proposition 1 of Quinton & Rey) and ``w = sum_i v_i``. The aggregate ``J^T w`` is
-    non-conflicting (``J J^T w >= 0``) up to the regularisation.
+    non-conflicting (``J J^T w >= 0``) up to the regularization.
 
     As in TorchJD's ``QuadprogProjector``, the QP runs on ``G / trace(G) + reg_eps * I``;
     ``reg_eps = 1e-4`` reproduces TorchJD's values (and its small ``O(reg_eps)`` departure
@@ -47,7 +47,7 @@ def upgrad_from_gramian(
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
       pref_vector: ``(K,)`` preference weights; default ``1/K`` each.
-      reg_eps: ridge added to the trace-normalised Gramian (``>= 0``).
+      reg_eps: ridge added to the trace-normalized Gramian (``>= 0``).
       iterations: interior-point iterations (static).
       mask: optional ``(K,)`` bools, the terms to solve for (see ``ao.gramian``).
 
@@ -84,11 +84,11 @@ def upgrad_rule(*, reg_eps: float = REG_EPS, iterations: int = QP_ITERATIONS) ->
     to ``reg_eps``); with equal base weights it is TorchJD's ``UPGrad()``, and the base weights
     act as TorchJD's preference vector (``pref_vector = b / k``).
 
-    Recommended guards: none for the guarantee (see :func:`adaptive_optax.mgda_rule`);
-    ``every=k`` to amortise the ``n`` small QPs.
+    Recommended guards (``ao.RECOMMENDED["upgrad"]``): none, for the guarantee (see
+    :func:`adaptive_optax.mgda_rule`); ``every=k`` amortizes the ``n`` small QPs.
 
     Args:
-      reg_eps: ridge added to the trace-normalised Gramian (>= 0).
+      reg_eps: ridge added to the trace-normalized Gramian (>= 0).
       iterations: interior-point iterations (static, >= 1).
 
     Returns:
@@ -115,18 +115,15 @@ def upgrad_weights(
 ) -> LossWeighting:
     """UPGrad (Quinton & Rey 2024) as a weighting: the average of the projected gradients.
 
-    A preset: bare by default, any guard as a keyword (see *Presets* in the
-    balancers guide). See :func:`adaptive_optax.upgrad_rule`.
+    See :func:`adaptive_optax.upgrad_rule` for the formula; recommended guards:
+    ``ao.RECOMMENDED["upgrad"]`` (none: run it bare).
 
     Args:
-      base_weights: a pytree of positive floats, one per loss term: the method balances the
-        gradients of ``base_i * L_i``.
-      reg_eps: ridge added to the trace-normalised Gramian.
+      reg_eps: ridge added to the trace-normalized Gramian.
       iterations: interior-point iterations.
-      **guards: keyword settings of :func:`adaptive_optax.guarded`.
 
     Returns:
-      A :class:`adaptive_optax.LossWeighting` of UPGrad's weights, needing ``"gramian"``.
+      A :class:`adaptive_optax.LossWeighting` needing ``"gramian"``.
 
     Examples:
       >>> import adaptive_optax as ao
