@@ -37,8 +37,9 @@ GUARDS = dict(
 SEED_START = dict(ramp_steps=0, spike_prior=None)
 
 
-def scenario():
-    """``(losses, grad_stats)``: per-step losses and every gradient statistic, as NumPy."""
+def scenario(names=tuple(BASE)):
+    """``(losses, grad_stats)``: per-step losses and every gradient statistic, as NumPy, for
+    three terms called ``names``."""
     rng = np.random.RandomState(0)
     t = np.arange(STEPS)
     noise = 1 + np.where(t < 100, 0.01, 0.05) * rng.randn(3, STEPS)
@@ -57,14 +58,14 @@ def scenario():
         "max_abs": np.abs(grads).max(-1),
         "mean_abs": np.abs(grads).mean(-1),
     }
-    per_term = {name: _by_term(value) for name, value in stats.items()}
+    per_term = {name: _by_term(value, names) for name, value in stats.items()}
     per_term["gramian"] = gramian.astype(np.float32)
-    losses = _by_term(np.stack([a, b, c], 1))
+    losses = _by_term(np.stack([a, b, c], 1), names)
     return losses, per_term
 
 
-def _by_term(values):
-    return {name: values[:, i].astype(np.float32) for i, name in enumerate(BASE)}
+def _by_term(values, names):
+    return {name: values[:, i].astype(np.float32) for i, name in enumerate(names)}
 
 
 def _scheduled_base():
@@ -111,15 +112,15 @@ def arms():
     return out
 
 
-def trajectory(weighting):
+def trajectory(weighting, names=tuple(BASE)):
     """Per-step weights ``(STEPS, 3)`` and the final counters, under one jitted scan."""
-    losses, stats = scenario()
+    losses, stats = scenario(names)
     needs = {name: stats[name] for name in weighting.needs}
 
     def step(state, inputs):
         loss, grad_stats = inputs
         weights, state = weighting.update(loss, state, grad_stats=grad_stats)
-        return state, jnp.stack([weights[name] for name in BASE]).astype(jnp.float32)
+        return state, jnp.stack([weights[name] for name in names]).astype(jnp.float32)
 
     final, weights = jax.jit(functools.partial(jax.lax.scan, step))(
         weighting.init(), (losses, needs)

@@ -1,0 +1,46 @@
+"""The committed choice of the default controller: its numbers stand for this code, the rule
+chose what the library ships, and the page is generated from the json."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from adaptive_optax._src import weightings
+from benchmarks import default_choice
+from tests.golden import default_choice_arms
+
+RESULT = json.loads(pathlib.Path("results/default_choice.json").read_text())
+
+
+def test_the_measured_arms_behave_as_this_code_does():
+    with np.load(default_choice_arms.PATH) as data:
+        stored = {key: data[key] for key in data.files}
+    current = default_choice_arms.stored_trajectories()
+    assert set(current) == set(stored)
+    for key, value in current.items():
+        np.testing.assert_array_equal(value, stored[key], err_msg=key)
+
+
+def test_the_rule_chose_what_the_library_ships():
+    assert default_choice.choose(RESULT["calibration"]) == RESULT["chosen"]
+    threshold = RESULT["chosen"].rsplit("=", 1)[1]
+    assert threshold == str(weightings.SPIKE_THRESHOLD)
+
+
+def test_the_choice_used_calibration_seeds_and_reports_on_others():
+    calibration = {s for r in RESULT["calibration"].values() for s in r["seed"]}
+    test = {s for r in RESULT["test"].values() for s in r["seed"]}
+    assert calibration.isdisjoint(test) and len(test) >= 20 and len(calibration) >= 20
+
+
+def test_the_page_is_generated_from_the_json():
+    page = pathlib.Path("results/default_choice.md").read_text()
+    assert page == default_choice.report(RESULT)
+
+
+@pytest.mark.parametrize("rate", ["0.05"])
+def test_a_calm_run_keeps_the_base_weight_on_the_tts_model(rate):
+    chosen = default_choice.summary(RESULT["test"][RESULT["chosen"]], float(rate))
+    assert abs(chosen["calm_weight"] / default_choice.BASE_MEL - 1) <= 0.05
