@@ -334,18 +334,28 @@ def guarded(
         spiked, spike_stats = _spikes(
             settings, state, loss, gradients, finite, entered, spike_warmup, schedules.scheduled
         )
-        proposal, rule_state = _propose(
-            rule, settings.every, signals, weights, rule_base, state.rule_state
-        )
-
         active = state.enabled & adaptive
         stable, open_gate = _gate(settings, state, signals, active)
         low, high = bounds_of(rule_base)
+        ramping = active & (state.start_ramp < 1)  # False for a corrupted (NaN) progress
+        calm = (stable > 0) & ~spiked
+        start_ramp, ramp_base = state.start_ramp, rule_base
+        if settings.ramp_steps:
+            # the slow start moves the base the weights follow, as a schedule does
+            advanced = jnp.minimum(start_ramp + 1.0 / settings.ramp_steps, 1.0)
+            start_ramp = jnp.where(ramping & calm, advanced, start_ramp)
+            before = low + (rule_base - low) * state.start_ramp.astype(rule_base.dtype)
+            ramp_base = low + (rule_base - low) * start_ramp.astype(rule_base.dtype)
+            ramp_base = jnp.where(ramping, ramp_base, rule_base)
+            weights = jnp.where(ramping, follow(weights, before, ramp_base), weights)
+            previous = jnp.where(ramping, follow(previous, before, ramp_base), previous)
+        proposal, rule_state = _propose(
+            rule, settings.every, signals, weights, ramp_base, state.rule_state
+        )
         proposal = proposal.astype(dtype)
         if settings.moves == "ratios":
-            proposal = _keep_total(proposal, weights, rule_base, open_gate, settings.max_change)
+            proposal = _keep_total(proposal, weights, ramp_base, open_gate, settings.max_change)
         proposal, valid = _limit(settings, proposal, weights, low, high, loss)
-        ramping = active & (state.start_ramp < 1)  # False for a corrupted (NaN) progress
         wants = open_gate & (proposal != weights)
         applied = wants & valid
 
@@ -362,16 +372,8 @@ def guarded(
             base=base,
             state=state,
         )
-        calm = (stable > 0) & ~spiked
-        new_weights, start_ramp = _ramp(
-            settings,
-            progress=state.start_ramp,
-            ramping=ramping,
-            calm=calm,
-            new_weights=new_weights,
-            low=low,
-            base=rule_base,
-        )
+        if settings.ramp_steps:  # during the slow start no weight exceeds the ramped base
+            new_weights = jnp.where(ramping, jnp.minimum(new_weights, ramp_base), new_weights)
         cut = spiked & active
         new_weights, previous, last_change = _cut_on_spikes(
             settings,
@@ -383,9 +385,6 @@ def guarded(
             previous=previous,
             last_change=last_change,
         )
-        # a cut during the slow start: the ramp resumes from the cut weight
-        position = _ramp_position(new_weights, low, rule_base).astype(start_ramp.dtype)
-        start_ramp = jnp.where(cut & ramping, position, start_ramp)
         if schedules:  # a term absent at the next step weighs nothing, whatever its bounds
             new_weights = jnp.where(base > 0, new_weights, 0)
             previous = jnp.where(base > 0, previous, 0)

@@ -13,8 +13,9 @@ def loss_ratio_rule(
     *,
     step_size: float = 0.05,
     high_ratio: float = 1.1,
-    low_ratio: float = 0.9,
+    low_ratio: float | None = 0.9,
     grad_growth: float = 1.5,
+    toward_base: bool = False,
 ) -> Rule:
     """The stable controller's decision tree: move a weight one step up, down, or hold.
 
@@ -23,13 +24,18 @@ def loss_ratio_rule(
 
     - ``d > high_ratio - 1`` and gradients not growing: ``w * (1 + step_size)``;
     - else ``d < low_ratio - 1`` or gradients growing: ``w * (1 - step_size)``;
-    - else hold.
+    - else hold, or with ``toward_base`` one step back toward the base weight.
+
+    With ``low_ratio=None`` a falling loss is no reason to move: a converging loss sits below
+    its running mean, and the original decision lowers its weight at every adjustment.
 
     Args:
       step_size: relative size of one move, in ``(0, 1)``.
       high_ratio: loss / mean above which the loss is "high" (> ``low_ratio``).
-      low_ratio: loss / mean below which the loss is "low".
+      low_ratio: loss / mean below which the loss is "low", or None: never low.
       grad_growth: factor over the recent mean gradient norm that counts as growing (> 0).
+      toward_base: when holding, move one step (``step_size``) back toward the base weight,
+        so that a weight moved for a reason that has passed returns to it.
 
     Returns:
       A stateless :class:`adaptive_optax.Rule`.
@@ -39,11 +45,14 @@ def loss_ratio_rule(
       >>> weighting = ao.guarded(ao.loss_ratio_rule(step_size=0.1), {"a": 1.0, "b": 1.0})
     """
     decide = _check_decision(step_size, high_ratio, low_ratio, grad_growth)
+    toward_base = validation.check_flag("toward_base", toward_base)
 
     def propose(signals: Signals, weights, base_weights, rule_state):
-        del base_weights
         factor = decide(signals, signals.deviation)
-        return weights * factor.astype(weights.dtype), rule_state
+        proposal = weights * factor.astype(weights.dtype)
+        if toward_base:
+            proposal = jnp.where(factor == 1, _toward(weights, base_weights, step_size), proposal)
+        return proposal, rule_state
 
     return Rule(init=lambda base_weights: (), propose=propose, needs=("norm",))
 
@@ -93,12 +102,16 @@ def relative_ratio_rule(
         factor = decide(signals, signals.deviation - mean)
         proposal = weights * factor.astype(weights.dtype)
         if toward_base:
-            step = step_size * weights
-            back = weights + jnp.clip(base_weights - weights, -step, step)
-            proposal = jnp.where(factor == 1, back, proposal)
+            proposal = jnp.where(factor == 1, _toward(weights, base_weights, step_size), proposal)
         return proposal, rule_state
 
     return Rule(init=lambda base_weights: (), propose=propose, needs=("norm",))
+
+
+def _toward(weights, base_weights, step_size):
+    """One step of relative size ``step_size`` from ``weights`` toward ``base_weights``."""
+    step = step_size * weights
+    return weights + jnp.clip(base_weights - weights, -step, step)
 
 
 def _check_decision(step_size, high_ratio, low_ratio, grad_growth):
@@ -109,11 +122,12 @@ def _check_decision(step_size, high_ratio, low_ratio, grad_growth):
     """
     validation.check_number("step_size", step_size, low=0, high=1, low_open=True, high_open=True)
     for name, value in (("high_ratio", high_ratio), ("low_ratio", low_ratio)):
-        validation.check_number(
-            name, value, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True
-        )
+        if value is not None or name == "high_ratio":
+            validation.check_number(
+                name, value, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True
+            )
     validation.check_number("grad_growth", grad_growth, low=0, low_open=True)
-    ratios = validation.concrete((low_ratio, high_ratio))
+    ratios = None if low_ratio is None else validation.concrete((low_ratio, high_ratio))
     if ratios is not None and not ratios[0] < ratios[1]:
         raise ValueError(
             f"low_ratio must be below high_ratio, got low_ratio={low_ratio}, "
@@ -127,7 +141,8 @@ def _check_decision(step_size, high_ratio, low_ratio, grad_growth):
                 signals.grad_norms > grad_growth * signals.grad_mean
             )
         up = (deviation > high_ratio - 1) & ~growing
-        down = ~up & ((deviation < low_ratio - 1) | growing)
+        low = False if low_ratio is None else deviation < low_ratio - 1
+        down = ~up & (low | growing)
         return jnp.where(up, 1 + step_size, jnp.where(down, 1 - step_size, 1.0))
 
     return decide

@@ -20,8 +20,9 @@ def stable_weights(
     *,
     max_change: float = 0.05,
     high_ratio: float = 1.1,
-    low_ratio: float = 0.9,
+    low_ratio: float | None = None,
     grad_growth: float = 1.5,
+    toward_base: bool = True,
     **guards: Any,
 ) -> LossWeighting:
     """The stable adaptive loss-weight controller: the loss-ratio rule under every guard.
@@ -81,7 +82,7 @@ def stable_weights(
       >>> round(float(ao.weighted_sum(losses, weights)), 4)
       1.1
     """
-    rule = _seed_rule(max_change, high_ratio, low_ratio, grad_growth)
+    rule = _seed_rule(max_change, high_ratio, low_ratio, grad_growth, toward_base)
     settings = dict(spike_threshold=SPIKE_THRESHOLD, **SLOW_START) | guards
     return guarded(rule, base_weights, max_change=max_change, **settings)
 
@@ -152,10 +153,14 @@ def unguarded_weights(
     return guarded(rule, base_weights, **(settings | guards))
 
 
-def _seed_rule(max_change, high_ratio, low_ratio, grad_growth):
+def _seed_rule(max_change, high_ratio, low_ratio, grad_growth, toward_base=False):
     """The loss-ratio rule stepping by ``max_change``, which therefore cannot be None."""
     # checked under its own name here: the rule would name it step_size
     validation.check_number("max_change", max_change, low=0, high=1, low_open=True, high_open=True)
     return loss_ratio_rule(
-        step_size=max_change, high_ratio=high_ratio, low_ratio=low_ratio, grad_growth=grad_growth
+        step_size=max_change,
+        high_ratio=high_ratio,
+        low_ratio=low_ratio,
+        grad_growth=grad_growth,
+        toward_base=toward_base,
     )
