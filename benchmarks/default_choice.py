@@ -203,7 +203,7 @@ def report(result: Mapping) -> str:
         "",
         f"`{result['command']}` at commit `{result['commit']}`, {result['elapsed_s']:.0f} s. "
         f"Machine: {result['machine']}. {STEPS} steps per run; how the candidates are compared "
-        "and the rule that chooses: `benchmarks/default_choice.py`.",
+        "and the rule that chooses: `benchmarks/default_choice.py`. " + result.get("note", ""),
         "",
         "## Calibration seeds: the trade-off",
         "",
