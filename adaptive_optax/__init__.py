@@ -73,7 +73,7 @@ from adaptive_optax._src.checkpoint import restore as restore
 from adaptive_optax._src.combinators import every_k as every_k
 from adaptive_optax._src.control import checked as checked
 from adaptive_optax._src.control import disable as disable
-from adaptive_optax._src.control import distilled_weights as distill
+from adaptive_optax._src.control import distill as distill
 from adaptive_optax._src.control import enable as enable
 from adaptive_optax._src.control import find_state as find_state
 from adaptive_optax._src.control import metrics as metrics

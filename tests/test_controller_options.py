@@ -1,6 +1,6 @@
 """The controller's options of ``ao.guarded``: ratios only (``moves``), the start ramp
 (``ramp_steps``), the spike guard's prior (``spike_prior``), scale normalisation
-(``normalize``), and the weight average that ``ao.distilled_weights`` freezes."""
+(``normalize``), and the weight average that ``ao.distill`` freezes."""
 
 import math
 
@@ -184,7 +184,7 @@ def test_running_normalisation_follows_the_losses_and_other_rules_take_it_as_bas
 # ---------------------------------------------------------------- distilled weights
 
 
-def test_distilled_weights_are_the_running_mean_of_the_normalised_weights():
+def test_distill_are_the_running_mean_of_the_normalised_weights():
     weighting = ao.uncertainty_weights(BASE, lr=0.3, ema_decay=0.9)
     state, trace = run(weighting, steady())
     w = vectors(trace)
@@ -193,24 +193,24 @@ def test_distilled_weights_are_the_running_mean_of_the_normalised_weights():
     for t in range(1, len(r)):
         rate = 0.1 / (1 - 0.9 ** (t + 1))
         mean = (1 - rate) * mean + rate * r[t]
-    fixed = ao.distilled_weights(state)
+    fixed = ao.distill(state)
     np.testing.assert_allclose(jax.tree.leaves(fixed), mean * 3.5, rtol=1e-5)
     np.testing.assert_allclose(trace["metrics"]["weight_average/a"][-1], mean[0], rtol=1e-5)
-    doubled = ao.distilled_weights(state, total=7.0)
+    doubled = ao.distill(state, total=7.0)
     np.testing.assert_allclose(jax.tree.leaves(doubled), mean * 7.0, rtol=1e-5)
     # the initial state freezes the base weights
     np.testing.assert_allclose(
-        jax.tree.leaves(ao.distilled_weights(weighting.init())), list(BASE.values()), rtol=1e-6
+        jax.tree.leaves(ao.distill(weighting.init())), list(BASE.values()), rtol=1e-6
     )
 
 
-def test_distilled_weights_of_a_batched_state_and_a_bad_total():
+def test_distill_of_a_batched_state_and_a_bad_total():
     weighting = ao.uncertainty_weights(BASE, lr=0.3)
     states = jax.vmap(lambda _: weighting.init())(jnp.arange(4))
-    fixed = ao.distilled_weights(states)
+    fixed = ao.distill(states)
     assert np.shape(fixed["a"]) == (4,)
     with pytest.raises(ValueError, match="total"):
-        ao.distilled_weights(states, total=-1.0)
+        ao.distill(states, total=-1.0)
 
 
 # ---------------------------------------------------------------- contract of the options
@@ -260,7 +260,7 @@ def test_contract_any_input_keeps_the_state_finite_with_every_option(losses, nor
             if jnp.issubdtype(leaf.dtype, jnp.inexact):
                 assert np.all(np.isfinite(np.asarray(leaf, np.float32)))
         assert np.all(np.asarray(weights) >= 0)
-        fixed = ao.distilled_weights(state)
+        fixed = ao.distill(state)
         assert np.all(np.isfinite(np.asarray(jax.tree.leaves(fixed), np.float32)))
 
 

@@ -44,3 +44,29 @@ def test_the_page_is_generated_from_the_json():
 def test_a_calm_run_keeps_the_base_weight_on_the_tts_model(rate):
     chosen = default_choice.summary(RESULT["test"][RESULT["chosen"]], float(rate))
     assert abs(chosen["calm_weight"] / default_choice.BASE_MEL - 1) <= 0.05
+
+
+def test_the_readme_states_the_price_the_json_measured():
+    intro = pathlib.Path("README.md").read_text().split("<!-- intro-end -->")[0]
+    assert "finishes at least as many\nruns as those fixed weights, most of them collapsed" in intro
+    assert "results/default_choice.md" in intro
+    chosen, base = RESULT["test"][RESULT["chosen"]], RESULT["test"]["fixed base (mel 2.5)"]
+    for rate in (0.14, 0.2, 0.25):
+        ours, theirs = default_choice.summary(chosen, rate), default_choice.summary(base, rate)
+        assert ours["finished"] >= theirs["finished"]
+        assert (
+            2 * ours["collapsed"] > ours["finished"] and theirs["collapsed"] == theirs["finished"]
+        )
+
+
+def test_the_readme_states_the_defaults_of_the_code():
+    import inspect
+
+    import adaptive_optax as ao
+
+    intro = pathlib.Path("README.md").read_text().split("<!-- intro-end -->")[0]
+    low = ao.ORIGINAL["bounds"][0]
+    ramp = weightings.SLOW_START["ramp_steps"]
+    change = inspect.signature(ao.stable_weights).parameters["max_change"].default
+    assert f"enters at {low:g} x its base and reaches it over {ramp} calm steps" in intro
+    assert f"{change * 100:g} % per adjustment" in intro

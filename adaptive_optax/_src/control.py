@@ -163,7 +163,7 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
                                   index into :data:`AWAY_REASONS` (0: at its base)
     ``away_since``                ``away_since``: the step it left its base (0 at its base)
     ``start_ramp``                ``start_ramp`` (the start ramp's progress, 0 to 1)
-    ``weight_average``            ``weight_average`` (see :func:`distilled_weights`)
+    ``weight_average``            ``weight_average`` (see :func:`distill`)
     ``<counter>``                 ``counters.<counter>``: ``adjustments``, ``rejected``,
                                   ``nonfinite``, ``rollbacks``, ``healed``, ``spikes``,
                                   ``first_nonfinite_step`` and ``last_nonfinite_step`` (which
@@ -220,7 +220,7 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
     return out
 
 
-def distilled_weights(tree: PyTree, total: float | None = None) -> PyTree:
+def distill(tree: PyTree, total: float | None = None) -> PyTree:
     """Fixed weights to freeze what an adaptive run found: its time-averaged weight ratios.
 
     The state keeps a running mean of the normalised weights ``w / sum(w)`` (a bias-corrected
@@ -244,7 +244,7 @@ def distilled_weights(tree: PyTree, total: float | None = None) -> PyTree:
       >>> state = weighting.init()
       >>> for _ in range(3):
       ...     weights, state = weighting.update({"a": 3.0, "b": 1.0}, state)
-      >>> fixed = ao.distilled_weights(state)
+      >>> fixed = ao.distill(state)
       >>> round(float(fixed["a"] + fixed["b"]), 4), bool(fixed["a"] < fixed["b"])
       (2.0, True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 
 from adaptive_optax._src.base import PyTree
-from adaptive_optax._src.control import distilled_weights as _distill
+from adaptive_optax._src.control import distill as _distill
 
 
 def distilled_weights(tree: PyTree, total: float | None = None) -> PyTree:

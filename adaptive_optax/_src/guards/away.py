@@ -15,7 +15,7 @@ from adaptive_optax._src.guards.decision import Decision
 AWAY_REASONS = ("base", "start ramp", "spike cut", "rule", "rollback")
 """What ``metrics(state)["away/<term>"]`` indexes: why the weight is away from its base.
 
-``"base"``: at its base (within 0.1 %); ``"start ramp"``: below it on the start ramp;
+``"base"``: at its base (within a relative 1e-3); ``"start ramp"``: below it on the ramp;
 ``"spike cut"``: cut by the spike guard and not yet back; ``"rule"``: moved away by the
 rule's proposal (a loss rising against its trend, growing gradients, or the method's own
 weights); ``"rollback"``: an adjustment undone after a non-finite step.
