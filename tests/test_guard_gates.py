@@ -80,7 +80,7 @@ def _signals(rel_variance, finite):
 def test_stability_counts_calm_steps_and_resets_on_a_loud_or_nonfinite_one():
     gate = Stability.checked(min_stable_steps=2, variance_threshold=0.5)
     signals = _signals([0.1, 0.9, 0.1], [True, True, False])
-    stable = jax.jit(gate.count)(jnp.array([1, 5, 5], jnp.int32), signals)
+    stable = jax.jit(gate.stable_count)(jnp.array([1, 5, 5], jnp.int32), signals)
     np.testing.assert_array_equal(stable, [2, 0, 0])
     np.testing.assert_array_equal(jax.jit(gate.allows)(stable), [True, False, False])
 

@@ -45,7 +45,8 @@ def main():
     mesh = jax.make_mesh((N_DEVICES,), ("data",))
     base = {"a": 1.0, "b": 2.0, "c": 0.5}
     settings = dict(warmup_steps=10, cooling_period=5, min_stable_steps=2, variance_threshold=2.0)
-    settings |= dict(ramp_steps=0, spike_prior=None)  # start at the base: adjustments to compare
+    # the original controller: it starts at the base and moves on falling and rising losses
+    settings |= dict(ramp_steps=0, spike_prior=None, low_ratio=0.9, toward_base=False)
 
     # losses[t, d, i]: step t, device d, term i; exact multiples of 1/64 below 64, with a
     # falling, a rising and an oscillating term, and per-device noise.

@@ -245,8 +245,10 @@ class Trainer:
                 min_stable_steps=1,
                 variance_threshold=5.0,
                 max_change=0.2,
-                ramp_steps=0,  # start at the base, so that adjustments happen to compare
-                spike_prior=None,
+                ramp_steps=0,  # the original controller: starts at the base and moves on
+                spike_prior=None,  # falling and rising losses, so adjustments happen to compare
+                low_ratio=0.9,
+                toward_base=False,
             )
         self.tx = optax.chain(
             ao.weight_gradients(weighting),
