@@ -1,5 +1,5 @@
 """The controller's options of ``ao.guarded``: ratios only (``moves``), the start ramp
-(``ramp_steps``), the spike guard's prior (``spike_prior``), scale normalisation
+(``ramp_steps``), the spike guard's prior (``spike_prior``), scale normalization
 (``normalize``), and the weight average that ``ao.distill`` freezes."""
 
 import math
@@ -156,7 +156,7 @@ def noisy_heads(steps=200, seed=0):
     return losses_of(np.stack([a, b, c], axis=1))
 
 
-def test_first_loss_normalisation_brings_terms_to_one_scale_and_keeps_a_noisy_share():
+def test_first_loss_normalization_brings_terms_to_one_scale_and_keeps_a_noisy_share():
     _, trace = run(ao.normalized_weights(BASE), noisy_heads())
     w = vectors(trace)
     first = np.array([1000.0, noisy_heads()["b"][0], 1e-3])
@@ -169,12 +169,12 @@ def test_first_loss_normalisation_brings_terms_to_one_scale_and_keeps_a_noisy_sh
     assert share[-1] < 0.01 * share[10]
 
 
-def test_running_normalisation_follows_the_losses_and_other_rules_take_it_as_base():
+def test_running_normalization_follows_the_losses_and_other_rules_take_it_as_base():
     _, trace = run(ao.normalized_weights(BASE, reference="running"), noisy_heads())
     w = vectors(trace)
     np.testing.assert_allclose(w.sum(axis=1), 3.5, rtol=1e-5)
     assert w[-1, 1] / w[-1].sum() < 0.5 * w[0, 1] / w[0].sum()
-    # the loss-ratio rule around the normalised base: bounds of 0.4 to 2 reach a ratio of 1e6
+    # the loss-ratio rule around the normalized base: bounds of 0.4 to 2 reach a ratio of 1e6
     weighting = ao.stable_weights(BASE, normalize="first_loss", warmup_steps=0)
     _, seeded = run(weighting, noisy_heads(), grad_norms=np.ones(200, np.float32))
     s = vectors(seeded)[-1]
@@ -184,7 +184,7 @@ def test_running_normalisation_follows_the_losses_and_other_rules_take_it_as_bas
 # ---------------------------------------------------------------- distilled weights
 
 
-def test_distill_are_the_running_mean_of_the_normalised_weights():
+def test_distill_are_the_running_mean_of_the_normalized_weights():
     weighting = ao.uncertainty_weights(BASE, lr=0.3, ema_decay=0.9)
     state, trace = run(weighting, steady())
     w = vectors(trace)

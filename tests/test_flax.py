@@ -1,4 +1,4 @@
-"""The Flax examples train a real model with adaptive weights in the optimiser chain."""
+"""The Flax examples train a real model with adaptive weights in the optimizer chain."""
 
 import chex
 import jax
@@ -42,7 +42,7 @@ def test_linen_train_state_carries_the_weighting_state():
     chex.assert_trees_all_equal(found, ao.find_state(state))
 
 
-def test_apply_gradients_matches_linen_for_a_plain_optimiser():
+def test_apply_gradients_matches_linen_for_a_plain_optimizer():
     params = {"w": jnp.arange(3.0), "b": jnp.ones([])}
     state = train_state.TrainState.create(apply_fn=None, params=params, tx=optax.adam(0.1))
     grads = jax.tree.map(lambda p: 0.5 - p, params)

@@ -5,7 +5,7 @@ References are transcribed in NumPy (torch and cvxpy are not test dependencies):
 - the authors' two-task CAGrad, ``cagrad`` in ``cityscapes/utils.py`` of Cranial-XIX/CAGrad
   (a bounded scalar search over ``w = (x, 1 - x)``, ``g = g_0 + c ||g_0|| g_w / ||g_w||``);
 - TorchJD's ``CAGradWeighting.forward`` (``aggregation/_cagrad.py``): the subproblem on the
-  trace-normalised Gramian, weights ``1/K + sqrt_phi / ||g_w|| w``, or zeros when
+  trace-normalized Gramian, weights ``1/K + sqrt_phi / ||g_w|| w``, or zeros when
   ``||g_w|| < norm_eps``; its convex subproblem is solved here by SLSQP from several starts.
 """
 

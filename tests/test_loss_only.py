@@ -228,7 +228,7 @@ def test_softadapt_reproduces_the_readme_vectors(n_terms):
     got = {v: np.asarray(w, np.float64) / n_terms for v, w in zip(variants, runs, strict=True)}
     for variant in ("original", "loss_weighted"):
         np.testing.assert_allclose(got[variant], README[variant, n_terms], rtol=1e-4)
-    # The README's normalised vectors come from the authors' division by the signed sum of the
+    # The README's normalized vectors come from the authors' division by the signed sum of the
     # slopes (reproduced here from their formula); ours divides by the L1 norm (see the
     # docstring), which reverses the order: the term that rises fastest gets the most weight.
     slopes = forward_difference(4) @ README_LOSSES[:, :n_terms]

@@ -203,7 +203,7 @@ def main():
         return copies[0]
 
     def kept(opt_state):
-        """The optimiser state a skipped step must not touch: ao.apply_if_finite's inner state
+        """The optimizer state a skipped step must not touch: ao.apply_if_finite's inner state
         (the weighting state and the skip counters are meant to count the step)."""
         return shards(optax.tree.get(opt_state, "inner_state"))
 

@@ -19,7 +19,7 @@ positive = st.floats(1e-3, 1e3, allow_nan=False)
     ratios=st.lists(st.tuples(positive, positive, positive), min_size=1, max_size=5),
     scales=st.lists(positive, min_size=1, max_size=4),
 )
-def test_each_row_is_a_scale_times_a_normalised_ratio(ratios, scales):
+def test_each_row_is_a_scale_times_a_normalized_ratio(ratios, scales):
     trees = [{"a": a, "b": {"c": b, "d": c}} for a, b, c in ratios]
     grid = ao.weight_grid(trees, scales)
     assert jax.tree.structure(grid) == jax.tree.structure(trees[0])

@@ -1,10 +1,10 @@
-"""A NaN batch reaches neither the parameters nor the optimiser state, in every training pattern.
+"""A NaN batch reaches neither the parameters nor the optimizer state, in every training pattern.
 
 For every training step that README.md and the guides show (run as written, from their
 Markdown) and for both Flax examples: train a few steps, feed one batch whose target for one
 term is NaN, then a burst of three bad batches (NaN inputs, NaN target, NaN inputs), and check
 
-- the parameters and the optimiser state equal, exactly, those before the first bad batch,
+- the parameters and the optimizer state equal, exactly, those before the first bad batch,
   except the leaves that exist to count steps (``EXCLUDED``);
 - the weighting counted each bad step (``nonfinite/mel``), and ``ao.apply_if_finite`` did;
 - training goes on: the loss is lower after five good steps, the parameters stay finite.
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.standard_promotion
 # Leaves allowed to change on a skipped step, by the name of a node on their path:
 # - "weighting_state": the weighting sees every step and counts the bad one (checked apart);
 # - "notfinite_count", "last_finite", "total_notfinite": ao.apply_if_finite's record of skipped
-#   steps (its inner state, the optimiser's, must not change);
+#   steps (its inner state, the optimizer's, must not change);
 # - "step" at the top of an nnx.Optimizer's or a linen TrainState's state: counts update calls.
 EXCLUDED = ("weighting_state", "notfinite_count", "last_finite", "total_notfinite")
 BURST = ("nan_x", "nan_target", "nan_x")
@@ -219,7 +219,7 @@ def test_documented_training_step_skips_nan_batches(block):
     if run.kind == "five_lines":  # the snippet may have trained a few steps already
         start = int(run.ns["weight_state"].step)
     check_skips_bad_batches(run, batch)
-    if run.kind == "five_lines":  # the weighting state rides beside the optimiser's
+    if run.kind == "five_lines":  # the weighting state rides beside the optimizer's
         assert int(run.ns["weight_state"].step) == start + 2 + 1 + len(BURST) + 5
     if run.kind == "linen":  # TrainState.step counts every call, skipped or not
         assert int(run.ns["state"].step) == before + 2 + 1 + len(BURST) + 5

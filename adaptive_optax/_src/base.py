@@ -128,7 +128,7 @@ class AdaptiveState(NamedTuple):
         lower bound) to 1 (the ramp is over; 1 from the start when ``ramp_steps=0``), see
         ``ramp_steps`` of :func:`adaptive_optax.guarded`.
       weight_average: ``(n,)`` the running mean (bias-corrected EMA of decay ``ema_decay``)
-        of the normalised weights ``w / sum(w)``: what :func:`adaptive_optax.distill`
+        of the normalized weights ``w / sum(w)``: what :func:`adaptive_optax.distill`
         freezes.
       rule_state: whatever state the rule keeps (an empty tuple for stateless rules).
     """

@@ -1,7 +1,7 @@
 """Pure functions on a weighting's state: control, observation, the weighted loss.
 
 ``disable``, ``enable``, ``rollback`` and ``metrics`` accept an :class:`AdaptiveState` or any
-pytree holding one, such as an optax optimiser state. A state batched with ``jax.vmap`` (one
+pytree holding one, such as an optax optimizer state. A state batched with ``jax.vmap`` (one
 weighting per seed) is handled whole: each function gives what ``jax.vmap`` of it gives.
 """
 
@@ -223,11 +223,11 @@ def metrics(tree: PyTree) -> dict[str, jax.Array]:
 def distill(tree: PyTree, total: float | None = None) -> PyTree:
     """Fixed weights to freeze what an adaptive run found: its time-averaged weight ratios.
 
-    The state keeps a running mean of the normalised weights ``w / sum(w)`` (a bias-corrected
+    The state keeps a running mean of the normalized weights ``w / sum(w)`` (a bias-corrected
     EMA of decay ``ema_decay`` of :func:`adaptive_optax.guarded`, about the last
     ``1 / (1 - ema_decay)`` steps); this returns it times ``total``. Training the next run
     with these fixed weights separates what the adaptive run's *ratios* were worth from what
-    its *scale* was (Gama & Grassi replay averaged normalised weights the same way).
+    its *scale* was (Gama & Grassi replay averaged normalized weights the same way).
 
     Args:
       tree: an :class:`AdaptiveState` or a pytree holding exactly one (a batched state gives
@@ -250,7 +250,7 @@ def distill(tree: PyTree, total: float | None = None) -> PyTree:
 
     References:
       Gama & Grassi, 2025 (code: UnitScal_vs_SMTOs): an adaptive method's averaged,
-      normalised weights replayed as fixed weights.
+      normalized weights replayed as fixed weights.
     """
     if total is not None:
         validation.check_number(

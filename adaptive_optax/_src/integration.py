@@ -1,5 +1,5 @@
 """Adaptive loss weights inside an optax chain, in training states that cannot pass them, and
-an optimiser wrapper that keeps non-finite steps away from the parameters."""
+an optimizer wrapper that keeps non-finite steps away from the parameters."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def weight_gradients(
     algorithms do. Other extra arguments are ignored, as in optax.
 
     Under data parallelism, average the per-term gradients over devices before this transform
-    (as for any optimiser), or build the weighting with ``axis_name``.
+    (as for any optimizer), or build the weighting with ``axis_name``.
 
     Args:
       weighting: a :class:`adaptive_optax.LossWeighting`, e.g. from
@@ -62,7 +62,7 @@ def weight_gradients(
         or gradient statistic the weighting finds not finite (averaged over ``axis_name`` if
         the weighting has one), leaves the weighting state untouched, as
         :func:`adaptive_optax.apply_if_finite` after this transform leaves the parameters and
-        the optimiser state: such a step then changes nothing at all, and only that wrapper's
+        the optimizer state: such a step then changes nothing at all, and only that wrapper's
         ``total_notfinite`` records it. When False (default) the weighting sees the step: it
         counts the non-finite term (``nonfinite/<term>`` in :func:`adaptive_optax.metrics`),
         keeps that term's statistics and weight, and with ``auto_rollback`` undoes a recent
@@ -152,10 +152,10 @@ def weight_gradients(
 def apply_if_finite(
     inner: optax.GradientTransformation, *, axis_name: Hashable | None = None
 ) -> optax.GradientTransformationExtraArgs:
-    """Wraps an optimiser so that a step with a non-finite gradient or loss never reaches it.
+    """Wraps an optimizer so that a step with a non-finite gradient or loss never reaches it.
 
     On such a step the update is zero and ``inner``'s state is kept as it was, so neither the
-    parameters nor the optimiser state (Adam's moments and count) change; the weighting still
+    parameters nor the optimizer state (Adam's moments and count) change; the weighting still
     sees the step and counts it (``nonfinite/<term>``). It is ``optax.apply_if_finite`` with
     two differences that a multi-loss step needs:
 
@@ -168,14 +168,14 @@ def apply_if_finite(
       ``notfinite_count`` (consecutive) and ``total_notfinite`` in this state, and
       ``nonfinite/<term>`` in :func:`adaptive_optax.metrics`.
 
-    Use it in every training step: around the optimiser (``tx.update(grads, opt_state,
+    Use it in every training step: around the optimizer (``tx.update(grads, opt_state,
     params, losses=losses)``), or in a chain after :func:`weight_gradients`, whose
     ``losses=`` it reads too: ``optax.chain(ao.weight_gradients(w),
     ao.apply_if_finite(optax.adam(1e-3)))``. Not around :func:`weight_gradients`: its
     skipped branch would return per-term zeros.
 
     Args:
-      inner: the optimiser (any optax transformation, e.g. a chain of clipping and Adam).
+      inner: the optimizer (any optax transformation, e.g. a chain of clipping and Adam).
       axis_name: under ``shard_map`` or ``pmap``, where each device computes the losses of its
         own shard, the mapped axis over which a non-finite loss on any device skips the step
         on every device (the weighting's ``axis_name``); the gradients are expected averaged

@@ -22,7 +22,7 @@ def loss_scaled(weighting: LossWeighting) -> LossWeighting:
     returned ``update`` takes the scaler's verdict as ``grads_finite=`` and, on a step whose
     losses are all finite but whose gradients are not, returns the weights and the state
     unchanged: nothing is counted as non-finite, nothing is undone, no spike is seen, and
-    ``step`` does not advance (as the optimiser's count under the scaler does not). Every
+    ``step`` does not advance (as the optimizer's count under the scaler does not). Every
     other step is the weighting's ``update``, with the unscaled losses: give it the per-term
     losses, not the scaled total. On a step where a loss is not finite (a term's fault) and
     the gradients are not either, the gradient statistics are not passed on (when the rule

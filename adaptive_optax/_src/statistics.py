@@ -164,7 +164,7 @@ class Statistics(NamedTuple):
 
     Attributes:
       ema_decay: decay of the running mean of the losses (and of the running mean of the
-        normalised weights), in ``[0, 1)`` (may be traced).
+        normalized weights), in ``[0, 1)`` (may be traced).
       window: span, in steps, of the recent statistics (the loss variance and the mean
         gradient norm), >= 1 (may be traced).
 
@@ -190,7 +190,7 @@ class Statistics(NamedTuple):
         return cls(ema_decay, window)
 
 
-def normalised(weights: jax.Array) -> jax.Array:
+def normalized(weights: jax.Array) -> jax.Array:
     """``w / sum(w)`` for finite weights >= 0, without overflow; uniform when all are 0."""
     top = jnp.max(weights)
     scaled = weights / jnp.where(top > 0, top, 1.0)
@@ -200,6 +200,6 @@ def normalised(weights: jax.Array) -> jax.Array:
 
 
 def average_weights(average: jax.Array, step: jax.Array, ratios: jax.Array, decay) -> jax.Array:
-    """The running mean of the normalised weights after ``step`` (restarted if corrupted)."""
+    """The running mean of the normalized weights after ``step`` (restarted if corrupted)."""
     average = ema_update(average, step, ratios, decay)
     return jnp.where(jnp.isfinite(average), average, ratios)

@@ -18,7 +18,7 @@ def weight_grid(ratios: Sequence[PyTree], scales: Sequence[float] = (1.0,)) -> P
     A fixed weighted sum has a direction (the ratios of its weights) and a size (their total).
     Under SGD the size is also a learning rate; under Adam it hardly matters. Sweeping them
     apart (``w = s * r`` with ``sum(r) = 1``) tells which one a problem is sensitive to. Each
-    ratio pytree is normalised to sum 1; the result has the structure of the ratios, each leaf
+    ratio pytree is normalized to sum 1; the result has the structure of the ratios, each leaf
     a ``(len(ratios) * len(scales),)`` float32 array (ratio-major: all scales of the first
     ratio, then the next), ready for ``jax.vmap`` over weight settings.
 

@@ -1,7 +1,7 @@
 """Stored trajectories of every preset: a refactor of the guards must reproduce them bit for bit.
 
 ``python -m tests.golden.trajectories`` (from the repository root) rewrites
-``tests/golden/trajectories.npz``; do that only for a change that is meant to alter behaviour,
+``tests/golden/trajectories.npz``; do that only for a change that is meant to alter behavior,
 and say so in the commit. ``tests/test_golden_trajectories.py`` compares the current code
 with the stored file, exactly.
 

@@ -3,7 +3,7 @@
 Gates (whether a proposal may land): :mod:`.warmup`, :mod:`.cooling`, :mod:`.stability`.
 Limits (how much of it lands): :mod:`.ratios`, :mod:`.change`, :mod:`.bounds`, :mod:`.ramp`.
 On what landed: :mod:`.rollback`, and the fast :mod:`.spike` guard. Always on:
-:mod:`.always`. Not guards: :mod:`.base_weights` (schedules and normalisation change the base)
+:mod:`.always`. Not guards: :mod:`.base_weights` (schedules and normalization change the base)
 and ``adaptive_optax._src.combinators`` (``every_k`` changes when the rule proposes).
 """
 

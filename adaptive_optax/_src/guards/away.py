@@ -35,7 +35,7 @@ def why_away(
       reason: ``(n,)`` int32, the reasons before this step.
       since: ``(n,)`` int32, their steps.
       step: this step.
-      base: ``(n,)`` the base the weights return to (normalised, scheduled; not ramped).
+      base: ``(n,)`` the base the weights return to (normalized, scheduled; not ramped).
       ramping: ``(n,)`` bool, the start ramp is not over.
 
     Returns:

@@ -2,7 +2,7 @@
 
 A change to the base weights lives with the base (see the guide, "Where new features go"): the
 schedules a base weight may follow (``adaptive_optax._src.schedules``) and the scale
-normalisation, which replaces each base weight by one on a common scale.
+normalization, which replaces each base weight by one on a common scale.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from adaptive_optax._src.guards.checks import check_choice
 from adaptive_optax._src.schedules import Schedules, entering, follow, scheduled_base
 
 Normalize = Literal["first_loss", "running"] | None
-"""The scale normalisation: None, or the loss each base weight is divided by."""
+"""The scale normalization: None, or the loss each base weight is divided by."""
 
 
 class BaseAtStep(NamedTuple):
@@ -67,12 +67,12 @@ def absent_weigh_nothing(schedules: Schedules, base: jax.Array, *weights: jax.Ar
     return tuple(jnp.where(base > 0, w, 0) for w in weights)
 
 
-class Normalisation(NamedTuple):
-    """The scale normalisation: base weights ``b_i * c / L_i`` on a common scale.
+class Normalization(NamedTuple):
+    """The scale normalization: base weights ``b_i * c / L_i`` on a common scale.
 
     ``L_i`` is the term's first finite loss (``"first_loss"``, GradNorm's ``L_i(0)``) or its
     running mean (``"running"``), ``c`` keeps the adaptive terms' base total. The rule, the
-    bounds, the start ramp and ``moves="ratios"`` then work around the normalised base;
+    bounds, the start ramp and ``moves="ratios"`` then work around the normalized base;
     non-adaptive terms, and every term while disabled, keep the base weights given. Keeps no
     state: it reads the shared statistics.
 
@@ -80,15 +80,15 @@ class Normalisation(NamedTuple):
       normalize: None (off), ``"first_loss"`` or ``"running"``.
 
     Examples:
-      >>> from adaptive_optax._src.guards.base_weights import Normalisation
-      >>> Normalisation.checked(normalize="first_loss")
-      Normalisation(normalize='first_loss')
+      >>> from adaptive_optax._src.guards.base_weights import Normalization
+      >>> Normalization.checked(normalize="first_loss")
+      Normalization(normalize='first_loss')
     """
 
     normalize: Normalize
 
     @classmethod
-    def checked(cls, normalize: Any) -> Normalisation:
+    def checked(cls, normalize: Any) -> Normalization:
         """The record, its setting validated.
 
         Raises:
@@ -99,7 +99,7 @@ class Normalisation(NamedTuple):
         return cls(normalize)
 
     def base(self, base: jax.Array, stats: RunningStats, adaptive: Any) -> jax.Array:
-        """The ``(n,)`` base weights the rule works around: normalised, or ``base`` when off.
+        """The ``(n,)`` base weights the rule works around: normalized, or ``base`` when off.
 
         Over the adaptive terms with a loss seen, their total kept. ``L_i`` is floored at
         ``1e-8`` times the largest (so every ratio is at most 1e8 and finite); other terms keep

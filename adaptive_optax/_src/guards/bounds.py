@@ -20,7 +20,7 @@ class Bounds(NamedTuple):
     """A limit: a landing proposal is clipped to ``[low, high]``.
 
     ``low, high = base * bounds`` for the base weights the rule works around (scheduled,
-    normalised), overridden by ``min_weight`` / ``max_weight``. The spike guard's cut and the
+    normalized), overridden by ``min_weight`` / ``max_weight``. The spike guard's cut and the
     start ramp respect the lower bound too. Keeps no state: the bounds follow the base weights
     of the state.
 

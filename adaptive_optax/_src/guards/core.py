@@ -24,7 +24,7 @@ from adaptive_optax._src.gradients import check_statistics
 from adaptive_optax._src.guards import always
 from adaptive_optax._src.guards.away import START_RAMP, why_away
 from adaptive_optax._src.guards.base_weights import (
-    Normalisation,
+    Normalization,
     Normalize,
     absent_weigh_nothing,
     at_step,
@@ -46,7 +46,7 @@ from adaptive_optax._src.statistics import (
     at_least_float32,
     average_weights,
     init_stats,
-    normalised,
+    normalized,
     update_stats,
 )
 from adaptive_optax._src.terms import select, terms_of
@@ -56,7 +56,7 @@ TABLE: Mapping[str, type] = MappingProxyType(
         # setting of guarded -> the record that owns it, in the order update reads them
         "ema_decay": Statistics,
         "window": Statistics,
-        "normalize": Normalisation,
+        "normalize": Normalization,
         "spike_threshold": SpikeGuard,
         "spike_factor": SpikeGuard,
         "spike_decay": SpikeGuard,
@@ -221,12 +221,12 @@ def guarded(
         instead of after 10 values, the observed variance shrunk toward ``spike_prior ** 2``
         with the weight of 10 values (``adaptive_optax._src.spikes``); 0.25 lets a jump by a
         factor ``exp(0.75) = 2.1`` count as a spike at ``spike_threshold=3``.
-      normalize: the scale normalisation: ``None``, ``"first_loss"`` or ``"running"``. The
-        rule, the bounds, the ramp and ``moves="ratios"`` then work around normalised base
+      normalize: the scale normalization: ``None``, ``"first_loss"`` or ``"running"``. The
+        rule, the bounds, the ramp and ``moves="ratios"`` then work around normalized base
         weights ``b_i * c / L_i``, with ``L_i`` the term's first finite loss (GradNorm's
         ``L_i(0)``) or its running mean, and ``c`` keeping the adaptive terms' base total:
         terms whose losses differ by orders of magnitude start on a common scale, and the
-        bounds are factors of the normalised base. ``"first_loss"`` is fixed after the first
+        bounds are factors of the normalized base. ``"first_loss"`` is fixed after the first
         step, so a noisy term, whose loss stays high, keeps its share; ``"running"`` follows
         the losses and hands that share away as ``1 / loss`` methods do. Non-adaptive terms,
         and every term while disabled, keep the base weights given here.
@@ -294,7 +294,7 @@ def guarded(
             stats=init_stats(terms.size, stats_dtype),
             spike_stats=init_spike_stats(terms.size, stats_dtype),
             start_ramp=start_ramp,
-            weight_average=normalised(start.astype(stats_dtype)),
+            weight_average=normalized(start.astype(stats_dtype)),
             rule_state=rule.init(initial_base),
         )
         # Every leaf its own buffer, so that a jitted step can donate the state (leaves above
@@ -324,7 +324,7 @@ def guarded(
         stats, signals = update_stats(
             state.stats, loss, gradients, finite, step, **guard[Statistics]._asdict()
         )
-        rule_base = guard[Normalisation].base(now.base, stats, adaptive)
+        rule_base = guard[Normalization].base(now.base, stats, adaptive)
         spiked, spike_stats = guard[SpikeGuard].detect(
             state.spike_stats,
             loss,
@@ -413,7 +413,7 @@ def guarded(
             weight_average=average_weights(
                 state.weight_average,
                 state.step,
-                normalised(new_weights.astype(stats_dtype)),
+                normalized(new_weights.astype(stats_dtype)),
                 guard[Statistics].ema_decay,
             ),
             rule_state=rule_state,

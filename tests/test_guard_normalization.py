@@ -1,4 +1,4 @@
-"""The scale normalisation (a change of the base, not a guard), tested alone under ``jax.jit``."""
+"""The scale normalization (a change of the base, not a guard), tested alone under ``jax.jit``."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaptive_optax._src.guards.base_weights import Normalisation
+from adaptive_optax._src.guards.base_weights import Normalization
 from adaptive_optax._src.statistics import init_stats
 
 
@@ -23,17 +23,17 @@ def stats_with(first_loss, loss_mean, count):
 @pytest.mark.parametrize("value", ["first", "mean", 1, True])
 def test_checked_names_normalize_and_its_value(value):
     with pytest.raises(ValueError, match=r"^normalize must be one of"):
-        Normalisation.checked(normalize=value)
+        Normalization.checked(normalize=value)
 
 
 def test_off_the_base_is_the_base():
     base = jnp.array([1.0, 2.0])
     stats = stats_with([1.0, 100.0], [1.0, 100.0], [1, 1])
-    assert Normalisation.checked(normalize=None).base(base, stats, np.ones(2, bool)) is base
+    assert Normalization.checked(normalize=None).base(base, stats, np.ones(2, bool)) is base
 
 
 def test_first_loss_puts_the_terms_on_a_common_scale_and_keeps_the_total():
-    norm = Normalisation.checked(normalize="first_loss")
+    norm = Normalization.checked(normalize="first_loss")
     stats = stats_with([1.0, 100.0, 5.0], [9.0, 9.0, 9.0], [3, 3, 3])
     adaptive = np.array([True, True, False])
     out = jax.jit(lambda base, stats: norm.base(base, stats, adaptive))(
@@ -45,7 +45,7 @@ def test_first_loss_puts_the_terms_on_a_common_scale_and_keeps_the_total():
 
 
 def test_running_reads_the_running_mean_and_a_term_without_a_loss_keeps_its_base():
-    norm = Normalisation.checked(normalize="running")
+    norm = Normalization.checked(normalize="running")
     stats = stats_with([1.0, 1.0], [2.0, 8.0], [4, 0])
     out = norm.base(jnp.array([1.0, 3.0]), stats, np.ones(2, bool))
     np.testing.assert_array_equal(out, [1.0, 3.0])  # only one known term: its own total
@@ -59,8 +59,8 @@ def test_running_reads_the_running_mean_and_a_term_without_a_loss_keeps_its_base
         max_size=3,
     ),
 )
-def test_the_normalised_base_is_positive_and_finite(losses):
-    norm = Normalisation.checked(normalize="first_loss")
+def test_the_normalized_base_is_positive_and_finite(losses):
+    norm = Normalization.checked(normalize="first_loss")
     out = np.asarray(
         norm.base(
             jnp.array([1.0, 2.0, 3.0]), stats_with(losses, losses, [1, 1, 1]), np.ones(3, bool)
