@@ -5,13 +5,14 @@ Run with ``make demo`` (or ``python -m benchmarks.demo``). Trains the tiny TTS-l
 with SGD and momentum 0.9 at an unstable learning rate (0.14) and a comfortable one (0.05), on
 the same seeds and batches:
 
-- ``fixed``: the seed's weights (mel 2.5); ``fixed_floor``: mel fixed at 1.0, the floor of the
+- ``fixed``: the base weights (mel 2.5); ``fixed_floor``: mel fixed at 1.0, the floor of the
   adaptive controllers (0.4 x base);
-- ``stable``: the library's default, ``ao.stable_weights(base, adapt="mel")`` (the seed's rule
-  under every guard, with the slow start: the mel weight starts at its floor and rises over
-  calm steps, and the spike guard judges from the second step); ``seed_start``: the same
-  controller starting at the base weight, as the seed's did (``ramp_steps=0,
-  spike_prior=None``); ``unguarded``: the same rule with its guards relaxed.
+- ``stable``: the library's default, ``ao.stable_weights(base, adapt="mel")``: the base weights
+  unless there is evidence (a start ramp from the floor to the base over 100 calm steps, a spike
+  guard that halves a weight at once, growing gradients lower it, a return to the base when the
+  evidence is gone); ``original``: the original controller (its rule lowers the weight of a
+  converging loss; it starts at the base); ``unguarded``: the loss-ratio rule with its guards
+  relaxed.
 
 Prints the table and how the default fares against fixed weights at the unstable rate, and
 writes ``demo.md`` and ``demo.png`` to ``out/demo/`` (ignored by git, so a checkout stays
@@ -31,7 +32,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 import adaptive_optax as ao
-from benchmarks import harness, problems, tts_model
+from benchmarks import default_choice, harness, problems, tts_model
 
 SEEDS = 6
 STEPS = 1500
@@ -41,7 +42,7 @@ COLLAPSED = 1.5  # a held-out mel loss above this: the model predicts almost not
 FIXED_MEL = {"fixed": tts_model.BASE_WEIGHTS["mel"], "fixed_floor": 1.0}
 ADAPTIVE = {
     "stable": lambda base: ao.stable_weights(base, adapt="mel"),
-    "seed_start": lambda base: ao.stable_weights(base, adapt="mel", ramp_steps=0, spike_prior=None),
+    "original": default_choice.original,
     "unguarded": lambda base: ao.unguarded_weights(base, adapt="mel"),
 }
 
@@ -122,10 +123,9 @@ def rescue(results: Mapping[tuple[str, str], harness.Runs]) -> str:
         )
 
     return (
-        f"At the unstable rate (lr {RATES['unstable']:g}): the seed's fixed weights "
+        f"At the unstable rate (lr {RATES['unstable']:g}): the fixed base weights "
         f"{outcome('fixed')}; the library's default (ao.stable_weights) {outcome('stable')}; "
-        f"the same controller starting at the base weight, as the seed's did, "
-        f"{outcome('seed_start')}; "
+        f"the original controller {outcome('original')}; "
         f"mel fixed at the controllers' floor {outcome('fixed_floor')}."
     )
 
