@@ -22,7 +22,7 @@ import numpy as np
 import adaptive_optax as ao
 from benchmarks import problems
 
-STEPS = 40
+STEPS = 3000  # past every warmup and slow start, and long enough to reach the bounds
 DIGITS = 6
 
 

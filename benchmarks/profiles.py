@@ -84,7 +84,6 @@ PROFILES: dict[str, Profile] = {
             "burgers": 300,
             "digits": 500,
             "imbalanced": 600,
-            "toy": 3000,
         },
         arms={name: COMMITTED_ARMS for name in problems.PROBLEMS},
     ),

@@ -566,7 +566,11 @@ def write_summary(out: pathlib.Path) -> pathlib.Path:
     for name in problems.PROBLEMS:
         path = out / f"{name}.json"
         if path.exists():
-            results[name] = from_json(json.loads(path.read_text()))
+            data = from_json(json.loads(path.read_text()))
+            if "profile" not in data:  # written before profiles and per-seed scores
+                print(f"summary: {path} predates the current protocol, left out")
+                continue
+            results[name] = data
     path = out / "summary.md"
     path.write_text(summary_markdown(results))
     return path
