@@ -622,7 +622,7 @@ def toy() -> Problem:
         losses=losses,
         metrics=metrics,
         optimizer=adam,
-        rates=log_rates(3e-3, 4, 3.0),
+        rates=log_rates(0.01, 4, 3.0),
         ratios=tuple({"f1": r, "f2": 1.0 - r} for r in (0.1, 0.3, 0.5, 0.7, 0.9)),
         scales=(1.0,),
         steps=5000,

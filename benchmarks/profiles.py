@@ -2,7 +2,7 @@
 
 - ``quick``: every problem, tiny (the test command; a few minutes on 2 cores);
 - ``committed``: what ``results/`` holds and ``make figures`` regenerates, sized for a 2-core
-  machine (about 10 minutes a problem): shortened training, the default controller and the
+  machine (under 15 minutes a problem): shortened training, the default controller and the
   methods the choosing page weighs, 5 calibration seeds, 10 or 20 evaluation seeds;
 - ``full``: every arm of :data:`benchmarks.harness.ARMS` at each problem's full length.
 
@@ -51,15 +51,21 @@ class Profile:
 
 COMMITTED_ARMS = (
     "stable",
+    "stable ratios",
     "metabalance",
     "config",
+    "encodec",
+    "lr_annealing+guards",
+    "pcgrad",
     "relobralo+guards",
     "softadapt+guards",
+    "uncertainty",
     "uncertainty+guards",
 )
-"""The committed profile's methods: the default controller, the two methods the choosing page
-recommended without a sweep (MetaBalance, ConFIG), and the cheapest loss-only balancers under
-their guards. Every other arm runs in the ``full`` profile only."""
+"""The committed profile's methods: the default controller and its ratio-moving option, and the
+methods the choosing page weighed (MetaBalance, ConFIG, EnCodec, learning-rate annealing,
+PCGrad, ReLoBRaLo and SoftAdapt under their guards, uncertainty weighting bare and guarded,
+which is also IMTL-L bare). Every other arm runs in the ``full`` profile only."""
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
@@ -77,14 +83,7 @@ PROFILES: dict[str, Profile] = {
     "committed": Profile(
         name="committed",
         plan=harness.Plan(),
-        steps={
-            "tts_sgd": 300,
-            "tts_adam": 300,
-            "poisson": 600,
-            "burgers": 300,
-            "digits": 500,
-            "imbalanced": 600,
-        },
+        steps={"tts_sgd": 600, "tts_adam": 600, "poisson": 1000, "burgers": 400, "digits": 1000},
         arms={name: COMMITTED_ARMS for name in problems.PROBLEMS},
     ),
     "full": Profile(name="full", plan=harness.Plan()),

@@ -32,9 +32,10 @@ import jax
 import numpy as np
 
 import adaptive_optax as ao
-from benchmarks import fingerprint, harness, problems, profiles, stats
+from benchmarks import fingerprint, harness, pages, problems, profiles, stats
 
 DEFAULT_OUT = pathlib.Path("out", "suite")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def library_commit() -> str:
@@ -560,8 +561,8 @@ def save(
     return data
 
 
-def write_summary(out: pathlib.Path) -> pathlib.Path:
-    """``summary.md`` from every ``<problem>.json`` in ``out``, in the order of PROBLEMS."""
+def load_results(out: pathlib.Path) -> dict[str, dict]:
+    """Every current ``<problem>.json`` in ``out``, in the order of PROBLEMS."""
     results = {}
     for name in problems.PROBLEMS:
         path = out / f"{name}.json"
@@ -571,8 +572,17 @@ def write_summary(out: pathlib.Path) -> pathlib.Path:
                 print(f"summary: {path} predates the current protocol, left out")
                 continue
             results[name] = data
+    return results
+
+
+def write_summary(out: pathlib.Path) -> pathlib.Path:
+    """``summary.md`` from every ``<problem>.json`` in ``out``; for the committed folder
+    (``results/``), also the generated blocks of the pages that quote it."""
+    results = load_results(out)
     path = out / "summary.md"
     path.write_text(summary_markdown(results))
+    if out.resolve() == ROOT / "results" and results:
+        pages.write_pages(results, ROOT)
     return path
 
 
