@@ -3,10 +3,10 @@
 #   make test   lint, format check, every test (notebooks included) and the docs build
 # Also:
 #   make docs     the documentation site, in docs/_build/html (ignored by git)
-#   make figures  regenerates the benchmark outputs committed in results/ (the suite: every problem
-#                 of benchmarks/problems.py with every arm at full length, hours on 2 cores; the
-#                 committed tables came from the reduced commands beside them in results/summary.md;
-#                 the demo; the failure gym)
+#   make figures  regenerates the benchmark outputs committed in results/ (the suite's committed
+#                 profile, benchmarks/profiles.py: one command per problem, about an hour on 2
+#                 cores in all; then the summary and the pages' generated blocks; the demo; the
+#                 failure gym)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -27,7 +27,8 @@ demo: install
 
 figures: install
 	for p in tts_sgd tts_adam poisson burgers digits imbalanced toy; do \
-		$(BIN)/python -m benchmarks.report --problems $$p --out results || exit 1; done
+		$(BIN)/python -m benchmarks.report --profile committed --problems $$p --out results \
+			|| exit 1; done
 	$(BIN)/python -m benchmarks.demo --out results
 	$(BIN)/python -m benchmarks.failures --out results
 

@@ -63,6 +63,19 @@ def of(make: Callable[[problems.Problem], ao.LossWeighting] | None) -> str:
     Returns:
       16 hexadecimal digits.
     """
+    if make is None:
+        return _fixed()
+    return _trajectory_hash(make)
+
+
+@functools.cache
+def _fixed() -> str:
+    """The fingerprint of fixed weights (computed once a process)."""
+    return _trajectory_hash(None)
+
+
+def _trajectory_hash(make: Callable[[problems.Problem], ao.LossWeighting] | None) -> str:
+    """Trains the synthetic problem with the arm and hashes its weight trajectory."""
     from benchmarks import harness  # harness imports this module
 
     problem = synthetic()

@@ -9,26 +9,31 @@ per-term gradients through ``ao.weight_gradients``; the others, and fixed weight
 pass of the weighted loss (the gradient's global norm goes to ``update``, for the spike guard).
 
 :func:`run_problem` runs the protocol of Kurin et al. (2022), Xin et al. (2022) and Gama &
-Grassi (2025) on one problem:
+Grassi (2025) on one problem, one function per stage:
 
-1. fixed weights ``w = s * sum(base) * r`` over the problem's grids of ratios ``r`` (summing to
-   1), scales ``s`` and learning rates, on the calibration seeds: the best setting (lowest
-   median score) is ``best fixed``, the base weights' best rate is ``base``;
-2. every arm of :data:`ARMS` (every ``*_weights`` preset of the library, bare and under the
-   guards its docstring recommends) over the learning-rate grid on the calibration seeds, then
-   at its best rate (lowest median score) on the evaluation seeds, with the same compile (a
-   problem with ``stability`` set trains every rate on the evaluation seeds too);
-3. per adaptive arm, two fixed-weight replays of its calibration runs at its learning rate: its
-   time-averaged weights normalised to the base weights' total (``distilled``: the ratio it
-   found) and as they were (``averaged``: ratio and scale);
-4. the fixed arms (base and best fixed at their chosen rates, or every rate with
-   ``stability``; the replays at their arm's rate) on the evaluation seeds.
+1. :func:`run_fixed_grid`: fixed weights ``w = s * sum(base) * r`` over the problem's ratios
+   ``r`` (joint moves of every term), scales ``s`` and learning rates, on the calibration seeds;
+2. :func:`choose_fixed`: the best fixed setting and the base weights' rate, by the one selection
+   rule of :func:`benchmarks.stats.select` (validation scores on the calibration seeds; a
+   non-finite score is a failed run; settings with a failed calibration run are never chosen;
+   ties within one standard error go to the smaller rate, then the smaller scale), each rate
+   bracketed by :func:`tune_rate` (a rate at the grid's edge extends the grid, up to
+   :data:`EXTENSIONS` times, else the arm is marked ``edge``);
+3. :func:`evaluation_seeds_for`: 10 evaluation seeds, 20 where the tuned weights' one-run spread
+   is above :data:`NOISY`; base and best fixed on them;
+4. :func:`run_method`: every arm of :data:`ARMS` (bare and under the guards its docstring
+   recommends; arms with the same behavioural fingerprint, :mod:`benchmarks.fingerprint`,
+   trained once and shown as one row) over the rates on the calibration seeds by the same rule,
+   then at its rate on the evaluation seeds (one compile, one vmap width :data:`BATCH` for every
+   trainer of the problem, so costs are comparable);
+5. :func:`replays`: each adaptive arm's time-averaged calibration weights replayed as fixed
+   weights, normalised to the base total (``distilled``: the ratio it found) and as they were
+   (``averaged``: ratio and scale), on the evaluation seeds.
 
-Every arm is then scored on the evaluation seeds (disjoint from the calibration seeds): median
-and range of the score, regret against the best fixed weights at equal steps and at equal
-wall-clock (a slower arm is read at the checkpoint its time reaches), runs needed to choose its
-setting, and the largest learning rate at which at least 90 % of its runs finish (on the
-evaluation seeds with ``stability``, else on the calibration seeds).
+The evaluation seeds are disjoint from the calibration seeds, and on a problem with data the
+score is the test split's metric while selection reads the validation split's
+(``Problem.validation``). Scoring (paired regret, intervals, calls) is
+:mod:`benchmarks.stats`, applied by :mod:`benchmarks.report`.
 
 Adding an arm is one line in :data:`ARMS`: ``Arm(label, factory, kwargs, guards)``; the factory
 is called as ``factory(base, **kwargs)`` for the bare arm and ``factory(base, **kwargs,
@@ -37,7 +42,8 @@ is called as ``factory(base, **kwargs)`` for the bare arm and ``factory(base, **
 measured under ``ao.stable_weights`` is ``Arm("stable ramp 300", ao.stable_weights,
 dict(ramp_steps=300))``, and a balancer with recommended guards ``Arm("dwa", ao.dwa_weights,
 guards=STANDARD)``; then ``python -m benchmarks.report --arms "stable ramp 300,dwa,dwa+guards"
---merge --out results`` adds their rows to the committed tables.
+--merge --out results`` adds their rows to the committed tables (a merge keeps only rows that
+are still current: same profile, same fingerprint, same tuned reference).
 """
 
 from __future__ import annotations
@@ -557,6 +563,11 @@ def _stable_rate(finished: dict[float, float]) -> float:
     return float(max(good)) if good else float("nan")
 
 
+def print_now(line: str) -> None:
+    """Prints a progress line at once (a log file sees it while the run goes)."""
+    print(line, flush=True)
+
+
 class Progress:
     """Progress lines of a long run: arm, block, elapsed and remaining time."""
 
@@ -898,7 +909,7 @@ def run_problem(
     *,
     plan: Plan | None = None,
     labels: Sequence[str] | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print_now,
     progress: Callable[[ProblemResult], None] | None = None,
 ) -> ProblemResult:
     """The protocol on one problem (the module docstring), one stage per function.

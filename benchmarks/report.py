@@ -576,9 +576,12 @@ def load_results(out: pathlib.Path) -> dict[str, dict]:
 
 
 def write_summary(out: pathlib.Path) -> pathlib.Path:
-    """``summary.md`` from every ``<problem>.json`` in ``out``; for the committed folder
-    (``results/``), also the generated blocks of the pages that quote it."""
+    """``summary.md`` and each ``<problem>.md`` from every ``<problem>.json`` in ``out``; for
+    the committed folder (``results/``), also the generated blocks of the pages that quote it."""
     results = load_results(out)
+    for name, data in results.items():
+        problem = profiles.PROFILES[data["profile"]].problem(name)
+        (out / f"{name}.md").write_text(problem_markdown(problem, data))
     path = out / "summary.md"
     path.write_text(summary_markdown(results))
     if out.resolve() == ROOT / "results" and results:
