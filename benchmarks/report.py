@@ -62,11 +62,11 @@ def rows(result: harness.ProblemResult, record: dict[str, str]) -> list[dict]:
     problem = result.problem
     relative = problem.regret == "relative"
     best = result.arm("best fixed")
-    reference = best.runs.score[:, -1]
+    reference = best.runs.score[:, -1].astype(np.float64)
     margin = stats.margin(reference, relative=relative)
     out = []
     for arm in result.arms:
-        final = arm.runs.score[:, -1]
+        final = arm.runs.score[:, -1].astype(np.float64)
         finite = final[np.isfinite(final)]
         regret = stats.paired_regret(final, reference, relative=relative)
         row = dict(
@@ -393,6 +393,89 @@ def margins_markdown(results: dict[str, dict]) -> list[str]:
     return lines
 
 
+BUDGETS = (1, 3, 10, 30)
+SUBSETS = 1000  # random subsets of the grid per budget
+
+
+def budget_row(data: dict, rng: np.random.Generator) -> dict[int, tuple[float, float]]:
+    """The fixed grid with a budget: per budget B, over random subsets of B grid cells (runs
+    per seed spent choosing), the selection rule's choice's regret on the test seeds.
+
+    Returns:
+      ``{B: (mean regret of the finished choices, share of choices that failed)}``; budgets
+      above the grid's size are left out.
+    """
+    relative = data["kind"] == "relative"
+    rows = {r["label"]: r for r in data["rows"]}
+    reference = np.asarray(rows["best fixed"]["scores"])
+    cells = [g for g in data["grid"] if len(g.get("test_scores", ())) == len(reference)]
+    regret = [
+        stats.median_difference(np.asarray(g["test_scores"]), reference, relative=relative)
+        for g in cells
+    ]
+    out = {}
+    for b in BUDGETS:
+        if b > len(cells):
+            continue
+        chosen = []
+        for _ in range(SUBSETS):
+            pick = rng.choice(len(cells), b, replace=False)
+            candidates = [
+                stats.Candidate(
+                    int(i), np.asarray(cells[i]["scores"]), (cells[i]["rate"], cells[i]["scale"])
+                )
+                for i in pick
+            ]
+            chosen.append(regret[stats.select(candidates)[0].key])
+        chosen = np.asarray(chosen)
+        finite = chosen[np.isfinite(chosen)]
+        out[b] = (
+            float(finite.mean()) if finite.size else math.inf,
+            float(1 - finite.size / chosen.size),
+        )
+    return out
+
+
+def budget_markdown(results: dict[str, dict]) -> list[str]:
+    """Regret against the runs spent choosing: the fixed grid on random subsets, each method."""
+    lines = [
+        "## Runs spent choosing",
+        "",
+        "What N training runs (per seed) of choosing buy. Fixed grid, N runs: N cells of the "
+        "grid (weights and rate) drawn at random, the selection rule's choice among them on "
+        "the calibration seeds, its regret on the test seeds against the fully tuned weights, "
+        f"averaged over {SUBSETS} draws (in brackets: the share of draws whose choice failed "
+        "on the test seeds, left out of the mean). Base and methods: each arm's regret and, "
+        "in brackets, the runs it spent choosing its learning rate; best method: the lowest "
+        "regret among the methods.",
+        "",
+        "| problem | grid cells | fixed, 1 run | fixed, 3 runs | fixed, 10 runs | fixed, 30 "
+        "runs | base | best method |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rng = np.random.default_rng(0)
+    for name, data in results.items():
+        kind = data["kind"]
+        budgets = budget_row(data, rng)
+        cells = [
+            f"{_regret(budgets[b][0], kind)} ({100 * budgets[b][1]:.0f} %)" if b in budgets else "-"
+            for b in BUDGETS
+        ]
+        rows = [r for r in data["rows"] if r["kind"] == "method"]
+        base = next(r for r in data["rows"] if r["label"] == "base")
+        best = min(rows, key=lambda r: r["regret"]) if rows else None
+        method = (
+            f"{best['label']} {_regret(best['regret'], kind)} ({best['runs_needed']})"
+            if best
+            else "-"
+        )
+        lines.append(
+            f"| {name} | {len(data['grid'])} | " + " | ".join(cells) + f" | "
+            f"{_regret(base['regret'], kind)} ({base['runs_needed']}) | {method} |"
+        )
+    return lines
+
+
 def summary_markdown(results: dict[str, dict]) -> str:
     """Methods x problems: each cell the paired regret against the tuned fixed weights."""
     names = list(results)
@@ -423,6 +506,8 @@ def summary_markdown(results: dict[str, dict]) -> str:
         *margins_markdown(results),
         "",
         *_table(results, live, costs=True),
+        "",
+        *budget_markdown(results),
         "",
         "## Replayed as fixed weights",
         "",
@@ -538,7 +623,7 @@ def save(
         machine=machine_text or machine(),
         profile=profile,
     )
-    best = result.arm("best fixed").runs.score[:, -1]
+    best = result.arm("best fixed").runs.score[:, -1].astype(np.float64)
     data = dict(
         problem=problem.name,
         kind=problem.regret,

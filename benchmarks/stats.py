@@ -127,6 +127,14 @@ def paired_regret(
     return Regret(float(np.median(d)) / scale, float(low) / scale, float(high) / scale)
 
 
+def median_difference(arm: np.ndarray, reference: np.ndarray, *, relative: bool) -> float:
+    """:func:`paired_regret`'s value alone (no interval)."""
+    scale = float(np.median(reference)) if relative else 1.0
+    if not (math.isfinite(scale) and scale > 0):
+        return math.nan
+    return float(np.median(differences(arm, reference))) / scale
+
+
 def margin(reference: np.ndarray, *, relative: bool) -> float:
     """The margin of "as good as the tuned sum": the standard error of the tuned arm's median.
 
