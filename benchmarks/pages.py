@@ -101,26 +101,28 @@ def findings(results: dict[str, dict]) -> str:
 def paragraph(results: dict[str, dict]) -> str:
     """The README's block: the suite in one paragraph."""
     t = tallies(results)
-    methods = {k: v for k, v in t.items() if k != "base"}
-    most = max(
-        methods, key=lambda k: (methods[k]["better"] + methods[k]["as good"], methods[k]["better"])
-    )
-    stable, base = t.get("stable"), t["base"]
+    methods = {k: v for k, v in t.items() if k not in ("base", "stable")}
 
-    def said(label: str, counts: dict[str, int]) -> str:
+    def line(label: str, plural: bool, counts: dict[str, int]) -> str:
         return (
-            f"{label} is better on {counts['better']}, as good on {counts['as good']} and "
-            f"worse on {counts['worse']} of {counts['ran']}"
+            f"{label} {'are' if plural else 'is'} better on {counts['better']}, as good on "
+            f"{counts['as good']} and worse on {counts['worse']} (unresolved on "
+            f"{counts['unclear']}) of {counts['ran']}"
         )
 
     parts = [
         f"Against a weighted sum tuned on calibration seeds, on {len(results)} small problems "
-        "([results/summary.md](results/summary.md), 95 % intervals over paired test seeds): "
-        + said("the base weights untuned", base),
+        "([results/summary.md](results/summary.md), 95 % intervals over paired test seeds), "
+        + line("the untuned base weights", True, t["base"])
     ]
-    if stable is not None:
-        parts.append(said("the default controller `stable_weights`", stable))
-    parts.append(said(f"the best-placed method, `{most}`,", methods[most]))
+    if "stable" in t:
+        parts.append(line("the default controller `stable_weights`", False, t["stable"]))
+    if methods:
+        most = max(
+            methods,
+            key=lambda k: (methods[k]["better"] + methods[k]["as good"], methods[k]["better"]),
+        )
+        parts.append(line(f"the method with the most such calls, `{most}`,", False, methods[most]))
     return "; ".join(parts) + "."
 
 
