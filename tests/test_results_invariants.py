@@ -126,3 +126,22 @@ def test_the_toy_metric_resolves_what_the_toy_reports():
     sagitta = np.abs((front[:-1, 1] + front[1:, 1]) / 2 - finer[1::2, 1]).max()
     assert sagitta < 1e-7
     assert sagitta < 0.01 * load("toy")["margin"]
+
+
+def test_the_readme_measured_paragraph_quotes_the_demo_as_measured():
+    """The paragraph's one number outside the suite's block: the 20-seed demo at lr 0.14."""
+    readme = (ROOT / "README.md").read_text()
+    paragraph = readme.split("## Measured", 1)[1].split("\n\n", 2)[1]
+    claim = re.search(
+        r"lr ([\d.]+): (\d+)/(\d+) runs against (\d+)/(\d+), all collapsed", paragraph
+    )
+    assert claim, "the README's Measured paragraph no longer quotes the demo as tested"
+    rate, stable, seeds, fixed, _ = claim.groups()
+    rows = {}
+    for line in (RESULTS / "demo_20seeds.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and f"({rate})" in cells[0]:
+            rows[cells[1]] = cells
+    assert rows["stable"][2] == f"{stable}/{seeds}"
+    assert rows["fixed"][2] == f"{fixed}/{seeds}"
+    assert rows["fixed"][3] == fixed  # all collapsed
