@@ -309,3 +309,20 @@ def test_fingerprints_tell_arms_apart_and_find_identical_ones():
     assert prints["uncertainty"] == prints["imtl_l"]  # the same rule: shown once
     assert len({prints[k] for k in labels[2:]} | {prints["uncertainty"]}) == 4
     assert fingerprint.of_label("uncertainty") == fingerprint.of_label("uncertainty")
+
+
+def test_a_merge_keeps_current_rows_and_refuses_stale_ones():
+    def row(label, print_):
+        return dict(label=label, fingerprint=print_, rate=0.1, weights=None, scores=[1.0])
+
+    fixed = fingerprint.of(None)
+    best = row("best fixed", fixed)
+    data = dict(problem="p", profile="committed", command="b", seconds=1, compile_s=1)
+    data["rows"] = [best, row("base", fixed)]
+    previous = dict(data, command="a", rows=[best, row("stable", fingerprint.of_label("stable"))])
+    previous["rows"].append(row("uncertainty", "0123456789abcdef"))  # measured by other code
+    merged = report.merge(dict(data), previous)
+    assert [r["label"] for r in merged["rows"]] == ["best fixed", "base", "stable"]
+    assert merged["command"] == "a; b"
+    other = report.merge(dict(data), dict(previous, profile="full"))  # another profile
+    assert [r["label"] for r in other["rows"]] == ["best fixed", "base"]
