@@ -140,7 +140,7 @@ def _markers(path: str) -> tuple[str, str]:
 def block(text: str, path: str) -> str:
     """The generated block of ``text`` (the page at ``path``), without its markers."""
     begin, end = _markers(path)
-    return text.split(begin + "\n", 1)[1].split("\n" + end, 1)[0]
+    return text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
 
 
 def write_pages(results: dict[str, dict], root: pathlib.Path) -> list[pathlib.Path]:
@@ -152,8 +152,8 @@ def write_pages(results: dict[str, dict], root: pathlib.Path) -> list[pathlib.Pa
         begin, end = _markers(path)
         if begin not in text:
             continue
-        head, rest = text.split(begin + "\n", 1)
-        _, tail = rest.split("\n" + end, 1)
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
         file.write_text(f"{head}{begin}\n{new}\n{end}{tail}")
         written.append(file)
     return written
