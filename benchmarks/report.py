@@ -19,6 +19,7 @@ profile, same behavioural fingerprint, same tuned reference).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import pathlib
@@ -38,8 +39,10 @@ DEFAULT_OUT = pathlib.Path("out", "suite")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@functools.cache
 def library_commit() -> str:
-    """The git commit of the working tree, marked where ``adaptive_optax/`` has changes."""
+    """The git commit of the working tree, marked where ``adaptive_optax/`` has changes; read
+    once a process (``main`` reads it before training: the code that trains)."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
@@ -698,6 +701,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     command = "python -m benchmarks.report " + " ".join(argv if argv is not None else sys.argv[1:])
     profile = profiles.PROFILES[args.profile]
+    library_commit()
     done: dict[str, dict] = {}
     if not args.summary:
         for name in args.problems.split(","):
