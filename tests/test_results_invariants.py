@@ -20,6 +20,9 @@ import pytest
 
 from benchmarks import pages, problems, profiles, report, stats
 
+# the fingerprints train through the harness, whose optax loops promote dtypes implicitly
+pytestmark = pytest.mark.standard_promotion
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 STATUS = re.compile(r"^(interior|extended \d+|edge|none finished)$")
