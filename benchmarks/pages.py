@@ -21,6 +21,7 @@ PAGES = {
 """Each page with a generated block, and the block's name."""
 
 LIVE = ("fixed", "method")
+WORD = {"better": "better", "as good": "as good", "worse": "worse", "unclear": "unresolved"}
 
 
 def _regret_text(row: dict, kind: str) -> str:
@@ -50,7 +51,7 @@ def problem_lines(results: dict[str, dict]) -> list[str]:
             f"- `{name}` ({data['steps']} steps, {len(data['evaluation_seeds'])} test seeds, "
             f"margin {margin}): tuned fixed weights {best['median']:.3g} (lr {best['rate']:g}, "
             f"{best['runs_needed']} runs per seed to choose); base weights "
-            f"{_regret_text(base, kind)}, {base['call']}. Better than the tuned sum: "
+            f"{_regret_text(base, kind)}, {WORD[base['call']]}. Better than the tuned sum: "
             f"{', '.join(calls['better']) or 'none'}; as good: "
             f"{', '.join(calls['as good']) or 'none'}; worse: "
             f"{', '.join(calls['worse']) or 'none'}; unresolved: "

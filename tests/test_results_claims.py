@@ -92,3 +92,60 @@ def test_the_default_controller_tracks_the_base_weights(rows):
         stable, base = table["stable"], table["base"]
         assert stable["regret_low"] <= base["regret_high"], name
         assert base["regret_low"] <= stable["regret_high"], name
+
+
+def test_config_is_worse_on_burgers_where_only_annealing_is_unresolved(rows):
+    burgers = methods(rows["burgers"])
+    assert burgers["config"]["call"] == "worse"
+    assert {k for k, r in burgers.items() if r["call"] != "worse"} == {"lr_annealing+guards"}
+    assert min(burgers, key=lambda k: burgers[k]["regret"]) == "lr_annealing+guards"
+
+
+def test_tts_sgd_methods_that_beat_the_reference(rows):
+    tts = rows["tts_sgd"]
+    for label in ("stable", "metabalance", "pcgrad", "encodec", "softadapt+guards"):
+        assert tts[label]["call"] == "better", label
+    assert tts["stable (distilled)"]["call"] == "worse"  # the ratio at the base total
+
+
+def test_tts_adam_annealing_and_config_are_clearly_worse(rows):
+    for label in ("lr_annealing+guards", "config"):
+        assert rows["tts_adam"][label]["call"] == "worse"
+
+
+def test_the_ratio_option_is_better_only_where_the_default_is(rows):
+    for name, table in rows.items():
+        if table["stable ratios"]["call"] == "better":
+            assert table["stable"]["call"] == "better", name
+
+
+def test_on_the_toy_every_arm_but_config_reaches_the_set(rows):
+    toy = rows["toy"]
+    for label, row in toy.items():
+        if row["kind"] in ("fixed", "method") and label != "config":
+            assert row["reached"] >= 0.8, label
+    assert toy["config"]["reached"] <= 0.2
+
+
+def test_loss_only_methods_cost_less_than_per_term_gradients(rows):
+    def cost(label):
+        return sorted(table[label]["cost"] for table in rows.values())[len(rows) // 2]
+
+    loss_only = ("softadapt+guards", "relobralo+guards", "uncertainty", "uncertainty+guards")
+    per_term = ("encodec", "lr_annealing+guards", "metabalance", "pcgrad", "config")
+    assert max(cost(k) for k in loss_only) < min(cost(k) for k in per_term)
+
+
+def test_the_earlier_poisson_ratio_finders_are_not_better_now(rows):
+    for label in ("encodec", "metabalance", "stable ratios"):
+        assert rows["poisson"][label]["call"] != "better", label
+
+
+def test_a_few_grid_runs_miss_the_ratio_where_scales_differ(rows):
+    """Ten random cells of the grid: still worse, on average, than ConFIG's rate search."""
+    import numpy as np
+
+    for name in ("imbalanced", "poisson"):
+        data = report.from_json(json.loads((RESULTS / f"{name}.json").read_text()))
+        mean_regret, _ = report.budget_row(data, np.random.default_rng(0))[10]
+        assert mean_regret > rows[name]["config"]["regret"], name
