@@ -149,3 +149,8 @@ def test_a_few_grid_runs_miss_the_ratio_where_scales_differ(rows):
         data = report.from_json(json.loads((RESULTS / f"{name}.json").read_text()))
         mean_regret, _ = report.budget_row(data, np.random.default_rng(0))[10]
         assert mean_regret > rows[name]["config"]["regret"], name
+
+
+def test_measured_states_the_toys_reach_threshold_as_the_code_has_it():
+    text = (RESULTS.parent / "MEASURED.md").read_text()
+    assert f"within `{problems.TOY_REACHED:g}` of it" in text
