@@ -61,11 +61,21 @@ COMMITTED_ARMS = (
     "softadapt+guards",
     "uncertainty",
     "uncertainty+guards",
+    "stable seed-start",
+    "dwa+guards",
+    "famo+guards",
+    "imtl_l+guards",
+    "gradnorm+guards",
+    "mgda",
+    "upgrad",
+    "nash_mtl",
 )
 """The committed profile's methods: the default controller and its ratio-moving option, and the
 methods the choosing page weighed (MetaBalance, ConFIG, EnCodec, learning-rate annealing,
 PCGrad, ReLoBRaLo and SoftAdapt under their guards, uncertainty weighting bare and guarded,
-which is also IMTL-L bare). Every other arm runs in the ``full`` profile only."""
+which is also IMTL-L bare), the controller as the seed started it, the loss-only balancers
+and GradNorm under their recommended guards, and three Gramian methods (MGDA, UPGrad,
+Nash-MTL). Every other arm runs in the ``full`` profile only."""
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
