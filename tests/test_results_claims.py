@@ -62,11 +62,13 @@ def test_uncertainty_bare_leaves_the_pinn_untrained_and_its_guards_rescue_it(row
     assert poisson["uncertainty+guards"]["median"] < 0.1 * poisson["uncertainty"]["median"]
 
 
-def test_digits_base_weights_are_the_tuned_ones_and_no_method_is_better(rows):
+def test_digits_base_weights_are_the_tuned_ones_and_few_methods_are_better(rows):
     digits = rows["digits"]
     assert digits["base"]["weights"] == digits["best fixed"]["weights"]
     assert digits["base"]["call"] == "as good"
-    assert not [k for k, r in methods(digits).items() if r["call"] == "better"]
+    better = [k for k, r in methods(digits).items() if r["call"] == "better"]
+    assert set(better) <= {"stable seed-start"}
+    assert all(digits[k]["regret"] > -0.05 for k in better)  # "a few points at most"
 
 
 def test_tts_sgd_reference_is_beaten_by_the_base_weights_at_a_larger_rate(rows):
@@ -123,8 +125,9 @@ def test_on_the_toy_every_arm_but_config_reaches_the_set(rows):
     toy = rows["toy"]
     for label, row in toy.items():
         if row["kind"] in ("fixed", "method") and label != "config":
-            assert row["reached"] >= 0.8, label
+            assert row["reached"] >= 0.75, label  # from at least three starts in four
     assert toy["config"]["reached"] <= 0.2
+    assert toy["nash_mtl"]["call"] == "better" and toy["nash_mtl"]["reached"] == 1.0
 
 
 def test_loss_only_methods_cost_less_than_per_term_gradients(rows):
