@@ -7,10 +7,10 @@
 #   make test-lowest  core tests (guard settings, rules, balancers) in a venv of their own, build/venv-lowest,
 #                 under the lowest jax, jaxlib, optax, chex, pytest, pytest-xdist and hypothesis that
 #                 pyproject.toml allows (.ci/lowest_requirements.py reads them)
-#   make figures  regenerates the benchmark outputs committed in results/ (the suite: every problem
-#                 of benchmarks/problems.py with every arm at full length, hours on 2 cores; the
-#                 committed tables came from the reduced commands beside them in results/summary.md;
-#                 the demo; the failure gym)
+#   make figures  regenerates the benchmark outputs committed in results/ (the suite's committed
+#                 profile, benchmarks/profiles.py: one command per problem, about an hour on 2
+#                 cores in all; then the summary and the pages' generated blocks; the demo; the
+#                 failure gym)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -39,7 +39,8 @@ demo: install
 
 figures: install
 	for p in tts_sgd tts_adam poisson burgers digits imbalanced toy; do \
-		$(BIN)/python -m benchmarks.report --problems $$p --out results || exit 1; done
+		$(BIN)/python -m benchmarks.report --profile committed --problems $$p --out results \
+			|| exit 1; done
 	$(BIN)/python -m benchmarks.demo --out results
 	$(BIN)/python -m benchmarks.failures --out results
 

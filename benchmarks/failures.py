@@ -117,10 +117,7 @@ TASK_SEED = 1234  # the tasks' fixed directions: one task for every seed
 EVAL_SEED = 99  # the held-out inputs
 
 
-def dense(key: jax.Array, n_in: int, n_out: int) -> dict[str, jax.Array]:
-    """A Glorot-initialised layer with zero biases."""
-    scale = jnp.sqrt(2.0 / (n_in + n_out))
-    return {"w": scale * jax.random.normal(key, (n_in, n_out)), "b": jnp.zeros((n_out,))}
+dense = problems.dense  # one Glorot layer for the suite and the gym
 
 
 def apply_dense(layer: dict[str, jax.Array], x: jax.Array) -> jax.Array:
@@ -186,7 +183,8 @@ class Poisson(NamedTuple):
 
     A 2 x 20 tanh MLP; each step draws 32 collocation points; the boundary points enter a
     batch with probability ``boundary_rate`` (the loss and its gradient are exactly 0 in the
-    other batches). The metric is the relative L2 error of ``u`` on 1001 points.
+    other batches). The metric is the relative L2 error of ``u`` on 1001 points. The network,
+    the losses and the metric are the suite's (:func:`benchmarks.problems.poisson_losses`).
     """
 
     c: float = 2 * np.pi
@@ -194,33 +192,20 @@ class Poisson(NamedTuple):
     points: int = 32
 
     def init(self, key: jax.Array) -> PyTree:
-        k = jax.random.split(key, 3)
-        return [dense(k[0], 1, 20), dense(k[1], 20, 20), dense(k[2], 20, 1)]
-
-    @staticmethod
-    def u(params: PyTree, x: jax.Array) -> jax.Array:
-        h = jnp.reshape(x, (1,))
-        for layer in params[:-1]:
-            h = jnp.tanh(apply_dense(layer, h))
-        return apply_dense(params[-1], h)[0]
+        return problems.mlp_init(key, (1, 20, 20, 1))
 
     def losses(self, params: PyTree, key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
         del step
         kx, kb = jax.random.split(key)
-        x = jax.random.uniform(kx, (self.points,))
-        u_xx = jax.vmap(jax.grad(jax.grad(lambda z: self.u(params, z))))(x)
-        residual = jnp.mean((u_xx + self.c**2 * jnp.sin(self.c * x)) ** 2)
-        ends = jnp.array([0.0, 1.0])
-        u_ends = jax.vmap(lambda z: self.u(params, z))(ends)
-        boundary = jnp.mean((u_ends - jnp.sin(self.c * ends)) ** 2)
+        terms = problems.poisson_losses(params, jax.random.uniform(kx, (self.points,)), self.c)
         present = jax.random.bernoulli(kb, self.boundary_rate)
-        return {"boundary": jnp.where(present, boundary, 0.0), "residual": residual}
+        return {
+            "boundary": jnp.where(present, terms["boundary"], 0.0),
+            "residual": terms["residual"],
+        }
 
     def metric(self, params: PyTree) -> jax.Array:
-        x = jnp.linspace(0.0, 1.0, 1001)
-        u = jax.vmap(lambda z: self.u(params, z))(x)
-        exact = jnp.sin(self.c * x)
-        return jnp.linalg.norm(u - exact) / jnp.linalg.norm(exact)
+        return problems.poisson_error(params, self.c)
 
 
 # Scenarios --------------------------------------------------------------------------------------
@@ -289,11 +274,13 @@ class Scenario:
 
 
 def sgd(learning_rate: float) -> Callable[[], optax.GradientTransformation]:
-    return lambda: optax.sgd(learning_rate, momentum=0.9)
+    """The suite's SGD (momentum 0.9) at a fixed rate, built when the scenario trains."""
+    return lambda: problems.sgd(learning_rate)
 
 
 def adam(learning_rate: float) -> Callable[[], optax.GradientTransformation]:
-    return lambda: optax.adam(learning_rate)
+    """The suite's Adam at a fixed rate, built when the scenario trains."""
+    return lambda: problems.adam(learning_rate)
 
 
 def describe(guards: dict[str, Any]) -> str:

@@ -9,26 +9,31 @@ per-term gradients through ``ao.weight_gradients``; the others, and fixed weight
 pass of the weighted loss (the gradient's global norm goes to ``update``, for the spike guard).
 
 :func:`run_problem` runs the protocol of Kurin et al. (2022), Xin et al. (2022) and Gama &
-Grassi (2025) on one problem:
+Grassi (2025) on one problem, one function per stage:
 
-1. fixed weights ``w = s * sum(base) * r`` over the problem's grids of ratios ``r`` (summing to
-   1), scales ``s`` and learning rates, on the calibration seeds: the best setting (lowest
-   median score) is ``best fixed``, the base weights' best rate is ``base``;
-2. every arm of :data:`ARMS` (every ``*_weights`` preset of the library, bare and under the
-   guards its docstring recommends) over the learning-rate grid on the calibration seeds, then
-   at its best rate (lowest median score) on the evaluation seeds, with the same compile (a
-   problem with ``stability`` set trains every rate on the evaluation seeds too);
-3. per adaptive arm, two fixed-weight replays of its calibration runs at its learning rate: its
-   time-averaged weights normalised to the base weights' total (``distilled``: the ratio it
-   found) and as they were (``averaged``: ratio and scale);
-4. the fixed arms (base and best fixed at their chosen rates, or every rate with
-   ``stability``; the replays at their arm's rate) on the evaluation seeds.
+1. :func:`run_fixed_grid`: fixed weights ``w = s * sum(base) * r`` over the problem's ratios
+   ``r`` (joint moves of every term), scales ``s`` and learning rates, on the calibration seeds;
+2. :func:`choose_fixed`: the best fixed setting and the base weights' rate, by the one selection
+   rule of :func:`benchmarks.stats.select` (validation scores on the calibration seeds; a
+   non-finite score is a failed run; settings with a failed calibration run are never chosen;
+   ties within one standard error go to the smaller rate, then the smaller scale), each rate
+   bracketed by :func:`tune_rate` (a rate at the grid's edge extends the grid, up to
+   :data:`EXTENSIONS` times, else the arm is marked ``edge``);
+3. :func:`evaluation_seeds_for`: 10 evaluation seeds, 20 where the tuned weights' one-run spread
+   is above :data:`NOISY`; base and best fixed on them;
+4. :func:`run_method`: every arm of :data:`ARMS` (bare and under the guards its docstring
+   recommends; arms with the same behavioural fingerprint, :mod:`benchmarks.fingerprint`,
+   trained once and shown as one row) over the rates on the calibration seeds by the same rule,
+   then at its rate on the evaluation seeds (one compile, one vmap width :data:`BATCH` for every
+   trainer of the problem, so costs are comparable);
+5. :func:`replays`: each adaptive arm's time-averaged calibration weights replayed as fixed
+   weights, normalised to the base total (``distilled``: the ratio it found) and as they were
+   (``averaged``: ratio and scale), on the evaluation seeds.
 
-Every arm is then scored on the evaluation seeds (disjoint from the calibration seeds): median
-and range of the score, regret against the best fixed weights at equal steps and at equal
-wall-clock (a slower arm is read at the checkpoint its time reaches), runs needed to choose its
-setting, and the largest learning rate at which at least 90 % of its runs finish (on the
-evaluation seeds with ``stability``, else on the calibration seeds).
+The evaluation seeds are disjoint from the calibration seeds, and on a problem with data the
+score is the test split's metric while selection reads the validation split's
+(``Problem.validation``). Scoring (paired regret, intervals, calls) is
+:mod:`benchmarks.stats`, applied by :mod:`benchmarks.report`.
 
 Adding an arm is one line in :data:`ARMS`: ``Arm(label, factory, kwargs, guards)``; the factory
 is called as ``factory(base, **kwargs)`` for the bare arm and ``factory(base, **kwargs,
@@ -37,7 +42,8 @@ is called as ``factory(base, **kwargs)`` for the bare arm and ``factory(base, **
 measured under ``ao.stable_weights`` is ``Arm("stable ramp 300", ao.stable_weights,
 dict(ramp_steps=300))``, and a balancer with recommended guards ``Arm("dwa", ao.dwa_weights,
 guards=STANDARD)``; then ``python -m benchmarks.report --arms "stable ramp 300,dwa,dwa+guards"
---merge --out results`` adds their rows to the committed tables.
+--merge --out results`` adds their rows to the committed tables (a merge keeps only rows that
+are still current: same profile, same fingerprint, same tuned reference).
 """
 
 from __future__ import annotations
@@ -53,11 +59,17 @@ import numpy as np
 import optax
 
 import adaptive_optax as ao
+from benchmarks import fingerprint, stats
 from benchmarks.problems import Problem
 
 PyTree = Any
-CALIBRATION_SEEDS = (100, 101, 102)
-EVALUATION_SEEDS = tuple(range(10))
+CALIBRATION_SEEDS = tuple(range(100, 105))
+# fresh: the seeds 0-19 of the earlier tables are those the default controller was chosen on
+EVALUATION_SEEDS = tuple(range(1000, 1020))
+MIN_EVALUATION = 10  # evaluation seeds; all of EVALUATION_SEEDS where the tuned arm is noisy
+NOISY = 0.1  # the tuned arm's one-run spread (robust sigma over median) that asks for 20 seeds
+EXTENSIONS = 3  # rates tried beyond the grid's edge before an arm is marked "edge"
+BATCH = 10  # runs per compiled call, for every trainer: one vmap width, comparable costs
 CHECKPOINTS = 10  # task metrics are recorded at this many points during training (and at 0)
 STABLE_SHARE = 0.9  # a learning rate is stable when at least this share of the runs finish
 MAIN = "<main term>"  # placeholder for the problem's main term in an arm's keyword arguments
@@ -187,6 +199,7 @@ class Runs(NamedTuple):
     """The outcome of one :func:`train` call (leading axis: runs)."""
 
     metrics: dict[str, np.ndarray]  # head -> (runs, CHECKPOINTS + 1): at 0 and each checkpoint
+    validation: dict[str, np.ndarray]  # the same on the validation split (selection reads it)
     finished: np.ndarray  # (runs,) every loss and the final parameters finite
     first_failure: np.ndarray  # (runs,) first step with a non-finite loss or parameter, or -1
     mean_weights: np.ndarray  # (runs, terms) the weights averaged over the steps
@@ -196,12 +209,23 @@ class Runs(NamedTuple):
     trace: np.ndarray | None  # (runs, steps, terms) the weights at every step, when asked
     compile_s: float
     run_s: float
+    chunk_s: np.ndarray  # seconds of each compiled call (one vmap width): the cost's samples
 
     @property
     def score(self) -> np.ndarray:
-        """(runs, CHECKPOINTS + 1): the mean of the heads' metrics; a failed run is +inf."""
-        score = np.mean(np.stack(list(self.metrics.values())), axis=0)
-        return np.where(self.finished[:, None], score, np.inf)
+        """(runs, CHECKPOINTS + 1): the test metrics' mean; failed or non-finite: +inf."""
+        return _score(self.metrics, self.finished)
+
+    @property
+    def validation_score(self) -> np.ndarray:
+        """(runs, CHECKPOINTS + 1): the validation metrics' mean, as :attr:`score`."""
+        return _score(self.validation, self.finished)
+
+
+def _score(metrics: dict[str, np.ndarray], finished: np.ndarray) -> np.ndarray:
+    """The heads' mean; a run that failed, or whose metric is not finite, scores +inf."""
+    score = np.mean(np.stack(list(metrics.values())), axis=0)
+    return np.where(finished[:, None] & np.isfinite(score), score, np.inf)
 
 
 def _all_finite(tree: PyTree) -> jax.Array:
@@ -216,6 +240,12 @@ class Trainer(NamedTuple):
     batch: int
     steps: int
     compile_s: float
+    chunks: list[float]  # the seconds of every compiled call so far (the cost's samples)
+
+    @property
+    def step_s(self) -> float:
+        """Seconds per run-step: the median compiled call over its runs and steps."""
+        return float(np.median(self.chunks)) / (self.batch * self.steps)
 
     def slots(self, runs: int) -> int:
         """Runs trained (padded to whole chunks) to train ``runs`` runs."""
@@ -233,18 +263,20 @@ class Trainer(NamedTuple):
         seeds = np.concatenate([np.asarray(seeds, np.uint32), np.zeros(pad, np.uint32)])
         rates = np.concatenate([np.asarray(rates, np.float32), np.zeros(pad, np.float32)])
         fixed = np.concatenate([np.asarray(fixed, np.float32), np.ones((pad, fixed.shape[1]))])
-        start = time.perf_counter()
-        outs = []
+        outs, chunk_s = [], []
         for i in range(0, n + pad, self.batch):
             part = slice(i, i + self.batch)
+            start = time.perf_counter()
             out = self.compiled(seeds[part], rates[part], fixed[part].astype(np.float32))
             outs.append(jax.tree.map(np.asarray, jax.block_until_ready(out)))
-        run_s = time.perf_counter() - start
+            chunk_s.append(time.perf_counter() - start)
+        self.chunks.extend(chunk_s)
         out = jax.tree.map(lambda *x: np.concatenate(x)[:n], *outs)
-        metrics, finished, first, mean_w, weights, spikes, nonfinite, trace = out
+        metrics, validation, finished, first, mean_w, weights, spikes, nonfinite, trace = out
         trace = trace if trace.ndim == 3 else None
         return Runs(
             metrics,
+            validation if self.problem.validation is not None else metrics,
             finished,
             first,
             mean_w,
@@ -253,7 +285,8 @@ class Trainer(NamedTuple):
             nonfinite,
             trace,
             self.compile_s,
-            run_s,
+            float(sum(chunk_s)),
+            np.asarray(chunk_s),
         )
 
 
@@ -351,15 +384,21 @@ def trainer(
             vector = jnp.stack([jnp.asarray(weights[k], jnp.float32) for k in terms])
             return (params, opt_state, state), (ok, vector)
 
+        def measure(params):
+            validation = problem.validation(params) if problem.validation is not None else {}
+            return problem.metrics(params), validation
+
         def block(carry, i):
             carry, (ok, vectors) = jax.lax.scan(step, carry, i * chunk + jnp.arange(chunk))
-            return carry, (problem.metrics(carry[0]), ok, vectors)
+            return carry, (measure(carry[0]), ok, vectors)
 
         carry = (params, tx.init(params), state)
-        metrics0 = problem.metrics(params)
-        carry, (metrics, ok, vectors) = jax.lax.scan(block, carry, jnp.arange(CHECKPOINTS))
+        measured0 = measure(params)
+        carry, (measured, ok, vectors) = jax.lax.scan(block, carry, jnp.arange(CHECKPOINTS))
         ok = ok.reshape(-1)
-        metrics = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), metrics0, metrics)
+        metrics, validation = jax.tree.map(
+            lambda a, b: jnp.concatenate([a[None], b]), measured0, measured
+        )
         spikes = jnp.int32(0)
         nonfinite = jnp.zeros((2, len(terms)), jnp.int32)
         if weighting is not None:
@@ -371,6 +410,7 @@ def trainer(
         vectors = vectors.reshape(-1, len(terms))
         return (
             metrics,
+            validation,
             jnp.all(ok),
             first,
             jnp.mean(vectors, axis=0),
@@ -387,7 +427,7 @@ def trainer(
     )
     start = time.perf_counter()
     compiled = jax.jit(jax.vmap(one)).lower(*args).compile()
-    return Trainer(problem, compiled, batch, steps, time.perf_counter() - start)
+    return Trainer(problem, compiled, batch, steps, time.perf_counter() - start, [])
 
 
 def train(
@@ -410,6 +450,7 @@ def take(runs: Runs, index: np.ndarray) -> Runs:
     pick = lambda x: x[index]  # noqa: E731
     return runs._replace(
         metrics={k: v[index] for k, v in runs.metrics.items()},
+        validation={k: v[index] for k, v in runs.validation.items()},
         finished=pick(runs.finished),
         first_failure=pick(runs.first_failure),
         mean_weights=pick(runs.mean_weights),
@@ -420,7 +461,51 @@ def take(runs: Runs, index: np.ndarray) -> Runs:
     )
 
 
+def join(a: Runs, b: Runs) -> Runs:
+    """The runs of ``a`` then ``b`` (timings: both calls')."""
+    cat = lambda x, y: np.concatenate([x, y])  # noqa: E731
+    return Runs(
+        metrics={k: cat(v, b.metrics[k]) for k, v in a.metrics.items()},
+        validation={k: cat(v, b.validation[k]) for k, v in a.validation.items()},
+        finished=cat(a.finished, b.finished),
+        first_failure=cat(a.first_failure, b.first_failure),
+        mean_weights=cat(a.mean_weights, b.mean_weights),
+        weights=cat(a.weights, b.weights),
+        spikes=cat(a.spikes, b.spikes),
+        nonfinite_steps=cat(a.nonfinite_steps, b.nonfinite_steps),
+        trace=None if a.trace is None or b.trace is None else cat(a.trace, b.trace),
+        compile_s=a.compile_s,
+        run_s=a.run_s + b.run_s,
+        chunk_s=cat(a.chunk_s, b.chunk_s),
+    )
+
+
 # The protocol -----------------------------------------------------------------------------------
+
+
+class RateChoice(NamedTuple):
+    """A learning rate chosen on the calibration seeds, and how.
+
+    Attributes:
+      rate: the chosen rate.
+      tried: every rate tried, ascending.
+      scores: per rate tried, the final validation scores on the calibration seeds.
+      finished: per rate tried, the share of its calibration runs that finished.
+      status: ``"interior"`` (the grid brackets it), ``"extended N"`` (interior after N rates
+        added beyond the grid's edge), ``"edge"`` (still at an edge after the extensions: a
+        reader must read the arm as possibly denied a better rate) or ``"none finished"``.
+      how: :func:`stats.select`'s ``how``.
+      mean_weights: per rate tried, the time-averaged weights of its finished calibration runs
+        (nan where none finished).
+    """
+
+    rate: float
+    tried: tuple[float, ...]
+    scores: dict[float, np.ndarray]
+    finished: dict[float, float]
+    status: str
+    how: str
+    mean_weights: dict[float, np.ndarray]
 
 
 @dataclasses.dataclass
@@ -433,18 +518,23 @@ class ArmResult:
     weights: dict[str, float] | None  # fixed arms: the weights
     runs: Runs  # evaluation runs at the chosen rate
     runs_needed: int  # training runs (per seed) to choose the setting
-    step_s: float  # seconds per run-step, batched
-    stable_rate: float  # largest rate of the grid with >= STABLE_SHARE runs finished; nan if none
-    calibration_score: float  # median final score on the calibration seeds at ``rate``
+    step_s: float  # seconds per run-step: its trainer's median compiled call, at one width
+    stable_rate: float  # largest rate tried with >= STABLE_SHARE calibration runs finished
+    calibration_score: float  # median final validation score on the calibration seeds
+    calibration_scores: tuple[float, ...] = ()  # those scores, one per calibration seed
+    rates_tried: tuple[float, ...] = ()
+    rate_status: str = "interior"
     guarded: bool = False
     method: str = ""
+    fingerprint: str = ""
+    aliases: tuple[str, ...] = ()  # arms whose fingerprint is this arm's: shown once
 
 
 @dataclasses.dataclass
 class ProblemResult:
     problem: Problem
     arms: list[ArmResult]
-    grid: list[dict[str, Any]]  # the fixed grid on calibration seeds: weights, rate, median score
+    grid: list[dict[str, Any]]  # the fixed grid on calibration seeds: weights, rate, scores
     calibration_seeds: tuple[int, ...]
     evaluation_seeds: tuple[int, ...]
     seconds: float
@@ -454,163 +544,486 @@ class ProblemResult:
         return next(a for a in self.arms if a.label == label)
 
 
+class Plan(NamedTuple):
+    """How :func:`run_problem` runs a problem: seeds, width and the grid's reach."""
+
+    calibration_seeds: tuple[int, ...] = CALIBRATION_SEEDS
+    evaluation_seeds: tuple[int, ...] = EVALUATION_SEEDS  # the first ``min_evaluation``, or all
+    min_evaluation: int = MIN_EVALUATION
+    batch: int = BATCH
+    extensions: int = EXTENSIONS
+
+
 def median_final(runs: Runs) -> float:
     return float(np.median(runs.score[:, -1]))
 
 
-def _stable_rate(rates: np.ndarray, finished: np.ndarray) -> float:
+def _stable_rate(finished: dict[float, float]) -> float:
     """The largest rate at which at least ``STABLE_SHARE`` of the runs finished."""
-    good = [r for r in np.unique(rates) if finished[rates == r].mean() >= STABLE_SHARE]
+    good = [r for r, share in finished.items() if share >= STABLE_SHARE]
     return float(max(good)) if good else float("nan")
 
 
-def _best(scores: dict[Any, float]) -> Any:
-    """The key of the lowest score (ties: the first)."""
-    keys = list(scores)
-    return keys[int(np.argmin([scores[k] for k in keys]))]
+def print_now(line: str) -> None:
+    """Prints a progress line at once (a log file sees it while the run goes)."""
+    print(line, flush=True)
+
+
+class Progress:
+    """Progress lines of a long run: arm, block, elapsed and remaining time."""
+
+    def __init__(self, name: str, arms: int, log: Callable[[str], None]):
+        self.name, self.arms, self.log = name, arms, log
+        self.start = time.perf_counter()
+        self.done = 0
+
+    def __call__(self, label: str, block: str) -> None:
+        """Logs that ``label`` (arm ``done + 1`` of ``arms``) starts ``block``."""
+        elapsed = time.perf_counter() - self.start
+        left = (
+            f", about {elapsed / self.done * (self.arms - self.done):.0f} s left"
+            if self.done
+            else ""
+        )
+        self.log(
+            f"[{self.name}] arm {self.done + 1}/{self.arms} {label}: {block}; "
+            f"{elapsed:.0f} s elapsed{left}"
+        )
+
+
+def tune_rate(
+    score_at: Callable[[Sequence[float]], dict[float, Runs]],
+    rates: Sequence[float],
+    *,
+    extensions: int,
+    known: dict[float, Runs] | None = None,
+) -> RateChoice:
+    """An arm's learning rate: :func:`stats.select` over the rates, extending past an edge.
+
+    Where the chosen rate is the grid's smallest or largest, the next rate beyond it (the
+    grid's own ratio) is tried, up to ``extensions`` times, until the choice is interior.
+
+    Args:
+      score_at: trains the arm at these rates on the calibration seeds, the runs per rate.
+      rates: the problem's grid (ascending, log-spaced).
+      extensions: the most rates added beyond the grid.
+      known: runs already trained, by rate (the fixed grid's).
+
+    Returns:
+      A :class:`RateChoice`.
+    """
+    rates = tuple(sorted(rates))
+    factor = rates[1] / rates[0] if len(rates) > 1 else 3.0
+    runs = dict(known or {})
+    runs.update(score_at([r for r in rates if r not in runs]))
+    added = 0
+    while True:
+        tried = tuple(sorted(runs))
+        candidates = [stats.Candidate(r, runs[r].validation_score[:, -1], (r,)) for r in tried]
+        chosen, how = stats.select(candidates)
+        rate = float(chosen.key)
+        if how == "none finished" or len(tried) == 1:
+            status = how if how == "none finished" else "interior"
+            break
+        beyond = rate * factor if rate == tried[-1] else rate / factor if rate == tried[0] else None
+        if beyond is None:
+            status = f"extended {added}" if added else "interior"
+            break
+        if added == extensions:
+            status = "edge"
+            break
+        runs.update(score_at([float(f"{beyond:.3g}")]))
+        added += 1
+    return RateChoice(
+        rate=rate,
+        tried=tried,
+        scores={r: runs[r].validation_score[:, -1] for r in tried},
+        finished={r: float(runs[r].finished.mean()) for r in tried},
+        status=status,
+        how=how,
+        mean_weights={r: _mean_finished(runs[r]) for r in tried},
+    )
+
+
+def _mean_finished(runs: Runs) -> np.ndarray:
+    """The time-averaged weights over the finished runs (nan where none finished)."""
+    if not runs.finished.any():
+        return np.full(runs.mean_weights.shape[1], np.nan)
+    return runs.mean_weights[runs.finished].mean(axis=0)
+
+
+def fixed_settings(problem: Problem) -> tuple[list[np.ndarray], int]:
+    """The fixed grid's weight vectors (``s * sum(base) * r``) and the base weights' index."""
+    terms, total = problem.terms, sum(problem.base.values())
+    base_vec = np.asarray([problem.base[k] for k in terms], np.float32)
+    settings = []
+    for ratio in problem.ratios:
+        r = np.asarray([ratio[k] for k in terms], np.float64)
+        for s in problem.scales:
+            settings.append((s * total * r / r.sum()).astype(np.float32))
+    is_base = [bool(np.allclose(w, base_vec, rtol=1e-5)) for w in settings]
+    if not any(is_base):
+        settings.append(base_vec)
+        is_base.append(True)
+    return settings, is_base.index(True)
+
+
+def by_rate(runs: Runs, rates: np.ndarray) -> dict[float, Runs]:
+    """The runs split by learning rate."""
+    return {float(r): take(runs, np.flatnonzero(rates == r)) for r in np.unique(rates)}
+
+
+def run_fixed_grid(
+    problem: Problem, fixed: Trainer, settings: list[np.ndarray], plan: Plan
+) -> dict[int, dict[float, Runs]]:
+    """Stage 1: every weight setting at every rate on the calibration seeds."""
+    cells = [
+        (g, lr, seed)
+        for g in range(len(settings))
+        for lr in problem.rates
+        for seed in plan.calibration_seeds
+    ]
+    runs = fixed(
+        seeds=[c[2] for c in cells],
+        rates=[c[1] for c in cells],
+        fixed=np.stack([settings[c[0]] for c in cells]),
+    )
+    cell_g = np.asarray([c[0] for c in cells])
+    rates = np.asarray([c[1] for c in cells], np.float64)
+    return {
+        g: by_rate(take(runs, np.flatnonzero(cell_g == g)), rates[cell_g == g])
+        for g in range(len(settings))
+    }
+
+
+def fixed_score_at(
+    fixed: Trainer, weights: np.ndarray, seeds: Sequence[int]
+) -> Callable[[Sequence[float]], dict[float, Runs]]:
+    """A :func:`tune_rate` ``score_at`` for fixed weights on the fixed trainer."""
+
+    def score_at(rates: Sequence[float]) -> dict[float, Runs]:
+        if not rates:
+            return {}
+        cells = [(lr, seed) for lr in rates for seed in seeds]
+        runs = fixed(
+            seeds=[c[1] for c in cells],
+            rates=[c[0] for c in cells],
+            fixed=np.tile(weights, (len(cells), 1)),
+        )
+        return by_rate(runs, np.asarray([c[0] for c in cells], np.float64))
+
+    return score_at
+
+
+def choose_fixed(
+    problem: Problem,
+    fixed: Trainer,
+    settings: list[np.ndarray],
+    grid_runs: dict[int, dict[float, Runs]],
+    g: int | None,
+    plan: Plan,
+) -> tuple[int, RateChoice, str]:
+    """Stage 2: the best fixed setting (``g`` None) or the base's rate (``g`` its index).
+
+    The best setting is :func:`stats.select` over every (weights, rate) cell (caution: rate,
+    then scale); its rate is then bracketed by :func:`tune_rate` (the grid's runs reused).
+
+    Returns:
+      ``(index of the setting, its rate, how the setting was chosen)``.
+    """
+    total = sum(problem.base.values())
+    how = "base"
+    if g is None:
+        candidates = [
+            stats.Candidate(
+                (i, lr), runs.validation_score[:, -1], (lr, float(settings[i].sum() / total))
+            )
+            for i, per_rate in grid_runs.items()
+            for lr, runs in per_rate.items()
+        ]
+        chosen, how = stats.select(candidates)
+        g = chosen.key[0]
+    choice = tune_rate(
+        fixed_score_at(fixed, settings[g], plan.calibration_seeds),
+        problem.rates,
+        extensions=plan.extensions,
+        known=grid_runs[g],
+    )
+    return g, choice, how
+
+
+def evaluate_fixed(fixed: Trainer, weights: np.ndarray, rate: float, seeds: Sequence[int]) -> Runs:
+    """Fixed weights at one rate on the evaluation seeds (the fixed trainer: no compile)."""
+    return fixed(
+        seeds=list(seeds), rates=[rate] * len(seeds), fixed=np.tile(weights, (len(seeds), 1))
+    )
+
+
+def evaluation_seeds_for(best: Runs, plan: Plan) -> tuple[int, ...]:
+    """Stage 3: the evaluation seeds: the first ``min_evaluation``, all where the tuned arm's
+    one-run spread (robust sigma over median) is above :data:`NOISY`."""
+    scores = best.score[:, -1]
+    spread = stats.robust_sigma(scores) / abs(float(np.median(scores)))
+    if np.isfinite(spread) and spread <= NOISY:
+        return plan.evaluation_seeds[: plan.min_evaluation]
+    return plan.evaluation_seeds
+
+
+def fixed_arm(
+    label: str,
+    problem: Problem,
+    weights: np.ndarray,
+    choice: RateChoice,
+    runs: Runs,
+    step_s: float,
+    runs_needed: int,
+) -> ArmResult:
+    """The :class:`ArmResult` of a fixed arm (base or best fixed)."""
+    return ArmResult(
+        label=label,
+        kind="fixed",
+        rate=choice.rate,
+        weights=dict(zip(problem.terms, map(float, weights), strict=True)),
+        runs=runs,
+        runs_needed=runs_needed,
+        step_s=step_s,
+        stable_rate=_stable_rate(choice.finished),
+        calibration_score=float(np.median(choice.scores[choice.rate])),
+        calibration_scores=tuple(map(float, choice.scores[choice.rate])),
+        rates_tried=choice.tried,
+        rate_status=choice.status,
+        fingerprint=fingerprint.of(None),
+    )
+
+
+def run_method(
+    problem: Problem,
+    variant: Variant,
+    plan: Plan,
+    evaluation_seeds: tuple[int, ...],
+    progress: Progress,
+) -> tuple[ArmResult, RateChoice, float]:
+    """Stage 4: one method: its rate on the calibration seeds, then the evaluation seeds.
+
+    Returns:
+      ``(the arm's result, its rate choice, compile seconds)``.
+    """
+    progress(variant.label, "compiling")
+    method = trainer(problem, variant.make(problem), batch=plan.batch)
+
+    def score_at(rates: Sequence[float]) -> dict[float, Runs]:
+        if not rates:
+            return {}
+        progress(variant.label, f"calibration seeds at rates {', '.join(f'{r:g}' for r in rates)}")
+        cells = [(lr, seed) for lr in rates for seed in plan.calibration_seeds]
+        runs = method(seeds=[c[1] for c in cells], rates=[c[0] for c in cells])
+        return by_rate(runs, np.asarray([c[0] for c in cells], np.float64))
+
+    choice = tune_rate(score_at, problem.rates, extensions=plan.extensions)
+    progress(variant.label, f"{len(evaluation_seeds)} evaluation seeds at lr {choice.rate:g}")
+    runs = method(seeds=list(evaluation_seeds), rates=[choice.rate] * len(evaluation_seeds))
+    result = ArmResult(
+        label=variant.label,
+        kind="method",
+        rate=choice.rate,
+        weights=None,
+        runs=runs,
+        runs_needed=len(choice.tried),
+        step_s=method.step_s,
+        stable_rate=_stable_rate(choice.finished),
+        calibration_score=float(np.median(choice.scores[choice.rate])),
+        calibration_scores=tuple(map(float, choice.scores[choice.rate])),
+        rates_tried=choice.tried,
+        rate_status=choice.status,
+        guarded=variant.guarded,
+        method=variant.method,
+    )
+    return result, choice, method.compile_s
+
+
+def replays(
+    problem: Problem,
+    arm: ArmResult,
+    mean_weights: np.ndarray,
+    fixed: Trainer,
+    evaluation_seeds: tuple[int, ...],
+    step_s: float,
+) -> list[ArmResult]:
+    """Stage 5: an arm's time-averaged calibration weights replayed as fixed weights.
+
+    ``distilled``: normalised to the base weights' total (the ratio it found); ``averaged``:
+    as they were (ratio and scale). None where no calibration run at its rate finished.
+    """
+    if not (np.all(np.isfinite(mean_weights)) and mean_weights.sum() > 0):
+        return []
+    total = sum(problem.base.values())
+    out = []
+    for kind, w in (
+        ("distilled", mean_weights / mean_weights.sum() * total),
+        ("averaged", mean_weights),
+    ):
+        runs = evaluate_fixed(fixed, w.astype(np.float32), arm.rate, evaluation_seeds)
+        out.append(
+            ArmResult(
+                label=f"{arm.label} ({kind})",
+                kind=kind,
+                rate=arm.rate,
+                weights=dict(zip(problem.terms, map(float, w), strict=True)),
+                runs=runs,
+                runs_needed=arm.runs_needed,
+                step_s=step_s,
+                stable_rate=float("nan"),
+                calibration_score=float("nan"),
+                method=arm.label,
+                fingerprint=fingerprint.of(None),
+            )
+        )
+    return out
+
+
+def evaluate_grid(
+    problem: Problem,
+    fixed: Trainer,
+    settings: list[np.ndarray],
+    seeds: Sequence[int],
+) -> dict[tuple[int, float], np.ndarray]:
+    """Stage 3b: every cell of the grid on the evaluation seeds (final test scores), for the
+    runs-spent-choosing table only (no choice reads them)."""
+    cells = [(g, lr, seed) for g in range(len(settings)) for lr in problem.rates for seed in seeds]
+    runs = fixed(
+        seeds=[c[2] for c in cells],
+        rates=[c[1] for c in cells],
+        fixed=np.stack([settings[c[0]] for c in cells]),
+    )
+    final = runs.score[:, -1]
+    n = len(seeds)
+    return {(c[0], c[1]): final[i : i + n] for i, c in enumerate(cells) if i % n == 0}
+
+
+def grid_table(
+    problem: Problem,
+    settings: list[np.ndarray],
+    grid_runs: dict[int, dict[float, Runs]],
+    grid_test: dict[tuple[int, float], np.ndarray],
+) -> list[dict[str, Any]]:
+    """The fixed grid's cells for the json: weights, rate, scale, calibration (validation)
+    scores per calibration seed and test scores per evaluation seed."""
+    total = sum(problem.base.values())
+    return [
+        {
+            "weights": dict(zip(problem.terms, map(float, settings[g]), strict=True)),
+            "rate": lr,
+            "scale": float(settings[g].sum() / total),
+            "score": float(np.median(runs.validation_score[:, -1])),
+            "scores": [float(x) for x in runs.validation_score[:, -1]],
+            "finished": int(runs.finished.sum()),
+            "heads": {h: float(np.median(v[:, -1])) for h, v in runs.validation.items()},
+            "test_scores": [float(x) for x in grid_test.get((g, lr), [])],
+        }
+        for g, per_rate in grid_runs.items()
+        for lr, runs in sorted(per_rate.items())
+    ]
+
+
+def chosen_variants(arms: Sequence[Arm], labels: Sequence[str] | None) -> list[Variant]:
+    """The variants to train, in table order (``labels``: only these)."""
+    return [v for v in variants(arms) if labels is None or v.label in labels]
 
 
 def run_problem(
     problem: Problem,
     arms: Sequence[Arm] = ARMS,
     *,
-    calibration_seeds: Sequence[int] = CALIBRATION_SEEDS,
-    evaluation_seeds: Sequence[int] = EVALUATION_SEEDS,
+    plan: Plan | None = None,
     labels: Sequence[str] | None = None,
-    batch: int = 64,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print_now,
     progress: Callable[[ProblemResult], None] | None = None,
 ) -> ProblemResult:
-    """The protocol on one problem (see the module docstring).
+    """The protocol on one problem (the module docstring), one stage per function.
 
-    ``labels`` restricts the arms to these labels of :func:`variants` (e.g. ``"dwa+guards"``);
-    ``progress`` is called with the results so far after the fixed arms and after each method.
+    Args:
+      problem: the problem.
+      arms: the arms to draw from.
+      plan: the seeds, width and extensions (default ``Plan()``).
+      labels: only these labels of :func:`variants` (e.g. ``"dwa+guards"``).
+      log: where progress lines go.
+      progress: called with the results so far after the fixed arms and after each method.
+
+    Returns:
+      A :class:`ProblemResult`.
     """
     start = time.perf_counter()
-    calibration_seeds, evaluation_seeds = tuple(calibration_seeds), tuple(evaluation_seeds)
-    if set(calibration_seeds) & set(evaluation_seeds):
+    plan = plan or Plan()
+    if set(plan.calibration_seeds) & set(plan.evaluation_seeds):
         raise ValueError(
-            f"calibration and evaluation seeds must be disjoint, got {calibration_seeds} "
-            f"and {evaluation_seeds}"
+            f"calibration and evaluation seeds must be disjoint, got {plan.calibration_seeds} "
+            f"and {plan.evaluation_seeds}"
         )
-    terms = problem.terms
-    total = sum(problem.base.values())
-    rates = tuple(problem.rates)
-    base_vec = np.asarray([problem.base[k] for k in terms], np.float32)
+    chosen = chosen_variants(arms, labels)
+    log(f"[{problem.name}] fingerprints of {len(chosen)} arms")
+    prints = {v.label: fingerprint.of(v.make) for v in chosen}
+    first = {}
+    for v in chosen:
+        first.setdefault(prints[v.label], v.label)
+    aliases = {
+        label: tuple(o for o in prints if prints[o] == prints[label] and o != label)
+        for label in first.values()
+    }
+    chosen = [v for v in chosen if first[prints[v.label]] == v.label]
+    tracker = Progress(problem.name, len(chosen) + 1, log)
 
-    # 1. the fixed grid on the calibration seeds
-    settings = []
-    for ratio in problem.ratios:
-        r = np.asarray([ratio[k] for k in terms], np.float64)
-        r = r / r.sum()
-        for s in problem.scales:
-            settings.append((s * total * r).astype(np.float32))
-    is_base = [
-        bool(np.allclose(w, base_vec, rtol=1e-5)) for w in settings
-    ]  # the base weights may be in the grid
-    if not any(is_base):
-        settings.append(base_vec)
-        is_base.append(True)
-    cells = [
-        (g, lr, seed) for g in range(len(settings)) for lr in rates for seed in calibration_seeds
-    ]
-    fixed_trainer = trainer(problem, None, batch=min(batch, len(cells)))
-    grid_runs = fixed_trainer(
-        seeds=[c[2] for c in cells],
-        rates=[c[1] for c in cells],
-        fixed=np.stack([settings[c[0]] for c in cells]),
+    # 1-3: the fixed grid, the best fixed weights and the base's rate, the evaluation seeds
+    tracker("fixed weights", "compiling")
+    fixed = trainer(problem, None, batch=plan.batch)
+    settings, base_g = fixed_settings(problem)
+    tracker("fixed weights", f"grid: {len(settings)} weights x {len(problem.rates)} rates")
+    grid_runs = run_fixed_grid(problem, fixed, settings, plan)
+    best_g, best_choice, _ = choose_fixed(problem, fixed, settings, grid_runs, None, plan)
+    _, base_choice, _ = choose_fixed(problem, fixed, settings, grid_runs, base_g, plan)
+    best_runs = evaluate_fixed(
+        fixed, settings[best_g], best_choice.rate, plan.evaluation_seeds[: plan.min_evaluation]
     )
-    compile_s = grid_runs.compile_s
-    fixed_step_s = grid_runs.run_s / (fixed_trainer.slots(len(cells)) * fixed_trainer.steps)
-    log(
-        f"[{problem.name}] fixed grid: {len(settings)} weights x {len(rates)} rates x "
-        f"{len(calibration_seeds)} seeds, compile {grid_runs.compile_s:.0f} s, "
-        f"run {grid_runs.run_s:.0f} s"
-    )
-    cell_g = np.asarray([c[0] for c in cells])
-    cell_lr = np.asarray([c[1] for c in cells])
-    grid_scores = {}
-    for g in range(len(settings)):
-        for lr in rates:
-            mask = (cell_g == g) & (cell_lr == lr)
-            grid_scores[(g, lr)] = float(np.median(grid_runs.score[mask, -1]))
-    best_g, best_lr = _best(grid_scores)
-    base_g = is_base.index(True)
-    base_lr = _best({lr: grid_scores[(base_g, lr)] for lr in rates})
-    grid = [
-        {
-            "weights": dict(zip(terms, map(float, settings[g]), strict=True)),
-            "rate": lr,
-            "score": grid_scores[(g, lr)],
-            "heads": {
-                h: float(np.median(v[(cell_g == g) & (cell_lr == lr), -1]))
-                for h, v in grid_runs.metrics.items()
-            },
-        }
-        for g in range(len(settings))
-        for lr in rates
-    ]
-
-    # the fixed arms on the evaluation seeds (the fixed trainer: no new compile): base and best
-    # fixed at their chosen rates (every rate with ``problem.stability``), then each replay
-    def evaluate_fixed(arms_f: list[tuple[str, str, np.ndarray, float | None]]) -> list:
-        cells_f = []
-        for index, (*_, lr) in enumerate(arms_f):
-            every = rates if problem.stability and lr is None else ()
-            for r in every or (lr if lr is not None else (base_lr, best_lr)[index],):
-                cells_f += [(index, r, seed) for seed in evaluation_seeds]
-        runs_f = fixed_trainer(
-            seeds=[c[2] for c in cells_f],
-            rates=[c[1] for c in cells_f],
-            fixed=np.stack([arms_f[c[0]][2] for c in cells_f]),
+    evaluation_seeds = evaluation_seeds_for(best_runs, plan)
+    if len(evaluation_seeds) > best_runs.finished.size:
+        more = evaluate_fixed(
+            fixed, settings[best_g], best_choice.rate, evaluation_seeds[best_runs.finished.size :]
         )
-        f_index = np.asarray([c[0] for c in cells_f])
-        f_lr = np.asarray([c[1] for c in cells_f])
-        out = []
-        for index, (label, kind, w, lr) in enumerate(arms_f):
-            grid_key = (
-                {0: (base_g, base_lr), 1: (best_g, best_lr)}.get(index) if lr is None else None
-            )
-            lr = grid_key[1] if grid_key else lr
-            mine = f_index == index
-            if grid_key is None:
-                stable = float("nan")
-            elif problem.stability:
-                stable = _stable_rate(f_lr[mine], runs_f.finished[mine])
-            else:
-                in_grid = cell_g == grid_key[0]
-                stable = _stable_rate(cell_lr[in_grid], grid_runs.finished[in_grid])
-            out.append(
-                ArmResult(
-                    label=label,
-                    kind=kind,
-                    rate=lr,
-                    weights=dict(zip(terms, map(float, w), strict=True)),
-                    runs=take(runs_f, np.flatnonzero(mine & (f_lr == lr))),
-                    runs_needed=len(settings) * len(rates)
-                    if index == 1 and grid_key
-                    else len(rates),
-                    step_s=fixed_step_s,
-                    stable_rate=stable,
-                    calibration_score=grid_scores[grid_key] if grid_key else float("nan"),
-                    method="" if grid_key else label.split(" (")[0],
-                )
-            )
-        return out
-
-    fixed_results = evaluate_fixed(
-        [("base", "fixed", base_vec, None), ("best fixed", "fixed", settings[best_g], None)]
-    )
-    log(f"[{problem.name}] base and best fixed on the evaluation seeds")
-    results: list[ArmResult] = []
-    replay_results: list[ArmResult] = []
+        best_runs = join(best_runs, more)
+    base_runs = evaluate_fixed(fixed, settings[base_g], base_choice.rate, evaluation_seeds)
+    fixed_step_s = fixed.step_s
+    grid_size = sum(len(per_rate) for per_rate in grid_runs.values())
+    results = [
+        fixed_arm(
+            "base",
+            problem,
+            settings[base_g],
+            base_choice,
+            base_runs,
+            fixed_step_s,
+            len(base_choice.tried),
+        ),
+        fixed_arm(
+            "best fixed",
+            problem,
+            settings[best_g],
+            best_choice,
+            best_runs,
+            fixed_step_s,
+            grid_size + len(best_choice.tried) - len(grid_runs[best_g]),
+        ),
+    ]
+    tracker("fixed weights", f"the grid on {len(evaluation_seeds)} evaluation seeds")
+    grid_test = evaluate_grid(problem, fixed, settings, evaluation_seeds)
+    compile_s = fixed.compile_s
+    tracker.done += 1
+    grid = grid_table(problem, settings, grid_runs, grid_test)
 
     def so_far() -> ProblemResult:
         return ProblemResult(
             problem=problem,
-            arms=fixed_results + results + replay_results,
+            arms=list(results),
             grid=grid,
-            calibration_seeds=calibration_seeds,
+            calibration_seeds=tuple(plan.calibration_seeds),
             evaluation_seeds=evaluation_seeds,
             seconds=time.perf_counter() - start,
             compile_s=compile_s,
@@ -619,94 +1032,20 @@ def run_problem(
     if progress is not None:
         progress(so_far())
 
-    # 2. every method over the rates on the calibration seeds, then at its best rate on the
-    # evaluation seeds (one compile); with ``problem.stability``, every rate on every seed
-    for variant in variants(arms):
-        if labels is not None and variant.label not in labels:
-            continue
-        weighting = variant.make(problem)
-        seeds_all = calibration_seeds + (evaluation_seeds if problem.stability else ())
-        cells_m = [(lr, seed) for lr in rates for seed in seeds_all]
-        size = len(cells_m) if problem.stability else max(len(cells_m), len(evaluation_seeds))
-        method_trainer = trainer(problem, weighting, batch=min(batch, size))
-        runs = method_trainer(seeds=[c[1] for c in cells_m], rates=[c[0] for c in cells_m])
-        compile_s += runs.compile_s
-        lr_of = np.asarray([c[0] for c in cells_m])
-        calibration = np.isin([c[1] for c in cells_m], calibration_seeds)
-        scores = {lr: float(np.median(runs.score[(lr_of == lr) & calibration, -1])) for lr in rates}
-        lr = _best(scores)
-        run_s, slots = runs.run_s, method_trainer.slots(len(cells_m))
-        if problem.stability:
-            evaluation = take(runs, np.flatnonzero((lr_of == lr) & ~calibration))
-            stable = _stable_rate(lr_of[~calibration], runs.finished[~calibration])
-        else:
-            evaluation = method_trainer(
-                seeds=list(evaluation_seeds), rates=[lr] * len(evaluation_seeds)
-            )
-            run_s, slots = (
-                run_s + evaluation.run_s,
-                slots + method_trainer.slots(len(evaluation_seeds)),
-            )
-            stable = _stable_rate(lr_of, runs.finished)
-        results.append(
-            ArmResult(
-                label=variant.label,
-                kind="method",
-                rate=lr,
-                weights=None,
-                runs=evaluation,
-                runs_needed=len(rates),
-                step_s=run_s / (slots * method_trainer.steps),
-                stable_rate=stable,
-                calibration_score=scores[lr],
-                guarded=variant.guarded,
-                method=variant.method,
-            )
-        )
+    # 4-5: every method, then its replays
+    for variant in chosen:
+        arm, choice, seconds = run_method(problem, variant, plan, evaluation_seeds, tracker)
+        arm.fingerprint, arm.aliases = prints[variant.label], aliases[variant.label]
+        compile_s += seconds
+        at_rate = choice.scores[choice.rate]
         log(
-            f"[{problem.name}] {variant.label}: lr {lr:g}, calibration median "
-            f"{scores[lr]:.4g}, compile {runs.compile_s:.0f} s, run {runs.run_s:.0f} s"
+            f"[{problem.name}] {variant.label}: lr {arm.rate:g} ({choice.status}), calibration "
+            f"median {np.median(at_rate):.4g}, test median {median_final(arm.runs):.4g}"
         )
-        cal_at = (lr_of == lr) & calibration & runs.finished
-        if cal_at.any():
-            mean = runs.mean_weights[cal_at].mean(axis=0)
-            if np.all(np.isfinite(mean)) and mean.sum() > 0:
-                replay_results += evaluate_fixed(
-                    [
-                        (
-                            f"{variant.label} (distilled)",
-                            "distilled",
-                            mean / mean.sum() * total,
-                            lr,
-                        ),
-                        (f"{variant.label} (averaged)", "averaged", mean, lr),
-                    ]
-                )
+        results.append(arm)
+        tracker.done += 1
+        mean = choice.mean_weights[choice.rate]
+        results += replays(problem, arm, mean, fixed, evaluation_seeds, fixed_step_s)
         if progress is not None:
             progress(so_far())
-
     return so_far()
-
-
-# Scoring ----------------------------------------------------------------------------------------
-
-
-def regret(problem: Problem, score: float, best: float) -> float:
-    """Regret of a median score against the best fixed weights' (>= 0 means worse)."""
-    if problem.regret == "absolute":
-        return score - best
-    if not np.isfinite(score):
-        return float("inf")
-    return score / best - 1.0 if best > 0 else float("nan")
-
-
-def equal_time_score(arm: ArmResult, reference_step_s: float) -> float:
-    """The arm's median score at the checkpoint its time reaches in the fixed arm's time.
-
-    The fixed weights' full run takes ``steps * reference_step_s``; an arm ``c`` times slower
-    per step gets ``steps / c`` steps of it: it is read at the last checkpoint at or before that
-    (checkpoint 0 being the initial parameters).
-    """
-    ratio = max(arm.step_s / reference_step_s, 1.0) if reference_step_s > 0 else 1.0
-    index = int(np.floor(CHECKPOINTS / ratio + 1e-9))
-    return float(np.median(arm.runs.score[:, index]))

@@ -4,23 +4,27 @@ Run one problem, or several, of :mod:`benchmarks.problems` through the protocol 
 :mod:`benchmarks.harness`, and write per problem ``<problem>.md``, ``<problem>.png`` and
 ``<problem>.json`` (the rows), then ``summary.md`` from every ``<problem>.json`` in the folder::
 
-    python -m benchmarks.report --problems digits --out results    # one problem, a few minutes
-    python -m benchmarks.report --out results                      # every problem (make figures)
-    python -m benchmarks.report --summary --out results            # summary.md only
-    python -m benchmarks.report --quick                            # every problem, tiny (tests)
+    python -m benchmarks.report --problems digits --out results   # one problem, committed profile
+    python -m benchmarks.report --summary --out results           # summary.md only
+    python -m benchmarks.report --profile quick                   # every problem, tiny (tests)
+    python -m benchmarks.report --profile full --problems toy      # every arm, full length
 
-The default folder is ``out/suite`` (ignored by git); ``--out results`` writes the committed
-copies. ``--arms stable,dwa`` restricts the methods (their labels in ``harness.ARMS``).
+The profiles (``--profile``, default ``committed``) are :mod:`benchmarks.profiles`. The default
+folder is ``out/suite`` (ignored by git); ``--out results`` writes the committed copies, which
+``make figures`` regenerates. ``--arms stable,dwa`` restricts the methods (their labels in
+``harness.ARMS``); ``--merge`` keeps an existing table's rows that are still current (same
+profile, same behavioural fingerprint, same tuned reference).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import json
 import math
 import pathlib
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -29,49 +33,78 @@ import jax
 import numpy as np
 
 import adaptive_optax as ao
-from benchmarks import harness, problems
+from benchmarks import fingerprint, harness, pages, problems, profiles, stats
 
 DEFAULT_OUT = pathlib.Path("out", "suite")
-QUICK_ARMS = {"digits": ("stable",), "toy": ("stable", "mgda")}
-"""The arms of ``--quick`` per problem (the others: fixed weights only), to fit the test budget."""
-QUICK_SEEDS = dict(calibration_seeds=(100,), evaluation_seeds=(0, 1))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def rows(result: harness.ProblemResult) -> list[dict]:
-    """One dict per arm: every number of the per-problem table."""
+@functools.cache
+def library_commit() -> str:
+    """The git commit of the working tree, marked where ``adaptive_optax/`` has changes; read
+    once a process (``main`` reads it before training: the code that trains)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", "adaptive_optax"]
+        ).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes to adaptive_optax/" if dirty else "")
+
+
+def rows(result: harness.ProblemResult, record: dict[str, str]) -> list[dict]:
+    """One dict per arm: every number of the per-problem table, its per-seed scores and its
+    record (``record``: the commit, command, machine and profile it was measured with).
+
+    Regret is paired against the best fixed weights on the same evaluation seeds
+    (:func:`stats.paired_regret`); the call reads it against the problem's margin.
+    """
     problem = result.problem
+    relative = problem.regret == "relative"
     best = result.arm("best fixed")
-    best_final = harness.median_final(best.runs)
-    best_time = harness.equal_time_score(best, best.step_s)
+    reference = best.runs.score[:, -1].astype(np.float64)
+    margin = stats.margin(reference, relative=relative)
     out = []
     for arm in result.arms:
-        final = arm.runs.score[:, -1]
+        final = arm.runs.score[:, -1].astype(np.float64)
         finite = final[np.isfinite(final)]
-        median = harness.median_final(arm.runs)
-        at_time = harness.equal_time_score(arm, best.step_s)
-        out.append(
-            dict(
-                label=arm.label,
-                kind=arm.kind,
-                method=arm.method,
-                guarded=arm.guarded,
-                rate=arm.rate,
-                weights=arm.weights,
-                median=median,
-                low=float(finite.min()) if finite.size else math.inf,
-                high=float(finite.max()) if finite.size else math.inf,
-                heads={h: float(np.median(v[:, -1])) for h, v in arm.runs.metrics.items()},
-                finished=int(arm.runs.finished.sum()),
-                runs=int(arm.runs.finished.size),
-                regret=harness.regret(problem, median, best_final),
-                regret_time=harness.regret(problem, at_time, best_time),
-                cost=arm.step_s / best.step_s if best.step_s > 0 else math.nan,
-                runs_needed=arm.runs_needed,
-                stable_rate=arm.stable_rate,
-                spikes=float(np.median(arm.runs.spikes)),
-                calibration=arm.calibration_score,
-            )
+        regret = stats.paired_regret(final, reference, relative=relative)
+        row = dict(
+            label=arm.label,
+            kind=arm.kind,
+            method=arm.method,
+            guarded=arm.guarded,
+            aliases=list(arm.aliases),
+            rate=arm.rate,
+            rates_tried=list(arm.rates_tried),
+            rate_status=arm.rate_status,
+            weights=arm.weights,
+            median=float(np.median(final)),
+            low=float(finite.min()) if finite.size else math.inf,
+            high=float(finite.max()) if finite.size else math.inf,
+            scores=[float(x) for x in final],
+            heads={h: float(np.median(v[:, -1])) for h, v in arm.runs.metrics.items()},
+            finished=int(arm.runs.finished.sum()),
+            runs=int(arm.runs.finished.size),
+            regret=regret.value,
+            regret_low=regret.low,
+            regret_high=regret.high,
+            call=stats.call(regret, margin),
+            cost=arm.step_s / best.step_s if best.step_s > 0 else math.nan,
+            runs_needed=arm.runs_needed,
+            stable_rate=arm.stable_rate,
+            spikes=float(np.median(arm.runs.spikes)),
+            calibration=arm.calibration_score,
+            calibration_scores=list(arm.calibration_scores),
+            fingerprint=arm.fingerprint,
+            **record,
         )
+        if problem.name == "toy":
+            row["reached"] = float(np.mean(final <= problems.TOY_REACHED))
+        out.append(row)
     return out
 
 
@@ -87,8 +120,25 @@ def _regret(x: float, kind: str) -> str:
     if x is None or math.isnan(x):
         return "-"
     if math.isinf(x):
-        return "failed"
+        return "failed" if x > 0 else "-inf"
     return f"{100 * x:+.1f} %" if kind == "relative" else f"{x:+.3g}"
+
+
+def interval(row: dict, kind: str) -> str:
+    """``+3.0 % [-1.2, +7.5]``: the paired regret and its 95 % interval (percent points)."""
+    value = _regret(row["regret"], kind)
+    if value in ("-", "failed"):
+        return value
+    low, high = row["regret_low"], row["regret_high"]
+    scale, fmt = (100.0, "+.1f") if kind == "relative" else (1.0, "+.2g")
+    ends = [
+        ("inf" if v > 0 else "-inf") if math.isinf(v) else format(scale * v, fmt)
+        for v in (low, high)
+    ]
+    return f"{value} [{ends[0]}, {ends[1]}]"
+
+
+CALL_MARK = {"better": "**better**", "as good": "as good", "worse": "worse", "unclear": "?"}
 
 
 def _weights(w: dict | None) -> str:
@@ -99,52 +149,83 @@ def machine() -> str:
     return f"{platform.machine()} CPU, {platform.system()}, Python {platform.python_version()}"
 
 
+def margin_text(data: dict) -> str:
+    """How the problem's margin of "as good" was derived, with its value."""
+    value = data["margin"]
+    shown = f"{100 * value:.1f} %" if data["kind"] == "relative" else f"{value:.3g}"
+    over = " over its median" if data["kind"] == "relative" else ""
+    return (
+        f"margin {shown}: the standard error of the tuned fixed weights' median, sqrt(pi/2) "
+        f"sigma / sqrt(n), sigma the normal-consistent median absolute deviation of its "
+        f"{len(data['evaluation_seeds'])} test scores{over}"
+    )
+
+
 def problem_markdown(problem: problems.Problem, data: dict) -> str:
     """The per-problem results page."""
     kind = problem.regret
     lines = [
         f"# {problem.title}",
         "",
-        f"Command: `{data['command']}`; machine: {data['machine']}; "
-        f"{data['seconds']:.0f} s in all, {data['compile_s']:.0f} s of it compiling.",
+        f"Command: `{data['command']}` (profile `{data['profile']}`, library commit "
+        f"`{data['commit']}`); machine: {data['machine']}; {data['seconds']:.0f} s in all, "
+        f"{data['compile_s']:.0f} s of it compiling.",
         "",
         f"Setting: {problem.setting}. Base weights: {problem.base}. Steps: {data['steps']}. "
-        f"Learning rates: {list(problem.rates)}; fixed-weight grid: {len(problem.ratios)} ratios "
-        f"x scales {list(problem.scales)} (times the base total) x the rates. Calibration seeds "
+        f"Learning-rate grid: {list(problem.rates)} (extended past an edge where an arm's "
+        f"choice sat there); fixed-weight grid: {len(problem.ratios)} ratios x scales "
+        f"{list(problem.scales)} (times the base total) x the rates. Calibration seeds "
         f"{data['calibration_seeds']}, evaluation seeds {data['evaluation_seeds']}.",
         "",
-        f"Score: {problem.metric_name} (lower is better), median [min, max] over the "
-        "evaluation seeds at the end of training (a run with a non-finite loss or parameter "
-        "counts as infinitely bad); regret against the best fixed weights "
-        f"({'relative: score / best - 1' if kind == 'relative' else 'absolute: score - best'}) "
-        "at equal steps and at equal wall-clock (an arm c times slower per step is read at "
-        "the checkpoint 1/c of the way through); cost: seconds per step over the fixed "
-        "weights'; runs: training runs per seed to choose the setting (the learning rate, and "
-        "for the best fixed weights the weights too); stable lr: the largest rate of the grid "
-        "at which at least 90 % of the evaluation runs finished (base, best fixed and the "
-        "methods only). Distilled: the arm's time-averaged calibration weights normalised to "
-        "the base total (its ratio) replayed as fixed weights; averaged: as they were (ratio "
-        "and scale). `live failed`: no run of the arm finished, so there is nothing to replay.",
+        f"Score: {problem.metric_name} (lower is better) at the end of training, median "
+        "[min, max] over the evaluation seeds (a run with a non-finite loss, parameter or "
+        "metric is a failed run, infinitely bad). Every setting (the fixed grid's cell, each "
+        "arm's learning rate) is chosen on the calibration seeds"
+        + (" and the validation split" if problem.validation is not None else "")
+        + ": the lowest median among settings whose every calibration run finished, a more "
+        "conservative one (smaller rate, then smaller scale) within one standard error of it. "
+        "Regret: against the best fixed weights on the same seeds, the median per-seed "
+        f"difference ({'over the tuned median' if kind == 'relative' else 'absolute'}) with a "
+        "95 % bootstrap interval; call: **better** (the interval below 0), as good (its upper "
+        f"end below the margin), worse (its lower end above it), ? (neither); "
+        f"{margin_text(data)}. lr: the chosen rate (`ext`: found after extending the grid, "
+        "`edge`: still at an edge). Cost: seconds per step over the fixed weights', median of "
+        "compiled calls at one vmap width in this process, compile apart. Runs: training runs "
+        "per seed spent choosing the setting. Stable lr: the largest rate tried at which at "
+        "least 90 % of the calibration runs finished. Distilled / averaged: the arm's "
+        "time-averaged calibration weights replayed as fixed weights at the base total (its "
+        "ratio) / as they were (ratio and scale).",
         "",
-        "| arm | lr | score | regret (steps) | regret (time) | finished | heads | cost | runs "
+        "| arm | lr | score | regret [95 % interval] | call | finished | heads | cost | runs "
         "| stable lr | weights |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         heads = ", ".join(f"{h} {_num(v)}" for h, v in r["heads"].items())
+        status = {"interior": ""}.get(r["rate_status"], f" ({r['rate_status']})")
+        status = status.replace("extended", "ext")
+        label = " = ".join([r["label"], *r.get("aliases", [])])
         lines.append(
-            f"| {r['label']} | {r['rate']:g} | {_num(r['median'])} [{_num(r['low'])}, "
-            f"{_num(r['high'])}] | {_regret(r['regret'], kind)} | "
-            f"{_regret(r['regret_time'], kind)} | {r['finished']}/{r['runs']} | {heads} | "
-            f"{_num(r['cost'], '.2f')} | {r['runs_needed']} | {_num(r['stable_rate'], 'g')} | "
-            f"{_weights(r['weights'])} |"
+            f"| {label} | {r['rate']:g}{status} | {_num(r['median'])} [{_num(r['low'])}, "
+            f"{_num(r['high'])}] | {interval(r, kind)} | {CALL_MARK[r['call']]} | "
+            f"{r['finished']}/{r['runs']} | {heads} | {_num(r['cost'], '.2f')} | "
+            f"{r['runs_needed']} | {_num(r['stable_rate'], 'g')} | {_weights(r['weights'])} |"
         )
+    if problem.name == "toy":
+        lines += [
+            "",
+            f"Reached the Pareto set (final distance at most {problems.TOY_REACHED:g}), share "
+            "of the evaluation seeds: "
+            + ", ".join(f"{r['label']} {r['reached']:.0%}" for r in data["rows"])
+            + ".",
+        ]
     lines += ["", f"![{problem.title}]({problem.name}.png)", ""]
     return "\n".join(lines)
 
 
 def figure(problem: problems.Problem, data: dict, path: pathlib.Path) -> pathlib.Path:
-    """The fixed-weight front of the grid (calibration medians) and each method as a point.
+    """The fixed-weight front of the grid (calibration medians) and each arm as a point
+    (evaluation medians): two protocols on one figure, a picture rather than a measurement.
 
     With two or more heads the axes are the first two heads' metrics; with one, the learning
     rate and the score.
@@ -163,9 +244,9 @@ def figure(problem: problems.Problem, data: dict, path: pathlib.Path) -> pathlib
             return heads_or_rate[heads[0]], heads_or_rate[heads[1]]
         return heads_or_rate, score
 
-    grid = [g for g in data["grid"] if np.isfinite(g["score"])]
+    grid = [g for g in data["grid"] if np.isfinite(g["score"])] or [data["grid"][0]]
     gx, gy = zip(*(xy(g["heads"] if two else g["rate"], g["score"]) for g in grid), strict=True)
-    ax.scatter(gx, gy, s=12, color="0.7", label="fixed weights (grid, calibration)")
+    ax.scatter(gx, gy, s=12, color="0.7", label="fixed weights (grid: calibration medians)")
     if two:
         points = sorted(zip(gx, gy, strict=True))
         front, low = [], math.inf
@@ -228,13 +309,14 @@ def _ordered(labels: Sequence[str]) -> list[str]:
 
 
 def _table(results: dict[str, dict], labels: Sequence[str], *, costs: bool) -> list[str]:
+    """Arms x problems, each cell the paired regret with its interval and call."""
     names = list(results)
-    extra = " within 2 % | cost (median over problems) | gradients |" if costs else ""
+    extra = " better / as good / ran | cost (median over problems) | gradients |" if costs else ""
     lines = ["| arm | " + " | ".join(names) + " |" + extra, "|---|" + "---|" * len(names)]
     lines[-1] += "---|---|---|" if costs else ""
     by_label = _rows_by_label(results)
     for label in labels:
-        cells, cost, method, close, ran = [], [], "", 0, 0
+        cells, cost, method, tally, ran, shown = [], [], "", [0, 0], 0, label
         for name in names:
             data, rows = results[name], by_label[name]
             row = rows.get(label)
@@ -243,17 +325,19 @@ def _table(results: dict[str, dict], labels: Sequence[str], *, costs: bool) -> l
                 failed = live is not None and not math.isfinite(live["regret"])
                 cells.append("live failed" if failed else "not run")  # nothing to replay
                 continue
+            shown = " = ".join([label, *row.get("aliases", [])])
             method = row["method"] or method
-            cells.append(_regret(row["regret"], data["kind"]))
-            if data["kind"] == "relative":
-                ran += 1
-                close += bool(row["regret"] <= 0.02)
+            mark = {"better": " **better**", "as good": " as good"}.get(row["call"], "")
+            cells.append(interval(row, data["kind"]) + mark)
+            ran += 1
+            tally[0] += row["call"] == "better"
+            tally[1] += row["call"] == "as good"
             if row["kind"] == "method" and np.isfinite(row["cost"]):
                 cost.append(row["cost"])
-        line = f"| {label} | " + " | ".join(cells) + " |"
+        line = f"| {shown} | " + " | ".join(cells) + " |"
         if costs:
             gradients = "-" if label == "base" else gradients_needed(method)
-            line += f" {close}/{ran} |"
+            line += f" {tally[0]} / {tally[1]} / {ran} |"
             line += f" {np.median(cost):.2f} |" if cost else " - |"
             line += f" {gradients} |"
         lines.append(line)
@@ -264,56 +348,139 @@ def _rows_by_label(results: dict[str, dict]) -> dict[str, dict[str, dict]]:
     return {name: {r["label"]: r for r in data["rows"]} for name, data in results.items()}
 
 
-def _compare(before: float, after: float) -> int:
-    """0: ``after`` is lower (better) by more than 1 %, 1: higher (worse), 2: about equal.
-
-    A failed run (an infinite score) is the worst score; two failed runs are equal.
-    """
-    if not (math.isfinite(before) or math.isfinite(after)):
-        return 2
-    if after < before * 0.99:
-        return 0
-    return 1 if after > before * 1.01 else 2
-
-
 def guards_markdown(results: dict[str, dict]) -> list[str]:
     """Each method with recommended guards: its bare and guarded regret, problem by problem."""
     names = list(results)
     lines = [
         "## What the recommended guards buy",
         "",
-        "Each method whose docstring recommends guards: its regret bare -> guarded on each "
-        "problem where both ran, and on how many problems the guarded arm's median score is "
-        "lower (better), higher (worse) or within 1 % of the bare arm's (a failed run counts "
-        "as the worst score).",
+        "Each method whose docstring recommends guards and that ran both bare and guarded: its "
+        "regret bare -> guarded on each problem (paired, against the tuned fixed weights).",
         "",
-        "| method | " + " | ".join(names) + " | guarded better / worse / equal |",
-        "|---|" + "---|" * (len(names) + 1),
+        "| method | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
     ]
     by_label = _rows_by_label(results)
     for variant in harness.variants():
         if not variant.guarded:
             continue
-        cells, tally = [], [0, 0, 0]
+        cells = []
         for name in names:
             data, rows = results[name], by_label[name]
             bare, guarded = rows.get(variant.method), rows.get(variant.label)
             if bare is None or guarded is None:
                 cells.append("-")
                 continue
-            tally[_compare(bare["median"], guarded["median"])] += 1
             kind = data["kind"]
-            cells.append(f"{_regret(bare['regret'], kind)} -> {_regret(guarded['regret'], kind)}")
-        if sum(tally):
-            lines.append(
-                f"| {variant.method} | " + " | ".join(cells) + f" | {tally[0]} / {tally[1]} / "
-                f"{tally[2]} |"
-            )
+            cells.append(f"{interval(bare, kind)} -> {interval(guarded, kind)}")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {variant.method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def margins_markdown(results: dict[str, dict]) -> list[str]:
+    """Per problem: the margin of "as good", the seeds and the tuned weights' one-run spread."""
+    lines = [
+        "| problem | margin of as good | evaluation seeds | calibration seeds | steps | profile "
+        "| library commit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, data in results.items():
+        value = data["margin"]
+        shown = f"{100 * value:.1f} %" if data["kind"] == "relative" else f"{value:.3g}"
+        lines.append(
+            f"| {name} | {shown} | {len(data['evaluation_seeds'])} | "
+            f"{len(data['calibration_seeds'])} | {data['steps']} | {data['profile']} | "
+            f"`{data['commit']}` |"
+        )
+    return lines
+
+
+BUDGETS = (1, 3, 10, 30)
+SUBSETS = 1000  # random subsets of the grid per budget
+
+
+def budget_row(data: dict, rng: np.random.Generator) -> dict[int, tuple[float, float]]:
+    """The fixed grid with a budget: per budget B, over random subsets of B grid cells (runs
+    per seed spent choosing), the selection rule's choice's regret on the test seeds.
+
+    Returns:
+      ``{B: (mean regret of the finished choices, share of choices that failed)}``; budgets
+      above the grid's size are left out.
+    """
+    relative = data["kind"] == "relative"
+    rows = {r["label"]: r for r in data["rows"]}
+    reference = np.asarray(rows["best fixed"]["scores"])
+    cells = [g for g in data["grid"] if len(g.get("test_scores", ())) == len(reference)]
+    regret = [
+        stats.median_difference(np.asarray(g["test_scores"]), reference, relative=relative)
+        for g in cells
+    ]
+    out = {}
+    for b in BUDGETS:
+        if b > len(cells):
+            continue
+        chosen = []
+        for _ in range(SUBSETS):
+            pick = rng.choice(len(cells), b, replace=False)
+            candidates = [
+                stats.Candidate(
+                    int(i), np.asarray(cells[i]["scores"]), (cells[i]["rate"], cells[i]["scale"])
+                )
+                for i in pick
+            ]
+            chosen.append(regret[stats.select(candidates)[0].key])
+        chosen = np.asarray(chosen)
+        finite = chosen[np.isfinite(chosen)]
+        out[b] = (
+            float(finite.mean()) if finite.size else math.inf,
+            float(1 - finite.size / chosen.size),
+        )
+    return out
+
+
+def budget_markdown(results: dict[str, dict]) -> list[str]:
+    """Regret against the runs spent choosing: the fixed grid on random subsets, each method."""
+    lines = [
+        "## Runs spent choosing",
+        "",
+        "What N training runs (per seed) of choosing buy. Fixed grid, N runs: N cells of the "
+        "grid (weights and rate) drawn at random, the selection rule's choice among them on "
+        "the calibration seeds, its regret on the test seeds against the fully tuned weights, "
+        f"averaged over {SUBSETS} draws (in brackets: the share of draws whose choice failed "
+        "on the test seeds, left out of the mean). Base and methods: each arm's regret and, "
+        "in brackets, the runs it spent choosing its learning rate; best method: the lowest "
+        "regret among the methods.",
+        "",
+        "| problem | grid cells | fixed, 1 run | fixed, 3 runs | fixed, 10 runs | fixed, 30 "
+        "runs | base | best method |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rng = np.random.default_rng(0)
+    for name, data in results.items():
+        kind = data["kind"]
+        budgets = budget_row(data, rng)
+        cells = [
+            f"{_regret(budgets[b][0], kind)} ({100 * budgets[b][1]:.0f} %)" if b in budgets else "-"
+            for b in BUDGETS
+        ]
+        rows = [r for r in data["rows"] if r["kind"] == "method"]
+        base = next(r for r in data["rows"] if r["label"] == "base")
+        best = min(rows, key=lambda r: r["regret"]) if rows else None
+        method = (
+            f"{best['label']} {_regret(best['regret'], kind)} ({best['runs_needed']})"
+            if best
+            else "-"
+        )
+        lines.append(
+            f"| {name} | {len(data['grid'])} | " + " | ".join(cells) + f" | "
+            f"{_regret(base['regret'], kind)} ({base['runs_needed']}) | {method} |"
+        )
     return lines
 
 
 def summary_markdown(results: dict[str, dict]) -> str:
-    """Methods x problems: each cell the regret against the best tuned fixed weights."""
+    """Methods x problems: each cell the paired regret against the tuned fixed weights."""
     names = list(results)
     labels: list[str] = []
     for data in results.values():
@@ -323,36 +490,41 @@ def summary_markdown(results: dict[str, dict]) -> str:
     live = _ordered([label for label in labels if "(" not in label])
     replayed = _ordered([label for label in labels if "(" in label])
     lines = [
-        "# Summary: regret against the best tuned fixed weights",
+        "# Summary: regret against the tuned fixed weights, with 95 % intervals",
         "",
-        "Each cell: the arm's median score on the evaluation seeds, at its best learning rate "
-        "(chosen on calibration seeds), relative to the best fixed weights of the grid "
-        "(weights and learning rate chosen on the same calibration seeds): `+10 %` is 10 % "
-        "worse; `failed`: the median run did not finish; the toy's cells are differences of "
-        "distances to the Pareto set (the arm's minus the tuned weights'). Within 2 %: on how "
-        "many of the problems where it ran "
-        "(the toy aside) the arm is at most 2 % worse than the tuned fixed weights, or better. "
-        "Cost: seconds per step over fixed weights (batched "
-        "runs, shared CPU: indicative). Gradients: what the method needs beyond the losses. "
-        "Per-problem tables, settings and figures: "
+        "Each cell: the arm's regret against the best fixed weights of the grid on the same "
+        "evaluation seeds: the median per-seed difference (relative problems: over the tuned "
+        "median, `+10 %` is 10 % worse; the toy: absolute, in distance to the Pareto set) and "
+        "its 95 % bootstrap interval over seeds. Every setting (the grid's weights and rate, "
+        "each arm's rate) is chosen on calibration seeds (and, on the data problems, a "
+        "validation split; the score is on a separate test split). **better**: the whole "
+        "interval below 0; as good: its upper end below the problem's margin (the standard "
+        "error of the tuned weights' own median, table below); no mark: neither. The tally "
+        "counts only these calls. Cost: seconds per step over fixed weights, median of "
+        "compiled calls at one vmap width in one process, compile apart. `not run`: the arm "
+        "is in the `full` profile only. Per-problem tables, settings and figures: "
         + ", ".join(f"`results/{n}.md`" for n in names)
         + " (in the documentation: the page *The benchmark suite, problem by problem*).",
         "",
-        "Commands and machines: "
-        + "; ".join(f"{n}: `{d['command']}` ({d['machine']})" for n, d in results.items())
-        + ".",
+        *margins_markdown(results),
         "",
         *_table(results, live, costs=True),
         "",
+        *budget_markdown(results),
+        "",
         "## Replayed as fixed weights",
         "",
-        "Each adaptive run's time-averaged normalised weights replayed as fixed weights: "
-        "*distilled* at the base weights' total (its ratio), *averaged* at its own total (ratio "
-        "and scale). `live failed`: no run of the arm finished, so there is nothing to replay.",
+        "Each adaptive run's time-averaged weights replayed as fixed weights: *distilled* at "
+        "the base weights' total (its ratio), *averaged* at its own total (ratio and scale). "
+        "`live failed`: no run of the arm finished, so there is nothing to replay.",
         "",
         *_table(results, replayed, costs=False),
         "",
         *guards_markdown(results),
+        "",
+        "Commands: "
+        + "; ".join(f"{n}: `{d['command']}` ({d['machine']})" for n, d in results.items())
+        + ".",
         "",
     ]
     return "\n".join(lines)
@@ -381,39 +553,95 @@ def from_json(x):
     return x
 
 
+def stale(rows_: list[dict]) -> list[str]:
+    """The labels of rows whose arm's fingerprint differs from the current code's."""
+    return [r["label"] for r in rows_ if r.get("fingerprint") != fingerprint.of_label(r["label"])]
+
+
+def merge(data: dict, previous: dict) -> dict:
+    """``data`` with the rows of ``previous`` it did not train, where they may be kept.
+
+    A previous row is kept only when it was measured under the same profile and its arm's
+    fingerprint is the current code's; the others are refused (listed in ``refused``).
+
+    Args:
+      data: this run's data.
+      previous: the data already in the folder.
+
+    Returns:
+      The merged data.
+    """
+    labels = {r["label"] for r in data["rows"]}
+    candidates = [r for r in previous["rows"] if r["label"] not in labels]
+    if previous.get("profile") != data["profile"]:
+        refused = [r["label"] for r in candidates]
+    else:
+        refused = stale(candidates)
+    kept = [r for r in candidates if r["label"] not in refused]
+    if refused:
+        print(f"[{data['problem']}] refused stale rows (rerun them): {', '.join(refused)}")
+    # the kept rows were paired against the previous best fixed weights: only valid if the
+    # reference is the same
+    if previous["rows"] and _reference(previous) != _reference(data):
+        kept = []
+        print(f"[{data['problem']}] the tuned reference changed: no previous row kept")
+    data = dict(data, rows=data["rows"] + kept)
+    data["command"] = "; ".join(dict.fromkeys([previous["command"], data["command"]]))
+    data["seconds"] += previous["seconds"]
+    data["compile_s"] += previous["compile_s"]
+    return data
+
+
+def _reference(data: dict) -> list:
+    best = next(r for r in data["rows"] if r["label"] == "best fixed")
+    return [best["rate"], best["weights"], best["scores"]]
+
+
 def save(
     result: harness.ProblemResult,
     out: pathlib.Path,
     command: str,
     *,
+    profile: str,
     previous: dict | None = None,
     machine_text: str | None = None,
 ) -> dict:
     """Writes ``<problem>.json``, ``.md`` and ``.png`` into ``out``; returns the data.
 
-    ``previous``: the data of an earlier run of the problem (``--merge``), whose arms that this
-    run did not train are kept (the fixed grid, on the same seeds, is the same).
+    Args:
+      result: the problem's results.
+      out: the folder.
+      command: the exact command that ran.
+      profile: the profile's name.
+      previous: the data of an earlier run of the problem (``--merge``): see :func:`merge`.
+      machine_text: how to describe the machine (default: :func:`machine`).
+
+    Returns:
+      The data written.
     """
     problem = result.problem
+    record = dict(
+        commit=library_commit(),
+        command=command,
+        machine=machine_text or machine(),
+        profile=profile,
+    )
+    best = result.arm("best fixed").runs.score[:, -1].astype(np.float64)
     data = dict(
         problem=problem.name,
         kind=problem.regret,
-        command=command,
-        machine=machine_text or machine(),
+        **record,
         seconds=result.seconds,
         compile_s=result.compile_s,
         steps=problem.steps,
         calibration_seeds=list(result.calibration_seeds),
         evaluation_seeds=list(result.evaluation_seeds),
+        margin=stats.margin(best, relative=problem.regret == "relative"),
         grid=result.grid,
-        rows=rows(result),
+        rows=rows(result, record),
     )
     if previous is not None:
-        labels = {r["label"] for r in data["rows"]}
-        data["rows"] += [r for r in previous["rows"] if r["label"] not in labels]
-        data["command"] = f"{previous['command']}; {command}"
-        data["seconds"] += previous["seconds"]
-        data["compile_s"] += previous["compile_s"]
+        data = merge(data, previous)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{problem.name}.json").write_text(json.dumps(to_json(data), indent=1))
     (out / f"{problem.name}.md").write_text(problem_markdown(problem, data))
@@ -421,15 +649,31 @@ def save(
     return data
 
 
-def write_summary(out: pathlib.Path) -> pathlib.Path:
-    """``summary.md`` from every ``<problem>.json`` in ``out``, in the order of PROBLEMS."""
+def load_results(out: pathlib.Path) -> dict[str, dict]:
+    """Every current ``<problem>.json`` in ``out``, in the order of PROBLEMS."""
     results = {}
     for name in problems.PROBLEMS:
         path = out / f"{name}.json"
         if path.exists():
-            results[name] = from_json(json.loads(path.read_text()))
+            data = from_json(json.loads(path.read_text()))
+            if "profile" not in data:  # written before profiles and per-seed scores
+                print(f"summary: {path} predates the current protocol, left out")
+                continue
+            results[name] = data
+    return results
+
+
+def write_summary(out: pathlib.Path) -> pathlib.Path:
+    """``summary.md`` and each ``<problem>.md`` from every ``<problem>.json`` in ``out``; for
+    the committed folder (``results/``), also the generated blocks of the pages that quote it."""
+    results = load_results(out)
+    for name, data in results.items():
+        problem = profiles.PROFILES[data["profile"]].problem(name)
+        (out / f"{name}.md").write_text(problem_markdown(problem, data))
     path = out / "summary.md"
     path.write_text(summary_markdown(results))
+    if out.resolve() == ROOT / "results" and results:
+        pages.write_pages(results, ROOT)
     return path
 
 
@@ -437,45 +681,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", default=",".join(problems.PROBLEMS))
     parser.add_argument(
+        "--profile", default="committed", choices=sorted(profiles.PROFILES), help="what to run"
+    )
+    parser.add_argument(
         "--arms", default=None, help="comma-separated arm labels, e.g. stable,dwa+guards"
     )
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
-    parser.add_argument("--quick", action="store_true", help="every problem, tiny")
     parser.add_argument("--summary", action="store_true", help="only rebuild summary.md")
     parser.add_argument("--machine", default=None, help="how to describe the machine")
-    parser.add_argument("--steps", type=int, default=None, help="override the steps")
-    parser.add_argument("--rates", default=None, help="override the learning rates: a,b,c")
-    parser.add_argument(
-        "--calibration-seeds", type=int, default=None, help="use the first K calibration seeds"
-    )
     parser.add_argument(
         "--cache", type=pathlib.Path, default=None, help="a folder for compiled programs"
     )
     parser.add_argument(
-        "--merge", action="store_true", help="keep the arms of an existing <problem>.json"
+        "--merge", action="store_true", help="keep the current arms of an existing <problem>.json"
     )
     args = parser.parse_args(argv)
-    if args.cache:  # a rerun of a problem (``--merge``) compiles its fixed grid again otherwise
+    if args.cache:
         jax.config.update("jax_compilation_cache_dir", str(args.cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     command = "python -m benchmarks.report " + " ".join(argv if argv is not None else sys.argv[1:])
+    profile = profiles.PROFILES[args.profile]
+    library_commit()
     done: dict[str, dict] = {}
     if not args.summary:
-        seeds = QUICK_SEEDS if args.quick else {}
         for name in args.problems.split(","):
-            problem = problems.PROBLEMS[name]()
-            labels = args.arms.split(",") if args.arms else None
-            if args.quick:
-                problem = problem.quick_version()
-                labels = labels or QUICK_ARMS.get(name, ())
-            if args.steps:
-                problem = dataclasses.replace(problem, steps=args.steps)
-            if args.rates:
-                rates = tuple(float(r) for r in args.rates.split(","))
-                problem = dataclasses.replace(problem, rates=rates)
-            if args.calibration_seeds:
-                calibration = harness.CALIBRATION_SEEDS[: args.calibration_seeds]
-                seeds = dict(seeds, calibration_seeds=calibration)
+            problem = profile.problem(name)
+            labels = args.arms.split(",") if args.arms else profile.labels(name)
             start = time.perf_counter()
             path = args.out / f"{name}.json"
             previous = None
@@ -483,9 +714,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
                 previous = from_json(json.loads(path.read_text()))
 
             def write(result, previous=previous):
-                return save(result, args.out, command, previous=previous, machine_text=args.machine)
+                return save(
+                    result,
+                    args.out,
+                    command,
+                    profile=profile.name,
+                    previous=previous,
+                    machine_text=args.machine,
+                )
 
-            done[name] = write(harness.run_problem(problem, labels=labels, progress=write, **seeds))
+            result = harness.run_problem(problem, labels=labels, plan=profile.plan, progress=write)
+            done[name] = write(result)
             print(f"[{name}] done in {time.perf_counter() - start:.0f} s: {args.out / name}.md")
     path = write_summary(args.out)
     print(path.read_text())

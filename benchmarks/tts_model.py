@@ -158,3 +158,12 @@ def make_dataset() -> tuple[Batch, Batch]:
         make_batch(jax.random.key(TASK_SEED + 1), DATASET_SIZE),
         make_batch(jax.random.key(TASK_SEED + 2), EVAL_SIZE),
     )
+
+
+@jax.jit
+def make_validation() -> Batch:
+    """The validation batch (``EVAL_SIZE`` sentences, a draw apart from the held-out test batch).
+
+    The suite selects settings on it and reports on the held-out batch of :func:`make_dataset`.
+    """
+    return make_batch(jax.random.key(TASK_SEED + 3), EVAL_SIZE)
