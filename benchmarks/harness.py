@@ -80,7 +80,11 @@ MAIN = "<main term>"  # placeholder for the problem's main term in an arm's keyw
 STANDARD = dict(
     bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10, spike_threshold=3.0
 )
-SEED_START = dict(ramp_steps=0, spike_prior=None)  # as the seed had it: no slow start
+# The original controller: its rule lowers the weight of a converging loss, its spike guard judges
+# at a z-score of 3 after 10 values, and its weights start at the base (the "seed-start" arms).
+SEED_START = dict(
+    ramp_steps=0, spike_prior=None, low_ratio=0.9, toward_base=False, spike_threshold=3.0
+)
 
 
 class Arm(NamedTuple):
