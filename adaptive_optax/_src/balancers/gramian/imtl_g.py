@@ -66,7 +66,7 @@ def imtl_g_rule() -> Rule:
     aggregate, not its direction. IMTL-G gives a negative weight to a term whose gradient is
     much longer than another's and well aligned with it; the weights of this library are
     non-negative, and the guards clip such a weight to 0 (or to the lower bound): a departure
-    from the method, which the toy benchmark of MEASURED.md shows.
+    from the method.
 
     Recommended guards (``ao.RECOMMENDED["imtl_g"]``): none; ``every=k`` amortizes the
     eigendecomposition, and bounds keep a weight from reaching 0.
