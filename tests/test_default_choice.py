@@ -70,3 +70,18 @@ def test_the_readme_states_the_defaults_of_the_code():
     change = inspect.signature(ao.stable_weights).parameters["max_change"].default
     assert f"enters at {low:g} x its base and reaches it over {ramp} calm steps" in intro
     assert f"{change * 100:g} % per adjustment" in intro
+
+
+def test_measured_quotes_the_test_seeds_as_the_json_has_them():
+    page = pathlib.Path("MEASURED.md").read_text()
+    table = default_choice.table(RESULT["test"], list(RESULT["test"]))
+    begin = "<!-- generated from results/default_choice.json"
+    assert f"test seeds -->\n{table}\n<!-- end of generated block: test seeds -->" in page
+    assert begin in page
+
+
+def test_the_readme_measured_paragraph_as_the_json_has_it():
+    measured = pathlib.Path("README.md").read_text().split("## Measured")[1]
+    assert "a mel weight fixed at the floor of its bounds finishes them all at lr 0.14" in measured
+    floor = default_choice.summary(RESULT["test"]["fixed floor (mel 1.0)"], 0.14)
+    assert floor["finished"] == floor["runs"]
