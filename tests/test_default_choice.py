@@ -85,3 +85,14 @@ def test_the_readme_measured_paragraph_as_the_json_has_it():
     assert "a mel weight fixed at the floor of its bounds finishes them all at lr 0.14" in measured
     floor = default_choice.summary(RESULT["test"]["fixed floor (mel 1.0)"], 0.14)
     assert floor["finished"] == floor["runs"]
+
+
+def test_measured_quotes_the_failure_gym_as_its_page_has_it():
+    head = "| scenario | non-finite runs: fixed / bare / guarded |"
+
+    def table(text):
+        start = text.index(head)
+        return text[start : text.index("\n\n", start)]
+
+    quoted = table(pathlib.Path("MEASURED.md").read_text())
+    assert quoted == table(pathlib.Path("results/failures.md").read_text())
