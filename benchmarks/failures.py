@@ -52,43 +52,19 @@ BROKEN = 2.0  # a bare arm whose median metric exceeds BROKEN x fixed weights' h
 # Recommended guards, per method (the docstrings of the factories quote them) ------------------
 
 RECOMMENDED: dict[str, dict[str, Any]] = {
-    # learned weights whose target, 1 / L, leaves the base weight by orders of magnitude
-    "uncertainty": dict(
-        bounds=(0.1, 10.0),
-        max_change=0.1,
-        warmup_steps=100,
-        cooling_period=10,
-        spike_threshold=3.0,
-    ),
-    # a weight the rule needs early (a warmup and max_change hold it back: FORMER_ANNEALING_GUARDS
-    # in the README PINN control), but never 1e12; a spiking boundary loss asks for more weight,
-    # not less: no spike guard
-    "lr_annealing": dict(max_weight=1e3, cooling_period=10, auto_rollback=True),
-    # relative weights (they sum to about n): bound them near the base weight
-    "gradnorm": dict(
-        bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10, spike_threshold=3.0
-    ),
-    "dwa": dict(
-        bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10, spike_threshold=3.0
-    ),
-    "softadapt": dict(
-        bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10, spike_threshold=3.0
-    ),
-    "relobralo": dict(
-        bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10, spike_threshold=3.0
-    ),
-    # the guards' own defaults (slow moves) with wide bounds, no spike guard
-    "encodec": dict(
-        bounds=(0.1, 10.0),
-        max_change=0.05,
-        warmup_steps=100,
-        cooling_period=50,
-        min_stable_steps=10,
-        auto_rollback=True,
-    ),
+    name: dict(ao.RECOMMENDED[name])
+    for name in (
+        "uncertainty",
+        "lr_annealing",
+        "gradnorm",
+        "dwa",
+        "softadapt",
+        "relobralo",
+        "encodec",
+    )
 }
-"""The guards we recommend per method, as the ``Recommended guards`` paragraph of each factory's
-docstring gives them; the guarded arm of every scenario of that method uses them."""
+"""The guards the library recommends per method (``ao.RECOMMENDED``); the guarded arm of every
+scenario of that method uses them."""
 
 FORMER_ANNEALING_GUARDS = dict(
     warmup_steps=100, max_change=0.5, cooling_period=10, max_weight=1e4, auto_rollback=True

@@ -41,9 +41,10 @@ is called as ``factory(base, **kwargs)`` for the bare arm and ``factory(base, **
 :data:`MAIN` receives the problem's main term. For example, a setting of ``ao.guarded``
 measured under ``ao.stable_weights`` is ``Arm("stable ramp 300", ao.stable_weights,
 dict(ramp_steps=300))``, and a balancer with recommended guards ``Arm("dwa", ao.dwa_weights,
-guards=STANDARD)``; then ``python -m benchmarks.report --arms "stable ramp 300,dwa,dwa+guards"
---merge --out results`` adds their rows to the committed tables (a merge keeps only rows that
-are still current: same profile, same fingerprint, same tuned reference).
+guards=recommended("dwa"))``; then
+``python -m benchmarks.report --arms "stable ramp 300,dwa,dwa+guards" --merge --out results``
+adds their rows to the committed tables (a merge keeps only rows that are still current: same
+profile, same fingerprint, same tuned reference).
 """
 
 from __future__ import annotations
@@ -75,16 +76,16 @@ STABLE_SHARE = 0.9  # a learning rate is stable when at least this share of the 
 MAIN = "<main term>"  # placeholder for the problem's main term in an arm's keyword arguments
 
 
-# The arms ---------------------------------------------------------------------------------------
-
-STANDARD = dict(
-    bounds=(0.2, 2.0), max_change=0.1, warmup_steps=100, cooling_period=10, spike_threshold=3.0
-)
 # The original controller: its rule lowers the weight of a converging loss, its spike guard judges
 # at a z-score of 3 after 10 values, and its weights start at the base (the "seed-start" arms).
 SEED_START = dict(
     ramp_steps=0, spike_prior=None, low_ratio=0.9, toward_base=False, spike_threshold=3.0
 )
+
+
+def recommended(method: str) -> dict[str, Any]:
+    """The guards the library recommends for ``method`` (``ao.RECOMMENDED``), as a dict."""
+    return dict(ao.RECOMMENDED[method])
 
 
 class Arm(NamedTuple):
@@ -110,48 +111,30 @@ ARMS: tuple[Arm, ...] = (
     Arm("stable ratios", ao.stable_weights, dict(moves="ratios", **SEED_START)),
     Arm("stable normalized", ao.stable_weights, dict(normalize="first_loss", **SEED_START)),
     # loss-only balancers
-    Arm("dwa", ao.dwa_weights, guards=STANDARD),
-    Arm("softadapt", ao.softadapt_weights, guards=STANDARD),
-    Arm("relobralo", ao.relobralo_weights, guards=STANDARD),
-    Arm("uncertainty", ao.uncertainty_weights, guards=STANDARD | dict(bounds=(0.1, 10.0))),
-    Arm("famo", ao.famo_weights, guards=dict(bounds=(0.1, 10.0))),
-    Arm("imtl_l", ao.imtl_l_weights, guards=dict(bounds=(0.1, 10.0))),
-    Arm("gls", ao.gls_weights, guards=dict(bounds=(0.1, 10.0))),
-    Arm("rlw", ao.rlw_weights, guards=dict(bounds=(0.1, 10.0))),
+    Arm("dwa", ao.dwa_weights, guards=recommended("dwa")),
+    Arm("softadapt", ao.softadapt_weights, guards=recommended("softadapt")),
+    Arm("relobralo", ao.relobralo_weights, guards=recommended("relobralo")),
+    Arm("uncertainty", ao.uncertainty_weights, guards=recommended("uncertainty")),
+    Arm("famo", ao.famo_weights, guards=recommended("famo")),
+    Arm("imtl_l", ao.imtl_l_weights, guards=recommended("imtl_l")),
+    Arm("gls", ao.gls_weights, guards=recommended("gls")),
+    Arm("rlw", ao.rlw_weights, guards=recommended("rlw")),
     Arm("uw_so", ao.uw_so_weights),
     Arm("normalized", ao.normalized_weights),
     # gradient-norm balancers
-    Arm("gradnorm", ao.gradnorm_weights, guards=STANDARD),
-    Arm(
-        "encodec",
-        ao.encodec_weights,
-        guards=dict(
-            bounds=(0.1, 10.0),
-            max_change=0.05,
-            warmup_steps=100,
-            cooling_period=50,
-            min_stable_steps=10,
-            auto_rollback=True,
-        ),
-    ),
+    Arm("gradnorm", ao.gradnorm_weights, guards=recommended("gradnorm")),
+    Arm("encodec", ao.encodec_weights, guards=recommended("encodec")),
     # the same guards with bounds that reach the ratios of terms on different scales
     Arm(
         "encodec wide",
         ao.encodec_weights,
-        guards=dict(
-            bounds=(1e-3, 1e3),
-            max_change=0.05,
-            warmup_steps=100,
-            cooling_period=50,
-            min_stable_steps=10,
-            auto_rollback=True,
-        ),
+        guards=recommended("encodec") | dict(bounds=(1e-3, 1e3)),
     ),
     Arm(
         "lr_annealing",
         ao.lr_annealing_weights,
         dict(main=MAIN),
-        guards=dict(max_weight=1e3, cooling_period=10, auto_rollback=True),
+        guards=recommended("lr_annealing"),
     ),
     Arm("metabalance", ao.metabalance_weights, dict(main=MAIN)),
     # Gramian methods (no recommended guards: bare)
