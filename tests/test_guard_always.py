@@ -25,6 +25,25 @@ def test_inputs_are_vectors_and_a_nonfinite_statistic_marks_its_term():
     np.testing.assert_array_equal(finite, [False, True])
 
 
+NEGATIVE_NORM_WEIGHTING = ao.stable_weights(BASE)
+NEGATIVE_NORM_UPDATE = jax.jit(NEGATIVE_NORM_WEIGHTING.update)
+
+
+@settings(max_examples=50, deadline=None)
+@given(norm=st.floats(max_value=-1e-30, allow_infinity=True), steps=st.integers(1, 4))
+def test_a_negative_gradient_norm_is_counted_and_not_averaged_in(norm, steps):
+    """A norm cannot be negative (only a caller's bug makes one): it is an invalid input,
+    counted in ``nonfinite/<term>`` as a NaN is, and never folded into ``grad_norm_avg``."""
+    update, state = NEGATIVE_NORM_UPDATE, NEGATIVE_NORM_WEIGHTING.init()
+    _, state = update({"a": 0.8, "b": 0.3}, state, grad_norms={"a": 2.0, "b": 2.0})
+    for _ in range(steps):
+        _, state = update({"a": 0.8, "b": 0.3}, state, grad_norms={"a": norm, "b": 2.0})
+    m = ao.metrics(state)
+    assert (int(m["nonfinite/a"]), int(m["nonfinite/b"])) == (steps, 0)
+    assert (float(m["grad_norm_avg/a"]), float(m["grad_norm_avg/b"])) == (2.0, 2.0)
+    assert int(state.stats.loss_count[0]) == 1  # the step was skipped for that term
+
+
 def test_a_corrupted_state_is_healed_to_its_base():
     weighting = ao.guarded(ao.tanh_rule(), BASE)
     state = weighting.init()

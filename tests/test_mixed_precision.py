@@ -126,3 +126,73 @@ def test_bf16_compute_end_to_end_with_float32_master_weights():
     assert int(state.counters.nonfinite.sum()) == 0
     for leaf in jax.tree.leaves(state):
         assert np.all(np.isfinite(np.asarray(leaf, np.float64)))
+
+
+def fp16_per_term_run(pass_verdict, steps=25, scale=2.0**20):
+    """fp16 per-term gradients through ``ao.weight_gradients(ao.loss_scaled(...))``, with a
+    loss scale that starts far too high and halves on each overflow (the guide's example)."""
+    tx = optax.chain(
+        ao.weight_gradients(ao.loss_scaled(seed_controller(BASE, **FAST))),
+        ao.apply_if_finite(optax.adam(1e-2)),
+    )
+
+    def scaled_losses(params, scale):
+        return {k: v.astype(jnp.float32) * scale for k, v in losses_fn(params, jnp.float16).items()}
+
+    @jax.jit
+    def step(params, opt_state, scale):
+        scaled, grads = ao.per_term_grads(scaled_losses)(params, scale)
+        losses = jax.tree.map(lambda v: v / scale, scaled)
+        grads = jax.tree.map(lambda g: g / scale, grads)
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        verdict = {"grads_finite": finite} if pass_verdict else {}
+        updates, opt_state = tx.update(grads, opt_state, params, losses=losses, **verdict)
+        return (
+            optax.apply_updates(params, updates),
+            opt_state,
+            jnp.where(finite, scale, scale / 2),
+            finite,
+        )
+
+    params, opt_state, scale = jnp.zeros(4), tx.init(jnp.zeros(4)), jnp.float32(scale)
+    finite = []
+    for _ in range(steps):
+        params, opt_state, scale, ok = step(params, opt_state, scale)
+        finite.append(bool(ok))
+    return ao.find_state(opt_state), np.array(finite)
+
+
+def test_weight_gradients_passes_the_scalers_verdict_to_loss_scaled():
+    """``tx.update(..., grads_finite=finite)`` reaches ``ao.loss_scaled`` inside
+    ``ao.weight_gradients``: an fp16 overflow counts against no term and does not advance
+    ``step`` (it drives the schedules)."""
+    state, finite = fp16_per_term_run(pass_verdict=True)
+    assert (~finite).sum() >= 3 and finite[-10:].all()
+    assert int(state.step) == int(finite.sum())
+    m = ao.metrics(state)
+    assert all(int(m[f"nonfinite/{term}"]) == 0 for term in BASE)
+    assert int(state.counters.adjustments.sum()) > 0
+    # without the verdict the overflows are counted against the terms and are steps
+    plain, finite = fp16_per_term_run(pass_verdict=False)
+    assert int(plain.counters.nonfinite.max()) == int((~finite).sum())
+    assert int(plain.step) == len(finite)
+
+
+def test_loss_scaled_reads_no_loss_of_an_absent_scheduled_term():
+    """A scheduled term whose base is 0 is absent: a NaN fed for it on an overflow step is
+    the scaler's overflow, not a loss fault, so ``step`` (which drives the schedules) stays."""
+    weighting = ao.loss_scaled(
+        seed_controller({"mel": 1.0, "adv": lambda count: jnp.where(count >= 10, 1.0, 0.0)})
+    )
+    update = jax.jit(weighting.update)
+    state = weighting.init()
+    losses = {"mel": jnp.float16(0.8), "adv": jnp.float16(jnp.nan)}  # adv is not run yet
+    for _ in range(3):
+        _, state = update(losses, state, grad_norms=jnp.float32(1.0), grads_finite=True)
+    _, state = update(losses, state, grad_norms=jnp.float32(jnp.inf), grads_finite=False)
+    m = ao.metrics(state)
+    assert int(m["step"]) == 3
+    assert int(m["nonfinite/mel"]) == int(m["nonfinite/adv"]) == 0
+    # a NaN loss of a present term on such a step is its fault, and is a step
+    _, state = update(dict(losses, mel=jnp.float16(jnp.nan)), state, grads_finite=False)
+    assert int(ao.metrics(state)["nonfinite/mel"]) == 1 and int(state.step) == 4

@@ -203,3 +203,38 @@ def test_a_weighting_with_schedules_builds_under_jit():
 
     weights = first_weights(jnp.float32(0.5))
     assert (float(weights["adv"]), float(weights["kl"])) == (0.0, 0.5)
+
+
+def paused(first, pause, back):
+    """A base of 1 from ``first``, 0 from ``pause`` (a paused adversarial stage), 1 again
+    from ``back``."""
+    return lambda count: jnp.where((count >= first) & ((count < pause) | (count >= back)), 1.0, 0.0)
+
+
+def test_a_term_returning_after_a_pause_enters_afresh_and_its_jump_is_no_spike():
+    """The guide: a term that enters starts with empty statistics. A return after a pause is
+    an entry too: the loss back at 10x its old level is not judged against the statistics
+    from before the pause (which would take it for a spike and halve the weight)."""
+    steps, first, pause, back = 160, 10, 100, 120
+    t = np.arange(steps)
+    adv = np.where(t >= back, 5.0, 0.5) + 0.01 * np.sin(t)
+    adv = np.where((t >= first) & ((t < pause) | (t >= back)), adv, np.nan).astype(np.float32)
+    losses = {"mel": np.full(steps, 1.0, np.float32), "adv": adv}
+    weighting = ao.stable_weights({"mel": 1.0, "adv": paused(first, pause, back)})
+    state, trace = run(weighting, losses)
+    adv_weights = trace["weights"]["adv"]
+    assert int(state.counters.spikes.sum()) == 0
+    assert int(state.counters.nonfinite.sum()) == 0
+    # at its return it is at its floor (the start ramp restarts), as at its first entry
+    assert adv_weights[back - 1] == pytest.approx(adv_weights[first - 1]) == pytest.approx(0.4)
+    # its statistics hold only the losses since its return
+    assert int(state.stats.loss_count[0]) == steps - back  # leaf order: adv, mel
+    assert float(state.stats.first_loss[0]) == pytest.approx(5.0, abs=0.02)
+    # while paused its statistics are empty, and its weight 0
+    np.testing.assert_array_equal(trace["metrics"]["loss_ema/adv"][pause:back], 0.0)
+    np.testing.assert_array_equal(adv_weights[pause : back - 1], 0.0)
+    # the control: without the pause, the same 10x jump after 90 values is a spike
+    steady = {"mel": losses["mel"], "adv": np.where(t >= first, adv, np.nan).astype(np.float32)}
+    steady["adv"][pause:back] = 0.5
+    state, _ = run(ao.stable_weights({"mel": 1.0, "adv": enters_at(first)}), steady)
+    assert int(state.counters.spikes[0]) > 0

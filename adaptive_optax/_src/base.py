@@ -24,7 +24,8 @@ class Counters(NamedTuple):
     Attributes:
       adjustments: weight changes applied.
       rejected: proposed changes refused by validation (non-finite weight or weighted loss).
-      nonfinite: steps whose loss or gradient statistic was NaN or +/-Inf.
+      nonfinite: steps whose loss or gradient statistic was NaN or +/-Inf, or whose gradient
+        statistic was negative (a norm cannot be: a caller's bug): such an input is skipped.
       rollbacks: adjustments undone, automatically or by :func:`adaptive_optax.rollback`.
       healed: stored weights found non-finite (a corrupted state) and reset to the base.
       spikes: steps whose loss or gradient norm spiked (see the spike guard of

@@ -46,7 +46,9 @@ def weight_gradients(
     over the terms ``t``: with the weights in the state before this step, as the
     training-step pattern has them, or with the weights the update just computed from this
     step's gradients (``this_steps_weights``), as the Gramian methods'
-    algorithms do. Other extra arguments are ignored, as in optax.
+    algorithms do. ``grads_finite=`` (a loss scaler's verdict) is passed on to the weighting,
+    so that a weighting made by :func:`adaptive_optax.loss_scaled` leaves an fp16 overflow to
+    the scaler; other extra arguments are ignored, as in optax.
 
     Under data parallelism, average the per-term gradients over devices before this transform
     (as for any optimizer), or build the weighting with ``axis_name``.
@@ -114,7 +116,7 @@ def weight_gradients(
         losses: PyTree | None = None,
         **extra_args: Any,
     ) -> tuple[PyTree, WeightGradientsState]:
-        del params, extra_args
+        del params
         if losses is None:
             raise ValueError(
                 "weight_gradients needs this step's losses: call "
@@ -130,7 +132,11 @@ def weight_gradients(
         if needs:
             filtered = [g if gradient_filter is None else gradient_filter(g) for g in term_grads]
             statistics = gradient_statistics(jax.tree.unflatten(treedef, filtered), needs, treedef)
-        new_weights, new_inner = weighting.update(losses, inner, grad_stats=statistics or None)
+        # the loss scaler's verdict reaches a weighting made by ao.loss_scaled (others ignore it)
+        passed = {k: extra_args[k] for k in ("grads_finite",) if k in extra_args}
+        new_weights, new_inner = weighting.update(
+            losses, inner, grad_stats=statistics or None, **passed
+        )
         weights = treedef.flatten_up_to(new_weights if this_steps_weights else inner.weights)
         combined = jax.tree.map(
             lambda *grads: sum(

@@ -22,9 +22,10 @@ def loss_scaled(weighting: LossWeighting) -> LossWeighting:
     returned ``update`` takes the scaler's verdict as ``grads_finite=`` and, on a step whose
     losses are all finite but whose gradients are not, returns the weights and the state
     unchanged: nothing is counted as non-finite, nothing is undone, no spike is seen, and
-    ``step`` does not advance (as the optimizer's count under the scaler does not). Every
-    other step is the weighting's ``update``, with the unscaled losses: give it the per-term
-    losses, not the scaled total. On a step where a loss is not finite (a term's fault) and
+    ``step`` does not advance (as the optimizer's count under the scaler does not). A
+    scheduled term that is absent (its base 0) is not read: a NaN fed for it is no loss fault.
+    Every other step is the weighting's ``update``, with the unscaled losses: give it the
+    per-term losses, not the scaled total. On a step where a loss is not finite (a term's fault) and
     the gradients are not either, the gradient statistics are not passed on (when the rule
     can do without them), so that only the term whose loss went bad is counted and named
     (``first_nonfinite_step/<term>``), not every term through a shared gradient norm.
@@ -34,7 +35,9 @@ def loss_scaled(weighting: LossWeighting) -> LossWeighting:
 
     Returns:
       A :class:`adaptive_optax.LossWeighting` whose ``update`` accepts ``grads_finite`` (a
-      bool scalar, default True: then it is the weighting's ``update``).
+      bool scalar, default True: then it is the weighting's ``update``). As the weighting of
+      :func:`adaptive_optax.weight_gradients` it gets ``grads_finite`` from ``tx.update(...,
+      losses=losses, grads_finite=finite)``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -64,9 +67,7 @@ def loss_scaled(weighting: LossWeighting) -> LossWeighting:
     ) -> tuple[PyTree, AdaptiveState]:
         del extra_args
         grads_finite = jnp.asarray(grads_finite, bool)
-        losses_finite = jnp.array(True)
-        for leaf in jax.tree.leaves(losses):
-            losses_finite = losses_finite & jnp.all(jnp.isfinite(leaf))
+        losses_finite = _present_losses_finite(losses, state)
         stepped = weighting.update(losses, state, grad_norms=grad_norms, grad_stats=grad_stats)
         if grad_norms is not None or grad_stats:
             losses_only = _losses_only(weighting, losses, state)
@@ -76,6 +77,20 @@ def loss_scaled(weighting: LossWeighting) -> LossWeighting:
         return optax.tree.where(overflow, (state.weights, state), stepped)
 
     return LossWeighting(weighting.init, update, weighting.needs)
+
+
+def _present_losses_finite(losses: PyTree, state: AdaptiveState) -> jax.Array:
+    """Whether the loss of every present term is finite. A scheduled term whose base was 0
+    at this step is absent: its loss is not read (a NaN fed for it is no term's fault)."""
+    finite = jnp.array(True)
+    leaves = jax.tree.leaves(losses)
+    bases = jax.tree.leaves(state.base_weights)
+    if len(bases) != len(leaves):  # the weighting's update names the mismatch
+        bases = [None] * len(leaves)
+    for leaf, base in zip(leaves, bases, strict=True):
+        ok = jnp.all(jnp.isfinite(leaf))
+        finite = finite & (ok if base is None else ok | (jnp.asarray(base) == 0))
+    return finite
 
 
 def _losses_only(weighting: LossWeighting, losses: PyTree, state: AdaptiveState):

@@ -46,7 +46,8 @@ def check_state(state: Any, rule: Rule, base: jax.Array) -> None:
 
 
 def read_inputs(terms: Terms, losses: PyTree, grad_norms, grad_stats, axis_name, dtype) -> tuple:
-    """This step's losses and gradient statistics as ``(n,)`` vectors, and which are finite.
+    """This step's losses and gradient statistics as ``(n,)`` vectors, and which are valid:
+    finite, and a gradient statistic >= 0 (a negative norm is invalid, as a NaN is).
 
     ``grad_norms`` joins ``grad_stats`` as ``"norm"``; each statistic is one global scalar or
     one per term. Under ``axis_name`` every input is averaged over the replicas.
@@ -76,9 +77,10 @@ def read_inputs(terms: Terms, losses: PyTree, grad_norms, grad_stats, axis_name,
     finite = jnp.isfinite(loss)
     for name, value in gradients.items():
         if name == GRAMIAN:  # a NaN in g_i fills row and column i; the diagonal tells whose
-            finite &= jnp.isfinite(jnp.diagonal(value))
-        else:
-            finite &= jnp.isfinite(value)
+            value = jnp.diagonal(value)
+        # every gradient statistic is >= 0 (a norm, a mean of |g|, a squared norm): a negative
+        # one is a caller's bug, counted as an invalid input like a NaN, never averaged in
+        finite &= jnp.isfinite(value) & (value >= 0)
     return loss, gradients, finite
 
 

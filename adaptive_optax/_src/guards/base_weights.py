@@ -67,6 +67,25 @@ def absent_weigh_nothing(schedules: Schedules, base: jax.Array, *weights: jax.Ar
     return tuple(jnp.where(base > 0, w, 0) for w in weights)
 
 
+def absent_forget(present: Any, state: AdaptiveState, *, empty: tuple) -> tuple:
+    """The state's ``(stats, spike_stats, start_ramp)``, emptied for each absent term.
+
+    A scheduled term whose base is 0 is absent; when its base turns positive again (a paused
+    adversarial stage, cyclical KL annealing) it enters as at its first entry: with empty
+    statistics, its losses judged for spikes only after the entry's warmup, and the start
+    ramp from its beginning. Without schedules (``present`` is True) nothing changes.
+
+    Args:
+      present: ``(n,)`` bool, the term's loss is read at this step (or True).
+      state: the state before this step.
+      empty: ``(stats, spike_stats, start_ramp)`` as ``init`` makes them.
+    """
+    kept = (state.stats, state.spike_stats, state.start_ramp)
+    if present is True:
+        return kept
+    return jax.tree.map(lambda new, old: jnp.where(present, old, new), empty, kept)
+
+
 class Normalization(NamedTuple):
     """The scale normalization: base weights ``b_i * c / L_i`` on a common scale.
 

@@ -26,6 +26,7 @@ from adaptive_optax._src.guards.away import START_RAMP, why_away
 from adaptive_optax._src.guards.base_weights import (
     Normalization,
     Normalize,
+    absent_forget,
     absent_weigh_nothing,
     at_step,
 )
@@ -277,6 +278,9 @@ def guarded(
         adaptive, bounds_of(initial_base)[0], initial_base, stats_dtype
     )
 
+    empty_stats = init_stats(terms.size, stats_dtype)
+    empty_spike_stats = init_spike_stats(terms.size, stats_dtype)
+
     def init() -> AdaptiveState:
         zeros = jnp.zeros((terms.size,), jnp.int32)
         weights = terms.tree(start)
@@ -321,12 +325,17 @@ def guarded(
         now = at_step(healed, state, step, schedules, rest_scale)
         missing = now.present & ~finite
         finite = finite & now.present
+        # an absent term keeps nothing from before its pause: when it returns, it enters as at
+        # its first entry (empty statistics, the start ramp from its beginning)
+        stats_before, spike_before, ramp_before = absent_forget(
+            now.present, state, empty=(empty_stats, empty_spike_stats, start_ramp)
+        )
         stats, signals = update_stats(
-            state.stats, loss, gradients, finite, step, **guard[Statistics]._asdict()
+            stats_before, loss, gradients, finite, step, **guard[Statistics]._asdict()
         )
         rule_base = guard[Normalization].base(now.base, stats, adaptive)
         spiked, spike_stats = guard[SpikeGuard].detect(
-            state.spike_stats,
+            spike_before,
             loss,
             gradients,
             finite,
@@ -338,12 +347,12 @@ def guarded(
         stable = guard[Stability].stable_count(state.stable_steps, signals)
         low, high = bounds_of(rule_base)
         # The start ramp moves the base the weights follow, as a schedule does.
-        ramping = active & (state.start_ramp < 1)  # False for a corrupted (NaN) progress
+        ramping = active & (ramp_before < 1)  # False for a corrupted (NaN) progress
         progress = guard[StartRamp].advance(
-            state.start_ramp, ramping=ramping, calm=(stable > 0) & ~spiked
+            ramp_before, ramping=ramping, calm=(stable > 0) & ~spiked
         )
         ramped = dict(ramping=ramping, low=low, base=rule_base)
-        before = guard[StartRamp].ramped_base(state.start_ramp, **ramped)
+        before = guard[StartRamp].ramped_base(ramp_before, **ramped)
         target = guard[StartRamp].ramped_base(progress, **ramped)
         weights, previous = guard[StartRamp].carry(now.weights, now.previous, before, target)
         proposal, rule_state = always.propose(rule, signals, weights, target, state.rule_state)
