@@ -158,18 +158,63 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path):
     assert int(state.last_change.max()) > SAVE_AT
 
 
-def test_the_base_weights_of_a_restored_state_are_the_ones_used():
-    """The base weights live in the state only: a checkpoint brings its own."""
+def test_the_weightings_base_weights_win_over_a_restored_states():
+    """Resuming with edited base weights: the weighting's win, the weights keep their factor.
+
+    The checkpoint holds base 2.0 for mel, the resuming code says 2.5: the bounds, the rule
+    and ``ao.disable`` work around 2.5 from the first update on.
+    """
     built_with = seed_controller(
         {"mel": 2.5, "stop": 1.0}, warmup_steps=0, cooling_period=0, min_stable_steps=0
     )
     saved = seed_controller({"mel": 2.0, "stop": 1.0}).init()
     state = serialization.from_bytes(built_with.init(), serialization.to_bytes(saved))
+    assert float(state.base_weights["mel"]) == 2.0  # as saved, until the next update
     update = jax.jit(built_with.update)
     for _ in range(40):  # the loss rises: the weight climbs to its upper bound
         weights, state = update({"mel": 1.0 + float(state.step), "stop": 1.0}, state)
-    assert float(weights["mel"]) == pytest.approx(4.0)  # 2 x the restored base, not 2 x 2.5
-    assert float(ao.disable(state).weights["mel"]) == 2.0
+    assert float(weights["mel"]) == pytest.approx(5.0)  # 2 x the weighting's base, not 2 x 2
+    assert float(ao.disable(state).weights["mel"]) == 2.5
+    assert float(ao.metrics(state)["base_weight/mel"]) == 2.5
+
+
+@pytest.mark.parametrize("scheduled", [False, True])
+def test_an_edited_base_weight_wins_on_resume_constant_or_scheduled_alike(scheduled):
+    """The same edit, kl 1 -> 10, gives the same resumed weights whether kl is a constant or
+    a schedule: the weighting's base, the saved weight carried with its factor."""
+
+    def base(kl):
+        return {"mel": 1.0, "kl": optax.constant_schedule(kl) if scheduled else kl}
+
+    losses = {"mel": 0.8, "kl": 0.3}
+    old = ao.stable_weights(base(1.0))
+    state = old.init()
+    for _ in range(5):
+        _, state = old.update(losses, state)
+    factor = float(state.weights["kl"]) / 1.0
+    new = ao.stable_weights(base(10.0))
+    restored = ao.restore(
+        new.init(), serialization.from_bytes(new.init(), serialization.to_bytes(state))
+    )
+    weights, resumed = new.update(losses, restored)
+    assert float(ao.metrics(resumed)["base_weight/kl"]) == 10.0
+    unedited, _ = old.update(losses, state)
+    assert float(weights["kl"]) == pytest.approx(10.0 * float(unedited["kl"]) / 1.0, rel=1e-6)
+    assert factor < 1.0  # the start ramp: the factor is carried, not reset to the base
+
+
+def test_a_state_made_by_another_weighting_does_not_bring_its_base_weights():
+    """A state of another weighting with the same terms (base 9) passed to ``update``: this
+    weighting's base weights (1) are used, its weights carried to them with their factor."""
+    losses = {"mel": 0.8, "kl": 0.3}
+    other = ao.stable_weights({"mel": 9.0, "kl": 9.0}).init()
+    weights, state = ao.stable_weights({"mel": 1.0, "kl": 1.0}).update(losses, other)
+    own, _ = ao.stable_weights({"mel": 1.0, "kl": 1.0}).update(
+        losses, ao.stable_weights({"mel": 1.0, "kl": 1.0}).init()
+    )
+    assert float(ao.metrics(state)["base_weight/mel"]) == 1.0
+    for term in losses:
+        assert float(weights[term]) == pytest.approx(float(own[term]))
 
 
 def resume(directory):

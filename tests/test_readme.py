@@ -93,3 +93,14 @@ def test_block_runs(block, tmp_path, monkeypatch):
     # the block's own line numbers in tracebacks: pad with the lines above it
     source = "\n" * block.line + block.code
     exec(compile(source, str(block.path), "exec"), namespace)
+
+
+def test_the_checkpoint_snippet_runs_twice_in_one_directory(tmp_path, monkeypatch):
+    """The orbax snippet of the checkpoints guide, run a second time where the first left its
+    checkpoint, replaces it (``force=True``) instead of failing with 'already exists'."""
+    (block,) = [b for b in BLOCKS if "wait_until_finished" in b.code]
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        namespace = {"__name__": "__snippet__"}
+        exec(compile(PREAMBLE.read_text(), str(PREAMBLE), "exec"), namespace)
+        exec(compile("\n" * block.line + block.code, str(block.path), "exec"), namespace)

@@ -111,9 +111,11 @@ class AdaptiveState(NamedTuple):
       weights: the current weights, in the structure of the base weights (dtype ``dtype``).
       previous_weights: the weights before the last adjustment, the target of a rollback;
         same structure.
-      base_weights: the base weights, same structure: the one place they are kept, so a
-        restored checkpoint brings its own. A scheduled base weight holds its value at
-        ``step`` (0 while the term is absent).
+      base_weights: the base weights at ``step``, same structure: the base the weights were
+        adapted around. At each ``update`` the weighting's own base weights win (constant
+        and scheduled alike) and the weights are carried to them with their factor
+        ``weight / base``: a checkpoint resumed with edited base weights follows the edit. A
+        scheduled base weight holds its value at ``step`` (0 while the term is absent).
       last_change: int32 ``(n,)``, step of the last adjustment or rollback (0: none yet).
       stable_steps: int32 ``(n,)``, consecutive stable steps (finite, and relative variance
         below the threshold).

@@ -41,20 +41,40 @@ class BaseAtStep(NamedTuple):
 
 
 def at_step(
-    healed: tuple, state: AdaptiveState, step: jax.Array, schedules: Schedules, scale: float
+    healed: tuple,
+    state: AdaptiveState,
+    step: jax.Array,
+    schedules: Schedules,
+    scale: float,
+    built: jax.Array,
 ) -> BaseAtStep:
-    """The healed ``(base, weights, previous, corrupt)`` carried to the schedules at ``step``.
+    """The healed ``(base, weights, previous, corrupt)`` carried to the weighting's base at
+    ``step``: its schedules there, and its constant base weights.
 
-    The losses of this step were weighted with the base before it: a term whose base was 0
-    was absent, and its loss is not read (not folded, judged or counted).
+    The weighting's base weights win over the state's, constant and scheduled alike: a state
+    restored from a checkpoint written with other base weights (or made by another weighting
+    with the same terms) has its weights carried to this weighting's base with their factor
+    ``weight / base``, as along a schedule. The losses of this step were weighted with the
+    state's base: a term whose base was 0 was absent, and its loss is not read (not folded,
+    judged or counted).
+
+    Args:
+      healed: ``(base, weights, previous, corrupt)`` of :func:`always.heal`.
+      state: the state before this step.
+      step: the step being taken.
+      schedules: the schedules among the base weights.
+      scale: a factor on each schedule's value (see :func:`scheduled_base`).
+      built: ``(n,)`` the base weights the weighting was built with (a schedule's at step 0).
     """
     base, weights, previous, corrupt = healed
     if not schedules:
-        return BaseAtStep(base, weights, previous, corrupt, True, False)
+        carried = follow(weights, base, built), follow(previous, base, built)
+        return BaseAtStep(built, *carried, corrupt, True, False)
     present = base > 0
     before, _ = scheduled_base(schedules, jnp.maximum(state.step - 1, 0), base, scale)
     entered = entering(before, base)  # a term whose loss is read from this step on
     new_base, bad = scheduled_base(schedules, step, base, scale)
+    new_base = jnp.where(schedules.scheduled, new_base, built)
     weights, previous = follow(weights, base, new_base), follow(previous, base, new_base)
     return BaseAtStep(new_base, weights, previous, corrupt | bad, present, entered)
 

@@ -172,6 +172,11 @@ def guarded(
         guards, the spike guard and :func:`adaptive_optax.disable` follow the scheduled base;
         a schedule is probed at step 0 (it must give a finite scalar >= 0), and a value that is
         not finite and >= 0 later keeps the previous base and is counted as ``healed``.
+        These base weights win over a state's (one restored from a checkpoint written with
+        other base weights, or made by another weighting): its weights are carried to them
+        with their factor ``weight / base``. A scheduled term that returns after a pause (its
+        base 0, then positive again) enters as at its first entry: empty statistics, the
+        spike guard's entry warmup and the start ramp restart.
       adapt: the terms that adapt, as names (``"mel"``, ``"heads/stop"``) or a pytree of bools
         shaped like ``base_weights``; default: all.
       bounds: ``(low, high)`` factors of each base weight bounding its weight; ``None`` for
@@ -322,7 +327,7 @@ def guarded(
             terms, losses, grad_norms, grad_stats, axis_name, stats_dtype
         )
         healed = always.heal(terms, state, initial_base, dtype, schedules)
-        now = at_step(healed, state, step, schedules, rest_scale)
+        now = at_step(healed, state, step, schedules, rest_scale, initial_base)
         missing = now.present & ~finite
         finite = finite & now.present
         # an absent term keeps nothing from before its pause: when it returns, it enters as at
