@@ -325,3 +325,16 @@ def test_metrics_show_per_term_rule_state():
     m = ao.metrics(state)
     assert float(m["rule/state/a"]) == pytest.approx(3.0 * (1 - 0.001))
     assert float(m["rule/state/b"]) == pytest.approx(4.0 * (1 - 0.001))
+
+
+def test_the_guards_guide_lists_every_per_term_metric():
+    """The guide's list of per-term keys of ``ao.metrics`` is the code's, none left out."""
+    import pathlib
+    import re
+
+    guide = (pathlib.Path(__file__).parents[1] / "docs" / "guides" / "guards.md").read_text()
+    bullet = guide[guide.index("- `ao.metrics(state)`") :].split("\n- ")[0]
+    listed = set(re.findall(r"`([a-z_]+)`", bullet)) - {"step", "enabled"}
+    keys = ao.metrics(ao.stable_weights({"mel": 1.0}).init())
+    per_term = {key.rsplit("/", 1)[0] for key in keys if key not in ("step", "enabled")}
+    assert per_term == listed, (sorted(per_term - listed), sorted(listed - per_term))

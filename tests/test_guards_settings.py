@@ -1,13 +1,18 @@
 """Bad configuration fails at construction with a ValueError naming the setting and its value."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from helpers import TTS_BASE, seed_controller
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import adaptive_optax as ao
+from adaptive_optax._src import validation
 
 
 @pytest.mark.parametrize(
@@ -217,3 +222,109 @@ def test_a_vector_of_gradient_norms_under_jit_is_a_clear_error():
         weighting.update(losses, weighting.init(), grad_stats=[1.0])
     with pytest.raises(ValueError, match=r"give the gradient norm once"):
         weighting.update(losses, weighting.init(), grad_norms=1.0, grad_stats={"norm": 1.0})
+
+
+# Settings passed traced (jit, optax.inject_hyperparams) and out of range: each is clipped into
+# its range and the steps adjust nothing, counted as rejected (issue 27: 14 such pairs, and more)
+TRACED_OUT_OF_RANGE = [
+    ("max_change", 2.0),
+    ("max_change", float("nan")),
+    ("max_change", -0.5),
+    ("ema_decay", 1.5),
+    ("window", 0.0),
+    ("warmup_steps", -5),
+    ("cooling_period", -3),
+    ("min_stable_steps", -2),
+    ("variance_threshold", -1.0),
+    ("min_weight", -3.0),
+    ("max_weight", -1.0),
+    ("spike_threshold", -1.0),
+    ("spike_factor", 2.0),
+    ("spike_decay", 1.5),
+    ("spike_prior", -0.25),
+    ("every", 0),
+]
+OPEN = dict(warmup_steps=0, cooling_period=0, min_stable_steps=0, ramp_steps=0)
+SWINGING = np.array([1.0, 2.0, 0.5, 3.0, 0.2, 5.0, 0.1, 8.0] * 8, np.float32)
+
+
+def traced_run(name, value):
+    """``stable_weights`` with ``name`` traced at ``value``, over swinging mel losses."""
+
+    def run(value):
+        weighting = ao.stable_weights(TTS_BASE, **(OPEN | {name: value}))
+
+        def body(state, loss):
+            weights, state = weighting.update(
+                {"mel": loss, "stop": 0.3, "attention": 0.1}, state, grad_norms=1.0 + loss
+            )
+            return state, weights["mel"]
+
+        return jax.lax.scan(body, weighting.init(), SWINGING)
+
+    return jax.jit(run)(jnp.asarray(value))
+
+
+@pytest.mark.parametrize(("name", "value"), TRACED_OUT_OF_RANGE)
+def test_a_traced_setting_out_of_range_is_never_used_as_given(name, value):
+    """Out of range and traced, a setting is clipped into its range and adjusts nothing: the
+    weights stay at their base, every adaptive term counts each step as rejected, and the
+    statistics stay those of the losses (ema_decay=1.5 drove a loss average to -4e37)."""
+    with pytest.raises(ValueError, match=name):  # eagerly it is refused
+        ao.stable_weights(TTS_BASE, **(OPEN | {name: value}))
+    state, mel = traced_run(name, value)
+    np.testing.assert_array_equal(mel, 2.5)
+    m = ao.metrics(state)
+    for term in TTS_BASE:
+        assert int(m[f"rejected/{term}"]) == len(SWINGING)
+        assert int(m[f"adjustments/{term}"]) == int(m[f"spikes/{term}"]) == 0
+    assert SWINGING.min() <= float(m["loss_ema/mel"]) <= SWINGING.max()
+    for leaf in jax.tree.leaves(state):
+        assert np.all(np.isfinite(np.asarray(leaf, np.float64)))
+
+
+def test_a_traced_setting_in_range_is_used_and_counts_nothing():
+    """The control: the same run with a traced setting in range adjusts the weights."""
+    state, mel = traced_run("max_change", 0.05)
+    assert np.ptp(mel) > 0 and int(state.counters.rejected.sum()) == 0
+    assert int(state.counters.adjustments.sum()) > 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    value=st.one_of(
+        st.floats(min_value=-1e6, max_value=1e6, width=32),
+        st.sampled_from([math.nan, math.inf, -math.inf]),
+    ),
+    interval=st.sampled_from(
+        [
+            (0.0, 1.0, True, True),
+            (0.0, 1.0, False, True),
+            (1.0, math.inf, False, False),
+            (0.0, math.inf, True, False),
+        ]
+    ),
+    integer=st.booleans(),
+)
+def test_a_traced_value_is_clipped_into_its_interval_and_judged_as_eagerly(
+    value, interval, integer
+):
+    """Whatever a traced setting's value, what is used lies in the setting's interval, and
+    its verdict is the eager check's."""
+    low, high, low_open, high_open = interval
+    kw = dict(low=low, high=high, low_open=low_open, high_open=high_open, integer=integer)
+    with validation.traced_settings() as verdicts:
+        clipped = jax.jit(lambda v: (validation.check_number("x", v, **kw), *verdicts))(
+            jnp.float32(value)
+        )
+    clipped, ok = clipped[0], clipped[1]
+    c = float(clipped)
+    assert (c > low if low_open else c >= low) and (c < high if high_open else c <= high)
+    try:
+        validation.check_number("x", float(value), **kw)
+        eager = True
+    except ValueError:
+        eager = False
+    assert bool(ok) == eager
+    if eager:
+        assert c == np.float32(value)

@@ -46,7 +46,7 @@ def every_k(rule: Rule, k: int) -> Rule:
 
 def consulted_every(rule: Rule, k: Any, setting: str) -> Rule:
     """:func:`every_k`, its error naming ``setting`` (``every`` of :func:`guarded`)."""
-    validation.check_number(setting, k, low=1, integer=True)
+    k = validation.check_number(setting, k, low=1, integer=True)  # traced: clipped to >= 1
     if isinstance(k, int) and k == 1:
         return rule
 

@@ -185,8 +185,8 @@ class Statistics(NamedTuple):
           ValueError: naming the setting and its value: ``ema_decay`` must be in ``[0, 1)``,
             ``window`` >= 1.
         """
-        validation.check_number("ema_decay", ema_decay, low=0, high=1, high_open=True)
-        validation.check_number("window", window, low=1)
+        ema_decay = validation.check_number("ema_decay", ema_decay, low=0, high=1, high_open=True)
+        window = validation.check_number("window", window, low=1)
         return cls(ema_decay, window)
 
 

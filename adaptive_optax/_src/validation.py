@@ -1,19 +1,91 @@
 """Eager validation of settings: a bad value fails at construction, naming the setting.
 
-Values that are tracers (for example under ``optax.inject_hyperparams``) cannot be checked
-eagerly and are passed through; they were checked when the weighting was first built.
+Values that are tracers (under ``jax.jit``, or ``optax.inject_hyperparams``) cannot be checked
+eagerly: :func:`check_number` returns them clipped into their range, never as given, and
+records whether they were in range with the :func:`traced_settings` collector that is open
+(``adaptive_optax.guarded`` opens one and skips every adjustment of a step whose traced
+settings were out of range, counting it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+from collections.abc import Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 INT32_MAX = int(np.iinfo(np.int32).max)
+
+_COLLECTORS: list[list[jax.Array]] = []
+
+
+@contextlib.contextmanager
+def traced_settings() -> Iterator[list[jax.Array]]:
+    """Collects, while open, one bool scalar per traced setting checked: in its range.
+
+    Yields:
+      The list the flags are appended to (empty when no setting was traced).
+    """
+    flags: list[jax.Array] = []
+    _COLLECTORS.append(flags)
+    try:
+        yield flags
+    finally:
+        _COLLECTORS.pop()
+
+
+def note_traced(ok: jax.Array) -> None:
+    """Records a traced check's verdict (a bool scalar) with the open collector, if any."""
+    if _COLLECTORS:
+        _COLLECTORS[-1].append(ok)
+
+
+def _clip_traced(
+    leaf: Any, *, low: float, high: float, low_open: bool, high_open: bool, integer: bool
+) -> tuple[jax.Array, jax.Array]:
+    """A traced setting clipped into its interval, and whether it was in it (a bool scalar).
+
+    An open end is replaced by the nearest representable value inside; NaN becomes the lower
+    end (the upper one when the lower is infinite). A whole-number setting is rounded.
+    """
+    x = jnp.asarray(leaf)
+    if not jnp.issubdtype(x.dtype, jnp.floating):  # an integer or bool tracer
+        ok = jnp.asarray(True)
+        lo = math.ceil(low) + int(low_open and float(low).is_integer()) if low > -math.inf else None
+        hi = (
+            math.floor(high) - int(high_open and float(high).is_integer())
+            if high < math.inf
+            else None
+        )
+        if lo is not None:
+            ok = ok & jnp.all(x >= lo)
+            x = jnp.maximum(x, jnp.asarray(lo, x.dtype))
+        if hi is not None:
+            ok = ok & jnp.all(x <= hi)
+            x = jnp.minimum(x, jnp.asarray(hi, x.dtype))
+        return x, ok
+    ok = jnp.isfinite(x)
+    ok &= (x > low) if low_open else (x >= low)
+    ok &= (x < high) if high_open else (x <= high)
+    if integer:
+        ok &= x == jnp.round(x)
+    lo = jnp.asarray(low, x.dtype)
+    hi = jnp.asarray(high, x.dtype)
+    tiny = jnp.finfo(x.dtype).tiny  # next to 0 take a normal number: subnormals may be flushed
+    if low_open:
+        lo = jnp.asarray(tiny, x.dtype) if low == 0 else jnp.nextafter(lo, hi)
+    if high_open:
+        hi = jnp.asarray(-tiny, x.dtype) if high == 0 else jnp.nextafter(hi, lo)
+    clipped = jnp.clip(x, lo, hi)
+    if integer:
+        clipped = jnp.clip(jnp.round(clipped), lo, hi)
+    fallback = lo if low > -math.inf else (hi if high < math.inf else jnp.zeros_like(lo))
+    return jnp.where(jnp.isnan(clipped), fallback, clipped), jnp.all(ok)
 
 
 def _is_traced(value: Any) -> bool:
@@ -52,7 +124,7 @@ def check_number(
     integer: bool = False,
     per_term: bool = False,
     static: bool = False,
-) -> None:
+) -> Any:
     """Raises ``ValueError`` unless ``value`` is a finite number in the interval, e.g. ``(0, 1)``.
 
     Args:
@@ -66,6 +138,11 @@ def check_number(
       static: whether the value fixes the computation's structure or is read only at
         ``init`` (an iteration count, a seed): a traced value is then refused.
 
+    Returns:
+      ``value`` as given when it is concrete (and valid); a traced value clipped into the
+      interval (NaN to its lower end, a whole number rounded), whose verdict, in range or
+      not, goes to the open :func:`traced_settings` collector.
+
     A Python ``int`` must fit an int32 (JAX converts it to one): ``2**40`` is refused; pass a
     float for a large real setting.
     """
@@ -75,7 +152,20 @@ def check_number(
                 f"{name} is static: it cannot be traced or injected; pass a Python number "
                 f"(with optax.inject_hyperparams, list it in static_args=({name!r},))"
             )
-        return
+        interval = dict(low=low, high=high, low_open=low_open, high_open=high_open, integer=integer)
+        verdicts: list[jax.Array] = []
+
+        def clip(leaf: Any) -> Any:
+            if not isinstance(leaf, jax.core.Tracer):
+                return leaf
+            clipped, ok = _clip_traced(leaf, **interval)
+            verdicts.append(ok)
+            return clipped
+
+        clipped = jax.tree.map(clip, value)
+        for ok in verdicts:
+            note_traced(ok)
+        return clipped
     kind = "a whole number" if integer else "a real number"
     leaves = jax.tree.leaves(value)
     if not leaves or not all(_is_number(leaf) for leaf in leaves):
@@ -103,6 +193,7 @@ def check_number(
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     if integer and np.any(np.abs(array) > INT32_MAX):
         raise ValueError(f"{name} must fit an int32 (at most {INT32_MAX}), got {value!r}")
+    return value
 
 
 def check_flag(name: str, value: Any) -> bool:

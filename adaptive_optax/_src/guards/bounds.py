@@ -59,12 +59,16 @@ class Bounds(NamedTuple):
                 raise ValueError(
                     f"bounds must be a pair (low, high) of factors or None, got {bounds!r}"
                 )
-            validation.check_number("bounds[0]", bounds[0], low=0)
-            validation.check_number("bounds[1]", bounds[1], low=0, low_open=True)
+            bounds = (
+                validation.check_number("bounds[0]", bounds[0], low=0),
+                validation.check_number("bounds[1]", bounds[1], low=0, low_open=True),
+            )
         if min_weight is not None:
-            validation.check_number("min_weight", min_weight, low=0, per_term=True)
+            min_weight = validation.check_number("min_weight", min_weight, low=0, per_term=True)
         if max_weight is not None:
-            validation.check_number("max_weight", max_weight, low=0, low_open=True, per_term=True)
+            max_weight = validation.check_number(
+                "max_weight", max_weight, low=0, low_open=True, per_term=True
+            )
         return cls(bounds, min_weight, max_weight)
 
     def of(self, terms: Terms, base: jax.Array, adaptive: Any) -> BoundsOf:
@@ -96,7 +100,10 @@ class Bounds(NamedTuple):
             return low, high
 
         values = validation.concrete((*bounds_of(base), base))
-        if values is not None:
+        if values is None:  # traced: the weighting skips its adjustments unless low < high
+            traced_low, traced_high = bounds_of(base)
+            validation.note_traced(jnp.all(traced_low < traced_high))
+        else:
             lows, highs, bases = np.split(values, 3)
             for name, lo, hi, b, adapts in zip(
                 terms.names, lows, highs, bases, adaptive, strict=True

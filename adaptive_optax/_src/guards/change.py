@@ -39,7 +39,7 @@ class ChangeLimit(NamedTuple):
           ValueError: naming ``max_change`` and its value, unless None or in ``(0, 1)``.
         """
         if max_change is not None:
-            validation.check_number(
+            max_change = validation.check_number(
                 "max_change", max_change, low=0, high=1, low_open=True, high_open=True
             )
         return cls(max_change)

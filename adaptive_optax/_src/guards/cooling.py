@@ -36,7 +36,9 @@ class Cooling(NamedTuple):
         Raises:
           ValueError: naming ``cooling_period`` and its value, unless an integer >= 0.
         """
-        validation.check_number("cooling_period", cooling_period, low=0, integer=True)
+        cooling_period = validation.check_number(
+            "cooling_period", cooling_period, low=0, integer=True
+        )
         return cls(cooling_period)
 
     def allows(self, step: jax.Array, last_change: jax.Array) -> jax.Array:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adaptive_optax._src import validation
 from adaptive_optax._src.base import AdaptiveState, Counters, LossWeighting, PyTree, Rule
 from adaptive_optax._src.combinators import consulted_every
 from adaptive_optax._src.gradients import check_statistics
@@ -107,6 +108,13 @@ def checked_guards(settings: Mapping[str, Any]) -> dict[type, Any]:
     for name, record in TABLE.items():
         owned.setdefault(record, {})[name] = settings[name]
     return {record: record.checked(**values) for record, values in owned.items()}  # type: ignore[attr-defined]
+
+
+def _all_of(flags: list) -> jax.Array | None:
+    """Whether every flag holds (a bool scalar), or None for no flag."""
+    if not flags:
+        return None
+    return jnp.all(jnp.stack([jnp.asarray(f, bool) for f in flags]))
 
 
 def guarded(
@@ -258,8 +266,9 @@ def guarded(
     terms = terms_of(base_weights)
     adaptive = select(terms, adapt)  # NumPy: concrete even when built under a trace
     needs = check_statistics(rule.needs)
-    guard = checked_guards(arguments)  # {record: the record, its settings checked}
-    rule = consulted_every(rule, every, "every")  # every= is every_k(rule, every)
+    with validation.traced_settings() as in_range:
+        guard = checked_guards(arguments)  # {record: the record, its settings checked}
+        rule = consulted_every(rule, every, "every")  # every= is every_k(rule, every)
     try:
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError
@@ -271,11 +280,16 @@ def guarded(
     # at rest, the method's uniform weights (see Rule); a schedule's values scaled alike
     initial_base = initial_base * rest_scale
     # a schedule's base moves: its bounds are checked on a unit base, its base not against them
-    bounds_of = guard[Bounds].of(
-        terms,
-        jnp.where(schedules.scheduled, 1.0, initial_base).astype(dtype),
-        adaptive & ~schedules.scheduled,
-    )
+    with validation.traced_settings() as bounds_in_range:
+        bounds_of = guard[Bounds].of(
+            terms,
+            jnp.where(schedules.scheduled, 1.0, initial_base).astype(dtype),
+            adaptive & ~schedules.scheduled,
+        )
+    # A traced setting (jit, optax.inject_hyperparams) cannot be checked at construction: it
+    # was clipped into its range, and a step with one out of range adjusts nothing (no
+    # proposal lands, no spike cut) and counts it as rejected: None when none is traced.
+    settings_ok = _all_of(in_range + bounds_in_range)
     # a scheduled term's loss settles for a while after it enters (an adversarial loss while
     # the discriminator warms up): the spike guard waits longer before judging it
     spike_warmup = np.where(schedules.scheduled, ENTRY_SPIKE_WARMUP, SPIKE_WARMUP)
@@ -370,6 +384,9 @@ def guarded(
             & guard[Cooling].allows(step, state.last_change)
             & guard[Stability].allows(stable)
         )
+        if settings_ok is not None:
+            allowed &= settings_ok
+            spiked &= settings_ok
 
         # 3. The limits: how much of it lands.
         proposal = guard[RatiosOnly].keep_total(
@@ -419,7 +436,12 @@ def guarded(
             away=away,
             away_since=away_since,
             counters=decision.counted(
-                state.counters, step=step, missing=missing, healed=now.corrupt, spiked=spiked
+                state.counters,
+                step=step,
+                missing=missing,
+                healed=now.corrupt,
+                spiked=spiked,
+                refused=None if settings_ok is None else active & ~settings_ok,
             ),
             stats=stats,
             spike_stats=spike_stats,

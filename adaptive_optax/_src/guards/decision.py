@@ -83,7 +83,9 @@ class Decision(NamedTuple):
         previous = jnp.where(self.rolled_back | ~active, new_weights, self.previous)
         return self._replace(new_weights=new_weights, previous=previous)
 
-    def counted(self, counters: Counters, *, step: jax.Array, missing, healed, spiked) -> Counters:
+    def counted(
+        self, counters: Counters, *, step: jax.Array, missing, healed, spiked, refused=None
+    ) -> Counters:
         """The event counters after this step.
 
         Args:
@@ -92,10 +94,13 @@ class Decision(NamedTuple):
           missing: ``(n,)`` bool, a present term's input was not finite.
           healed: ``(n,)`` bool, a stored weight, base or schedule value was healed.
           spiked: ``(n,)`` bool, the spike guard judged a spike (cut or not).
+          refused: ``(n,)`` bool or None, the step's adjustment was refused outright (a traced
+            setting out of range), counted as ``rejected`` too.
         """
+        rejected = self.refused if refused is None else self.refused | refused
         return Counters(
             adjustments=count_where(counters.adjustments, self.landed),
-            rejected=count_where(counters.rejected, self.refused),
+            rejected=count_where(counters.rejected, rejected),
             nonfinite=count_where(counters.nonfinite, missing),
             rollbacks=count_where(counters.rollbacks, self.rolled_back),
             healed=count_where(counters.healed, healed),

@@ -63,13 +63,17 @@ class SpikeGuard(NamedTuple):
             ``spike_prior`` None or > 0.
         """
         if spike_threshold is not None:
-            validation.check_number("spike_threshold", spike_threshold, low=0, low_open=True)
-        validation.check_number(
+            spike_threshold = validation.check_number(
+                "spike_threshold", spike_threshold, low=0, low_open=True
+            )
+        spike_factor = validation.check_number(
             "spike_factor", spike_factor, low=0, high=1, low_open=True, high_open=True
         )
-        validation.check_number("spike_decay", spike_decay, low=0, high=1, high_open=True)
+        spike_decay = validation.check_number(
+            "spike_decay", spike_decay, low=0, high=1, high_open=True
+        )
         if spike_prior is not None:
-            validation.check_number("spike_prior", spike_prior, low=0, low_open=True)
+            spike_prior = validation.check_number("spike_prior", spike_prior, low=0, low_open=True)
         return cls(spike_threshold, spike_factor, spike_decay, spike_prior)
 
     def detect(

@@ -44,8 +44,12 @@ class Stability(NamedTuple):
           ValueError: naming the setting and its value: ``min_stable_steps`` must be an
             integer >= 0, ``variance_threshold`` a number > 0.
         """
-        validation.check_number("min_stable_steps", min_stable_steps, low=0, integer=True)
-        validation.check_number("variance_threshold", variance_threshold, low=0, low_open=True)
+        min_stable_steps = validation.check_number(
+            "min_stable_steps", min_stable_steps, low=0, integer=True
+        )
+        variance_threshold = validation.check_number(
+            "variance_threshold", variance_threshold, low=0, low_open=True
+        )
         return cls(min_stable_steps, variance_threshold)
 
     def stable_count(self, stable_steps: jax.Array, signals: Signals) -> jax.Array:

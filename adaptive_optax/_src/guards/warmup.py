@@ -33,7 +33,7 @@ class Warmup(NamedTuple):
         Raises:
           ValueError: naming ``warmup_steps`` and its value, unless an integer >= 0.
         """
-        validation.check_number("warmup_steps", warmup_steps, low=0, integer=True)
+        warmup_steps = validation.check_number("warmup_steps", warmup_steps, low=0, integer=True)
         return cls(warmup_steps)
 
     def allows(self, step: jax.Array) -> jax.Array:
