@@ -1,5 +1,7 @@
 # Two commands do everything on a fresh machine with only Python:
-#   make demo   runs the main job (the stability demo), writing to out/demo/ (ignored by git)
+#   make demo   runs the main job (the stability demo), writing to out/demo/ (ignored by git);
+#               it installs the package with the `examples` extra only (not the test and docs
+#               stack; `make test` adds it to the same .venv)
 #   make test   lint, format check, type check, every test (notebooks included), the docs build,
 #               and the core tests under the lowest versions pyproject.toml allows (test-lowest)
 # Also:
@@ -24,7 +26,7 @@ CORE_TESTS ?= tests/test_rules.py tests/test_guards_settings.py tests/test_recom
 	tests/test_uw_so_metabalance.py \
 	--deselect tests/test_guards_settings.py::test_library_tests_run_under_strict_dtype_promotion
 
-.PHONY: demo test test-lowest docs figures bench install clean
+.PHONY: demo test test-lowest docs figures bench install install-examples clean
 
 install: $(VENV)/.installed
 
@@ -32,9 +34,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@ $(VENV)/.installed-examples
+
+# What the demo needs: the package and its `examples` extra (the test extra holds it too).
+install-examples: $(VENV)/.installed-examples
+
+$(VENV)/.installed-examples: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[examples]"
 	touch $@
 
-demo: install
+demo: install-examples
 	$(BIN)/python -m benchmarks.demo
 
 figures: install

@@ -328,3 +328,11 @@ def test_a_traced_value_is_clipped_into_its_interval_and_judged_as_eagerly(
     assert bool(ok) == eager
     if eager:
         assert c == np.float32(value)
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, math.inf, -math.inf, math.nan, np.float32(0.0)])
+def test_a_base_weight_out_of_range_gets_one_message_with_the_allowed_range(value):
+    """0 was refused with 'must be in (0, inf]' and inf then with 'must be finite': one
+    message now, saying the range, for every value outside it."""
+    with pytest.raises(ValueError, match=r"base_weights\['mel'\] must be in \(0, inf\), a finite"):
+        ao.stable_weights({"mel": value, "stop": 1.0})

@@ -87,3 +87,72 @@ def test_readme_orbax_snippet_leaves_a_checkpoint_when_the_script_ends(tmp_path)
     assert not list(tmp_path.rglob("*orbax-checkpoint-tmp*"))
     restored = ocp.StandardCheckpointer().restore(saved[0])
     assert set(restored) == {"params", "opt_state"}
+
+
+# Structure mistakes: an error at trace time that names the mistake (and the term) and the fix,
+# not a raw pytree error from inside JAX or optax.
+PARAMS = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
+
+
+def two_head_losses(params):
+    e = jnp.ones((8, 4)) @ params["w"] + params["b"] - 1.0
+    return {"fit": jnp.mean(e[:, 0] ** 2), "smooth": jnp.mean(e[:, 1] ** 2)}
+
+
+def chain():
+    return optax.chain(ao.weight_gradients(ao.stable_weights(BASE)), optax.adam(1e-3))
+
+
+@pytest.mark.parametrize(
+    ("weights", "match"),
+    [
+        ({"fit": 1.0}, r"weighted_sum: .*the weights lack terms \['smooth'\]"),
+        ({"fit": 1.0, "smooth": 1.0, "kl": 1.0}, r"the weights have extra terms \['kl'\]"),
+    ],
+)
+def test_weighted_sum_names_a_missing_or_extra_weight(weights, match):
+    with pytest.raises(ValueError, match=match):
+        jax.jit(ao.weighted_sum)({"fit": 1.0, "smooth": 2.0}, weights)
+
+
+def test_weight_gradients_names_the_term_whose_gradient_lacks_a_leaf():
+    losses, grads = ao.per_term_grads(two_head_losses)(PARAMS)
+    grads["smooth"] = {"w": grads["smooth"]["w"]}
+    tx = chain()
+    with pytest.raises(ValueError, match=r"loss term 'smooth' .* it lacks \['b'\].*per_term_grads"):
+        jax.jit(tx.update)(grads, tx.init(PARAMS), PARAMS, losses=losses)
+
+
+@pytest.mark.parametrize("wrapper", ["apply_if_finite", "MultiSteps"])
+def test_a_wrapper_around_weight_gradients_is_refused_with_the_pattern_to_use(wrapper):
+    """The guide: ``ao.apply_if_finite`` and ``optax.MultiSteps`` go after weight_gradients."""
+    if wrapper == "apply_if_finite":
+        tx = ao.apply_if_finite(chain())
+    else:
+        tx = optax.MultiSteps(chain(), every_k_schedule=2)
+    with pytest.raises(
+        ValueError,
+        match=rf"{wrapper} is wrapped around ao.weight_gradients.*"
+        r"optax.chain\(ao.weight_gradients\(w\)",
+    ):
+        tx.init(PARAMS)
+    if wrapper == "apply_if_finite":  # a state made without its init is refused too
+        losses, grads = ao.per_term_grads(two_head_losses)(PARAMS)
+        state = optax.ApplyIfFiniteState(
+            jnp.zeros([], jnp.int32),
+            jnp.array(True),
+            jnp.zeros([], jnp.int32),
+            chain().init(PARAMS),
+        )
+        with pytest.raises(ValueError, match="wrapped around ao.weight_gradients"):
+            tx.update(grads, state, PARAMS, losses=losses)
+
+
+def test_weight_gradients_given_another_optimizers_state_says_to_pass_its_own():
+    losses, grads = ao.per_term_grads(two_head_losses)(PARAMS)
+    tx = chain()
+    with pytest.raises(ValueError, match=r"got the optimizer state ScaleByAdamState.*tx.init"):
+        tx.update(grads, optax.adam(1e-3).init(PARAMS), PARAMS, losses=losses)
+    alone = ao.weight_gradients(ao.stable_weights(BASE))
+    with pytest.raises(ValueError, match=r"got the optimizer state None.*tx.init"):
+        alone.update(grads, None, PARAMS, losses=losses)

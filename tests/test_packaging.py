@@ -44,6 +44,24 @@ def test_extras_install_what_users_and_the_test_command_need():
     assert "adaptive_optax[examples,docs]" in extras["test"]  # make install builds the docs too
 
 
+def test_make_demo_installs_the_examples_extra_only():
+    """``make demo`` needs the examples extra, not the test and docs stack; ``make test``
+    still installs the test extra (which holds the examples)."""
+    make = (ROOT / "Makefile").read_text()
+    demo = re.search(r"^demo: (.+)$", make, re.M)[1].split()
+    recipes = {}
+    for target in demo:
+        marker = re.search(rf"^{re.escape(target)}: (\S+)$", make, re.M)
+        name = marker[1] if marker else target
+        recipes[target] = make.split(f"\n{name}: pyproject.toml\n", 1)[1].split("\n\n", 1)[0]
+    installs = [line for r in recipes.values() for line in r.splitlines() if "pip install" in line]
+    extras = [re.search(r'-e "\.\[([^\]]*)\]"', line) for line in installs]
+    assert [m[1] for m in extras if m] == ["examples"], installs
+    assert re.search(r"^test: install$", make, re.M)
+    test_install = make.split("\n$(VENV)/.installed: pyproject.toml\n", 1)[1].split("\n\n", 1)[0]
+    assert '-e ".[test]"' in test_install
+
+
 def test_pre_commit_runs_the_checks_of_the_test_command():
     """Each hook of .pre-commit-config.yaml is a command of the Makefile's test target."""
     make = (ROOT / "Makefile").read_text()

@@ -129,16 +129,38 @@ def weighted_sum(losses: PyTree, weights: PyTree) -> jax.Array:
     Returns:
       The total loss, a scalar.
 
+    Raises:
+      ValueError: when ``weights`` does not have the structure of ``losses``, naming the
+        terms missing from the weights and the extra ones.
+
     Examples:
       >>> import adaptive_optax as ao
       >>> float(ao.weighted_sum({"a": 1.0, "b": 2.0}, {"a": 0.5, "b": 2.0}))
       4.5
     """
-    products = jax.tree.map(
-        lambda loss, weight: jnp.asarray(loss) * jnp.asarray(weight, jnp.result_type(loss)),
-        losses,
-        weights,
-    )
+    try:
+        products = jax.tree.map(
+            lambda loss, weight: jnp.asarray(loss) * jnp.asarray(weight, jnp.result_type(loss)),
+            losses,
+            weights,
+        )
+    except (ValueError, TypeError) as error:
+        loss_terms, weight_terms = term_names(losses), term_names(weights)
+        missing = [t for t in loss_terms if t not in weight_terms]
+        extra = [t for t in weight_terms if t not in loss_terms]
+        detail = "; ".join(
+            part
+            for part in (
+                f"the weights lack terms {missing}" if missing else "",
+                f"the weights have extra terms {extra}" if extra else "",
+            )
+            if part
+        ) or (f"the weights are {jax.tree.structure(weights)}")
+        raise ValueError(
+            f"weighted_sum: the weights must have the structure of the losses, terms "
+            f"{list(loss_terms)}; {detail}. Pass the weights the weighting returned (or "
+            "state.weights) for the same loss terms"
+        ) from error
     return sum(jax.tree.leaves(products))  # type: ignore[return-value]
 
 

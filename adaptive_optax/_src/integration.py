@@ -3,6 +3,7 @@ an optimizer wrapper that keeps non-finite steps away from the parameters."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
@@ -106,6 +107,7 @@ def weight_gradients(
 
     def init_fn(params: PyTree) -> WeightGradientsState:
         del params
+        _refuse_inside(optax.MultiSteps, "optax.MultiSteps")
         return WeightGradientsState(weighting_state=weighting.init())
 
     def update_fn(
@@ -116,7 +118,14 @@ def weight_gradients(
         losses: PyTree | None = None,
         **extra_args: Any,
     ) -> tuple[PyTree, WeightGradientsState]:
-        del params
+        if not isinstance(state, WeightGradientsState):
+            raise ValueError(
+                "weight_gradients got the optimizer state "
+                f"{type(state).__name__ if state is not None else None}, not the one its init "
+                "made: pass the opt_state that tx.init(params) of this chain returned (the "
+                "state of another optimizer, such as a plain optax.adam, or None, does not hold "
+                "the weighting's state)"
+            )
         if losses is None:
             raise ValueError(
                 "weight_gradients needs this step's losses: call "
@@ -128,6 +137,7 @@ def weight_gradients(
         inner = state.weighting_state
         treedef = jax.tree.structure(inner.weights)
         term_grads = _split_terms(updates, inner.weights)
+        _check_term_grads(term_grads, term_names(inner.weights), params)
         statistics = {}
         if needs:
             filtered = [g if gradient_filter is None else gradient_filter(g) for g in term_grads]
@@ -206,11 +216,13 @@ def apply_if_finite(
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: PyTree) -> optax.ApplyIfFiniteState:
+        inner_state = inner.init(params)
+        _refuse_around_weight_gradients(inner_state)
         return optax.ApplyIfFiniteState(
             notfinite_count=jnp.zeros([], jnp.int32),
             last_finite=jnp.array(True),
             total_notfinite=jnp.zeros([], jnp.int32),
-            inner_state=inner.init(params),
+            inner_state=inner_state,
         )
 
     def update_fn(
@@ -219,6 +231,7 @@ def apply_if_finite(
         params: PyTree | None = None,
         **extra_args: Any,
     ) -> tuple[PyTree, optax.ApplyIfFiniteState]:
+        _refuse_around_weight_gradients(state.inner_state)
         finite = _all_finite(extra_args.get("losses"))
         if axis_name is not None:  # a non-finite loss on any replica skips the step on all
             finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
@@ -238,6 +251,78 @@ def apply_if_finite(
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _refuse_around_weight_gradients(inner_state: PyTree) -> None:
+    """Raises ``ValueError`` when the wrapped optimizer holds a :func:`weight_gradients`."""
+    nodes = jax.tree.leaves(inner_state, is_leaf=lambda x: isinstance(x, WeightGradientsState))
+    if any(isinstance(node, WeightGradientsState) for node in nodes):
+        raise ValueError(
+            "ao.apply_if_finite is wrapped around ao.weight_gradients: its skipped branch "
+            "would return the per-term gradients' zeros where the parameters' updates belong. "
+            "Put it after weight_gradients, around the optimizer: optax.chain("
+            "ao.weight_gradients(w), ao.apply_if_finite(optax.adam(1e-3)))"
+        )
+
+
+def _refuse_inside(wrapper: type, name: str) -> None:
+    """Raises ``ValueError`` when :func:`weight_gradients`' ``init`` is called from the
+    ``init`` of an instance of ``wrapper`` (a few frames up: through ``optax.chain``).
+
+    Such a wrapper handles the updates it is given as parameter-shaped, and per-term gradients
+    are not: it would fail later with a raw pytree error that names neither.
+    """
+    frame = sys._getframe(2)
+    for _ in range(8):
+        if frame is None:
+            return
+        if isinstance(frame.f_locals.get("self"), wrapper):
+            raise ValueError(
+                f"{name} is wrapped around ao.weight_gradients: it would take the per-term "
+                "gradients for parameter-shaped updates. Put it after weight_gradients, "
+                f"inside the chain: optax.chain(ao.weight_gradients(w), {name}(...))"
+            )
+        frame = frame.f_back
+
+
+def _check_term_grads(term_grads: list[PyTree], names: tuple[str, ...], params: PyTree) -> None:
+    """Raises ``ValueError`` naming the term whose gradient is not shaped like the others'
+    (or like ``params``), with the leaves it lacks or has in excess."""
+    structures = [jax.tree.structure(g) for g in term_grads]
+    model = params
+    if params is None or jax.tree.structure(params) not in structures:
+        # no params, or params of another kind (an nnx.State): the terms' majority is the model
+        model = term_grads[structures.index(max(structures, key=structures.count))]
+    reference = jax.tree.structure(model)
+    for name, grads, structure in zip(names, term_grads, structures, strict=True):
+        if structure == reference:
+            continue
+        leaves, expected = _leaf_paths(grads), _leaf_paths(model)
+        detail = (
+            ", ".join(
+                part
+                for part in (
+                    f"it lacks {sorted(expected - leaves)}" if expected - leaves else "",
+                    f"it has extra {sorted(leaves - expected)}" if leaves - expected else "",
+                )
+                if part
+            )
+            or f"its structure is {structure}, the parameters' {reference}"
+        )
+        raise ValueError(
+            f"weight_gradients: the gradient of loss term {name!r} is not shaped like the "
+            f"parameters: {detail}. Each term's gradient must be a pytree shaped like params "
+            "(what ao.per_term_grads gives: a term that does not depend on a parameter gets "
+            "zeros there, not a missing leaf)"
+        )
+
+
+def _leaf_paths(tree: PyTree) -> set[str]:
+    """The key paths of the leaves of ``tree``, as ``"w"`` or ``"encoder/kernel"``."""
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="/")
+        for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def _all_finite(tree: PyTree) -> jax.Array:

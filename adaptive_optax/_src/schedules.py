@@ -64,10 +64,13 @@ def base_vector(terms: Terms, base_weights: Any, dtype) -> tuple[jax.Array, Sche
             functions.append(leaf)
             values.append(_probe(name, leaf))
             continue
+        # one message for every value out of range, 0, inf and NaN alike: the allowed range
+        if validation.is_real_scalar(leaf) and not 0 < float(leaf) < np.inf:
+            raise ValueError(
+                f"base_weights[{name!r}] must be in (0, inf), a finite number > 0 (a term "
+                f"that enters later takes a schedule, 0 until it enters), got {leaf!r}"
+            )
         validation.check_number(f"base_weights[{name!r}]", leaf, low=0, low_open=True)
-        concrete = validation.concrete(leaf)
-        if concrete is not None and not np.all(np.isfinite(concrete)):
-            raise ValueError(f"base_weights[{name!r}] must be positive and finite, got {leaf}")
         functions.append(None)
         values.append(leaf)
     scheduled = np.array([fn is not None for fn in functions])

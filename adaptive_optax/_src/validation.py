@@ -104,6 +104,11 @@ def _is_number(leaf: Any) -> bool:
     )
 
 
+def is_real_scalar(value: Any) -> bool:
+    """Whether ``value`` is one concrete real number (a Python number or a 0-d array)."""
+    return not _is_traced(value) and _is_number(value) and np.ndim(value) == 0
+
+
 def concrete(value: Any) -> np.ndarray | None:
     """The leaves of ``value`` as a flat float64 NumPy array, or None when any is traced."""
     if _is_traced(value):
