@@ -156,8 +156,9 @@ def cagrad_from_gramian(
 
     Examples:
       >>> import jax.numpy as jnp, numpy as np
+      >>> import adaptive_optax as ao
       >>> J = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
-      >>> w = cagrad_from_gramian(J @ J.T, c=0.5)
+      >>> w = ao.gramian.cagrad(J @ J.T, c=0.5)
       >>> np.asarray(w, np.float64).round(4).tolist()
       [0.7041, 0.5]
 

@@ -40,8 +40,9 @@ def mgda_from_gramian(gramian, *, iterations: int = QP_ITERATIONS, mask=None) ->
 
     Examples:
       >>> import jax.numpy as jnp, numpy as np
+      >>> import adaptive_optax as ao
       >>> J = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
-      >>> w = mgda_from_gramian(J @ J.T)
+      >>> w = ao.gramian.mgda(J @ J.T)
       >>> np.asarray(w, np.float64).round(4).tolist()
       [0.6, 0.4]
 

@@ -124,12 +124,13 @@ def nash_mtl_from_gramian(
 
     Examples:
       >>> import jax.numpy as jnp, numpy as np
+      >>> import adaptive_optax as ao
       >>> J = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
       >>> G = J @ J.T
-      >>> alpha = nash_mtl_from_gramian(G)
+      >>> alpha = ao.gramian.nash_mtl(G)
       >>> np.asarray(G @ alpha * alpha, np.float64).round(3).tolist()  # G alpha = 1 / alpha
       [1.0, 1.0]
-      >>> w = nash_mtl_from_gramian(G, max_norm=1.0)
+      >>> w = ao.gramian.nash_mtl(G, max_norm=1.0)
       >>> np.asarray(w @ J, np.float64).round(4).tolist()
       [0.0542, 0.7061, 0.7061]
 
