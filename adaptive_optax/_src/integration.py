@@ -24,9 +24,30 @@ class WeightGradientsState(NamedTuple):
       weighting_state: the weighting's :class:`adaptive_optax.AdaptiveState`; inside any optax
         state, ``optax.tree.get(opt_state, "weighting_state")`` or
         ``adaptive_optax.find_state(opt_state)`` returns it.
+      replicas_differ: int32, the steps on which the per-term gradients reaching the combined
+        update differed between the replicas of ``weight_gradients``' ``axis_name`` (always 0
+        without one); ``optax.tree.get(opt_state, "replicas_differ")`` returns it.
     """
 
     weighting_state: AdaptiveState
+    replicas_differ: jax.Array | int = 0
+
+
+def _replicas_differ(term_grads: list, axis_name: Hashable) -> jax.Array:
+    """Whether the per-term gradients differ between the replicas of ``axis_name``: each
+    term's sum and sum of squares (in float32 at least), compared by ``pmax`` and ``pmin``."""
+
+    def fingerprint(grads):
+        leaves = [jnp.asarray(x) for x in jax.tree.leaves(grads)]
+        leaves = [x.astype(jnp.promote_types(x.dtype, jnp.float32)) for x in leaves]
+        total = sum((jnp.sum(x).astype(jnp.float32) for x in leaves), jnp.zeros((), jnp.float32))
+        squares = sum(
+            (jnp.sum(x * x).astype(jnp.float32) for x in leaves), jnp.zeros((), jnp.float32)
+        )
+        return jnp.stack([total, squares])
+
+    prints = jnp.stack([fingerprint(g) for g in term_grads])
+    return jnp.any(jax.lax.pmax(prints, axis_name) != jax.lax.pmin(prints, axis_name))
 
 
 def weight_gradients(
@@ -35,6 +56,7 @@ def weight_gradients(
     gradient_filter: Callable[[PyTree], PyTree] | None = None,
     skip_nonfinite: bool = False,
     this_steps_weights: bool | None = None,
+    axis_name: Hashable | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Weights per-term gradients with adaptive loss weights, as the first link of an optax chain.
 
@@ -51,8 +73,18 @@ def weight_gradients(
     so that a weighting made by :func:`adaptive_optax.loss_scaled` leaves an fp16 overflow to
     the scaler; other extra arguments are ignored, as in optax.
 
-    Under data parallelism, average the per-term gradients over devices before this transform
-    (as for any optimizer), or build the weighting with ``axis_name``.
+    Under data parallelism (``shard_map`` or ``pmap`` over an axis), average the per-term
+    gradients over the axis before this transform, as for any optimizer: every replica then
+    computes the same statistics (the Gramian of the mean gradients, the norms of the mean
+    gradients), the same weights and the same combined update, and the parameters stay equal.
+    Building the weighting with ``axis_name`` is not an alternative to that: it averages the
+    losses and the gradient statistics over the axis (the mean of the local Gramians, not the
+    Gramian of the mean gradients), so the weights agree across replicas, but the combined
+    update ``sum(weight[t] * grads[t])`` is still each replica's own, and the parameters and
+    the optimizer state drift apart unless the combined update is averaged after this
+    transform (which gives the mean gradients weighted by weights from the mean local
+    Gramian). Pass ``axis_name`` here to check that the per-term gradients agree across the
+    axis: each step on which they differ is counted in ``replicas_differ`` of the state.
 
     Args:
       weighting: a :class:`adaptive_optax.LossWeighting`, e.g. from
@@ -70,6 +102,10 @@ def weight_gradients(
         counts the non-finite term (``nonfinite/<term>`` in :func:`adaptive_optax.metrics`),
         keeps that term's statistics and weight, and with ``auto_rollback`` undoes a recent
         adjustment.
+      axis_name: the mapped axis of data parallelism, if any. Each step, a fingerprint of
+        every term's gradient (its sum and sum of squares) is compared across the axis; a step
+        on which they differ on some replica is counted in ``replicas_differ`` (two scalars per
+        term are reduced; the gradients themselves are not averaged, nor changed).
       this_steps_weights: weight this step's gradients with the weights computed from them;
         default: True when the rule reads the Gramian (MGDA, UPGrad, ...: their weights are a
         function of the current gradients), else False (the state's weights, one step old).
@@ -108,7 +144,9 @@ def weight_gradients(
     def init_fn(params: PyTree) -> WeightGradientsState:
         del params
         _refuse_inside(optax.MultiSteps, "optax.MultiSteps")
-        return WeightGradientsState(weighting_state=weighting.init())
+        return WeightGradientsState(
+            weighting_state=weighting.init(), replicas_differ=jnp.zeros((), jnp.int32)
+        )
 
     def update_fn(
         updates: PyTree,
@@ -160,7 +198,10 @@ def weight_gradients(
             counted = new_inner.counters.nonfinite != inner.counters.nonfinite
             finite = _all_finite(combined) & ~jnp.any(counted)
             new_inner = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_inner, inner)
-        return combined, WeightGradientsState(weighting_state=new_inner)
+        differ = state.replicas_differ
+        if axis_name is not None:
+            differ = differ + _replicas_differ(term_grads, axis_name).astype(jnp.int32)
+        return combined, WeightGradientsState(weighting_state=new_inner, replicas_differ=differ)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -222,8 +222,11 @@ def nonneg_qp(
     factorises ``Q + Z/X`` (plus ``1 1^T`` for the simplex, whose constraint is then
     eliminated) once, by Cholesky; ``Q`` may be singular. Once the duality measure falls below
     ``eps**2`` the iterate is frozen, so extra iterations cannot degrade it. From the symmetric
-    start ``x = 1/K`` (simplex) or ``x = 1``, the method is permutation-equivariant, and for a
-    non-unique minimizer it tends to the analytic center of the optimal face.
+    start ``x = 1/K`` (simplex) or ``x = 1``, the method is permutation-equivariant in exact
+    arithmetic, and for a non-unique minimizer its central path tends to the analytic center
+    of the optimal face; in floating point the Cholesky solves are not equivariant, and along
+    a degenerate direction of the optimal face (where ``Q + Z/X`` is nearly singular) rounding,
+    not the barrier, decides where the iterate ends (see ``ao.gramian.mgda``).
 
     With ``active``, the other variables are held at 0: their rows and columns of ``Q`` are
     replaced by the identity's and their ``c`` by a cost larger than any multiplier of the

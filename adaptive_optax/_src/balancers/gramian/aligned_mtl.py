@@ -63,8 +63,9 @@ def aligned_mtl_from_gramian(
 
     Examples:
       >>> import jax.numpy as jnp, numpy as np
+      >>> import adaptive_optax as ao
       >>> J = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
-      >>> w = aligned_mtl_from_gramian(J @ J.T)
+      >>> w = ao.gramian.aligned_mtl(J @ J.T)
       >>> np.asarray(w, np.float64).round(4).tolist()
       [0.5591, 0.4083]
 

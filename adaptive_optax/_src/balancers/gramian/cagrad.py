@@ -56,6 +56,8 @@ def _cagrad_direction_weights(g: Array, mean: Array, s: Array, iterations, qp_it
     to the rounding error of ``||J^T w_0||`` when ``0`` is (numerically) in the hull. The
     bracket follows the gradients' scales: a term whose gradient is thousands of times shorter
     than another's still moves the solution (no fixed floor).
+
+    Returns ``(w*, w_0)``: the root's weights and the min-norm point's.
     """
     b = g @ mean
     tiny = jnp.sqrt(jnp.finfo(g.dtype).tiny)
@@ -75,7 +77,7 @@ def _cagrad_direction_weights(g: Array, mean: Array, s: Array, iterations, qp_it
         # Step 0 finds the min-norm point (t = 0), steps 1 and 2 evaluate the ends of the
         # bracket, the others its secant point, so that the graph holds one QP (it compiles in
         # about half the time of two).
-        lo, f_lo, w_lo, hi, f_hi, w_hi, side = state
+        lo, f_lo, w_lo, hi, f_hi, w_hi, side, w_0 = state
         secant = (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
         mid = jnp.where(jnp.isfinite(secant), jnp.clip(secant, lo, hi), 0.5 * (lo + hi))
         log_t = jnp.select([t == 0, t == 1, t == 2], [-jnp.inf, lo, hi], mid)
@@ -98,13 +100,14 @@ def _cagrad_direction_weights(g: Array, mean: Array, s: Array, iterations, qp_it
                 jnp.where(low_side, jnp.int32(1), jnp.int32(-1)),
             ),
         )
-        return jax.tree.map(lambda *x: jnp.select([t == 0, t == 1, t == 2], x[:3], x[3]), *cases)
+        new = jax.tree.map(lambda *x: jnp.select([t == 0, t == 1, t == 2], x[:3], x[3]), *cases)
+        return (*new, jnp.where(t == 0, w_mid, w_0))
 
     hi = 0.5 * jnp.log(jnp.maximum(jnp.max(jnp.diag(g)), tiny**2))
     zero, weights = jnp.zeros((), g.dtype), jnp.zeros_like(mean)
-    start = (hi, zero, weights, hi, zero, weights, jnp.zeros((), jnp.int32))
-    lo, f_lo, w_lo, hi, f_hi, w_hi, _ = jax.lax.fori_loop(0, iterations + 3, step, start)
-    return jnp.where(jnp.abs(f_lo) < jnp.abs(f_hi), w_lo, w_hi)
+    start = (hi, zero, weights, hi, zero, weights, jnp.zeros((), jnp.int32), weights)
+    lo, f_lo, w_lo, hi, f_hi, w_hi, _, w_0 = jax.lax.fori_loop(0, iterations + 3, step, start)
+    return jnp.where(jnp.abs(f_lo) < jnp.abs(f_hi), w_lo, w_hi), w_0
 
 
 def cagrad_from_gramian(
@@ -132,7 +135,14 @@ def cagrad_from_gramian(
     The weights are zero, as in TorchJD, only when ``||J^T w*|| < norm_eps`` (relative to
     ``sqrt(trace(G))``, TorchJD's normalization) or when ``||J^T w*||^2`` is below its
     rounding error in the computing dtype (``w*`` is then noise; this happens near
-    Pareto-stationary points, where ``0`` is in the convex hull of the gradients). Gradients
+    Pareto-stationary points, where ``0`` is in the convex hull of the gradients). Where the
+    min-norm point of the hull is shorter than ``norm_eps`` (or than its rounding error), it is
+    taken as ``w*`` when ``c >= 1`` (no point of the simplex costs less: the cost is at least
+    ``(c - 1) ||g_0|| ||J^T w||``; the other minimizers give the same zero aggregate, which
+    float32 would only resolve as rounding noise that may conflict with a term) and, for
+    ``c < 1``, when it costs no more than the root found (zero gradients beside gradients along
+    the mean): the weights are then zero, as TorchJD's, and the aggregate conflicts with no
+    term. Gradients
     of different scales are not stationary: a term whose gradient is 3000 times shorter than
     another's (relative norm ``3e-4``) still gives CAGrad's direction, as in TorchJD and the
     authors' code. ``norm_eps=0`` never zeroes the weights, as the authors' code: where
@@ -156,8 +166,9 @@ def cagrad_from_gramian(
 
     Examples:
       >>> import jax.numpy as jnp, numpy as np
+      >>> import adaptive_optax as ao
       >>> J = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
-      >>> w = cagrad_from_gramian(J @ J.T, c=0.5)
+      >>> w = ao.gramian.cagrad(J @ J.T, c=0.5)
       >>> np.asarray(w, np.float64).round(4).tolist()
       [0.7041, 0.5]
 
@@ -173,8 +184,24 @@ def cagrad_from_gramian(
     mean = uniform(n.active, g.dtype)
     s = c * jnp.sqrt(jnp.maximum(mean @ g @ mean, 0.0))
     safe_s = jnp.where(s > 0, s, 1.0)
-    w = _cagrad_direction_weights(g, mean, safe_s, iterations, qp_iterations, n.active)
-    norm = jnp.sqrt(jnp.maximum(w @ g @ w, 0.0))
+    w, w_0 = _cagrad_direction_weights(g, mean, safe_s, iterations, qp_iterations, n.active)
+
+    def norm_of(v):
+        return jnp.sqrt(jnp.maximum(v @ g @ v, 0.0))
+
+    # The interior point converges slowly onto a zero gradient (degenerate: its multiplier
+    # goes to 0 too): the shortest gradient's vertex, where shorter, is the min-norm point.
+    diag = jnp.where(n.active, jnp.diag(g), jnp.inf)
+    vertex = jax.nn.one_hot(jnp.argmin(diag), g.shape[0], dtype=g.dtype)
+    w_0 = jnp.where(jnp.min(diag) < w_0 @ g @ w_0, vertex, w_0)
+    # 0 in the hull (to norm_eps or rounding): the min-norm point w_0 costs about 0, and for
+    # c >= 1 no point costs less (cost(w) >= (c - 1) ||g_0|| ||J^T w||), so w* = w_0; for
+    # c < 1 it is w* where no root costs less (zero gradients with others parallel).
+    at_zero = (norm_of(w_0) < norm_eps) | (w_0 @ g @ w_0 <= _rounding_error(g, w_0))
+    cost_0 = (g @ mean) @ w_0 + s * norm_of(w_0)
+    cheaper = cost_0 <= (g @ mean) @ w + s * norm_of(w)
+    w = jnp.where(at_zero & ((c >= 1) | cheaper), w_0, w)
+    norm = norm_of(w)
     resolved = w @ g @ w > _rounding_error(g, w)
     moving = jnp.where(resolved, mean + divide_or_zero(s, norm) * w, mean)
     # A zero gradient's weight does not move the aggregate: keep its share of the mean.

@@ -46,8 +46,9 @@ def config_from_gramian(gramian, *, pref_vector=None, mask=None) -> Array:
 
     Examples:
       >>> import jax.numpy as jnp, numpy as np
+      >>> import adaptive_optax as ao
       >>> J = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
-      >>> w = config_from_gramian(J @ J.T)
+      >>> w = ao.gramian.config(J @ J.T)
       >>> np.asarray(w @ J, np.float64).round(4).tolist()
       [0.1588, 2.0706, 2.0706]
 

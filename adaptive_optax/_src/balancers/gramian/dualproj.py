@@ -37,8 +37,9 @@ def dualproj_from_gramian(
 
     Examples:
       >>> import jax.numpy as jnp, numpy as np
+      >>> import adaptive_optax as ao
       >>> J = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
-      >>> w = dualproj_from_gramian(J @ J.T)
+      >>> w = ao.gramian.dualproj(J @ J.T)
       >>> np.asarray(w, np.float64).round(4).tolist()
       [0.6109, 0.5]
 

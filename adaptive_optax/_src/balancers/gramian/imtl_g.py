@@ -40,8 +40,9 @@ def imtl_g_from_gramian(gramian, *, mask=None) -> Array:
 
     Examples:
       >>> import jax.numpy as jnp, numpy as np
+      >>> import adaptive_optax as ao
       >>> J = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
-      >>> w = imtl_g_from_gramian(J @ J.T)
+      >>> w = ao.gramian.imtl_g(J @ J.T)
       >>> np.asarray(w, np.float64).round(4).tolist()
       [0.5923, 0.4077]
 

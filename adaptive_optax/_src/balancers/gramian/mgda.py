@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
+
 from adaptive_optax._src.balancers._common import bare, preset
 from adaptive_optax._src.balancers.gramian._shared import (
     QP_ITERATIONS,
@@ -23,12 +25,20 @@ def mgda_from_gramian(gramian, *, iterations: int = QP_ITERATIONS, mask=None) ->
     ``w = argmin_{w >= 0, sum(w) = 1} w^T G w``. The aggregate ``d = J^T w`` satisfies
     ``J d >= ||d||^2 >= 0``: it conflicts with no gradient.
 
-    Solved by a primal-dual interior-point method (fixed ``iterations``) on the
+    Solved by a primal-dual interior-point method (fixed ``iterations``, no early stop, so
+    the iterations of one Gramian never depend on the others of a ``vmap`` batch) on the
     trace-normalized Gramian, where the authors and TorchJD run Frank-Wolfe (Algorithm 2 of
     Sener & Koltun) with an early stop at ``gamma < 0.001`` or 100 iterations: the minimizer is
-    the same, reached to float precision. When it is not unique (``0`` in the hull of a
-    rank-deficient set), the interior-point method returns the analytic center of the optimal
-    face, which keeps the weights permutation-equivariant.
+    the same, reached to float precision.
+
+    The min-norm point ``d`` is unique; the weights are not when the gradients are linearly
+    dependent (a duplicated gradient, ``0`` in the hull of a rank-deficient set). What is
+    guaranteed then: identical gradients (identical rows of ``G``, compared exactly) get
+    identical weights, since the weights are averaged over each group of identical rows
+    (the average of optimal weights is optimal); TorchJD's Frank-Wolfe gives the whole group's
+    weight to one of them. In other non-unique cases the weights are one optimal choice
+    that rounding decides, so it may differ between ``jit`` and ``vmap`` or between batch
+    sizes and orders of the terms, while the aggregate ``d`` agrees to rounding.
 
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
@@ -40,8 +50,9 @@ def mgda_from_gramian(gramian, *, iterations: int = QP_ITERATIONS, mask=None) ->
 
     Examples:
       >>> import jax.numpy as jnp, numpy as np
+      >>> import adaptive_optax as ao
       >>> J = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
-      >>> w = mgda_from_gramian(J @ J.T)
+      >>> w = ao.gramian.mgda(J @ J.T)
       >>> np.asarray(w, np.float64).round(4).tolist()
       [0.6, 0.4]
 
@@ -51,7 +62,16 @@ def mgda_from_gramian(gramian, *, iterations: int = QP_ITERATIONS, mask=None) ->
     """
     iterations = check_iterations("iterations", iterations)
     n = normalize(gramian, mask)
-    return finish(min_norm_weights(n.gramian, iterations, active=n.active), n)
+    w = min_norm_weights(n.gramian, iterations, active=n.active)
+    return finish(average_identical(w, n.gramian, n.active), n)
+
+
+def average_identical(w: Array, g: Array, active: Array) -> Array:
+    """``w`` averaged over each group of active terms whose rows of ``g`` are identical
+    (exactly); unchanged, bit for bit, where no two rows are."""
+    same = jnp.all(g[:, None, :] == g[None, :, :], axis=-1) & active[:, None] & active[None, :]
+    same = same | jnp.eye(g.shape[0], dtype=bool)
+    return jnp.where(same, w[None, :], 0.0).sum(-1) / same.sum(-1).astype(w.dtype)
 
 
 def mgda_rule(*, iterations: int = QP_ITERATIONS) -> Rule:

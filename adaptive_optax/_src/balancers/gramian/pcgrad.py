@@ -60,8 +60,9 @@ def pcgrad_from_gramian(gramian, *, key: Array | None = None, mask=None) -> Arra
 
     Examples:
       >>> import jax.numpy as jnp, numpy as np
+      >>> import adaptive_optax as ao
       >>> J = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
-      >>> w = pcgrad_from_gramian(J @ J.T)
+      >>> w = ao.gramian.pcgrad(J @ J.T)
       >>> np.asarray(w, np.float64).round(4).tolist()
       [2.2222, 1.5789]
 

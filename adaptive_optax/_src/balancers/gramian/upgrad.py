@@ -56,8 +56,9 @@ def upgrad_from_gramian(
 
     Examples:
       >>> import jax.numpy as jnp, numpy as np
+      >>> import adaptive_optax as ao
       >>> J = jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
-      >>> w = upgrad_from_gramian(J @ J.T)
+      >>> w = ao.gramian.upgrad(J @ J.T)
       >>> np.asarray(w, np.float64).round(4).tolist()
       [1.1109, 0.7894]
 
