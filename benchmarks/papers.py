@@ -473,6 +473,12 @@ def weighting_of(table: Table, label: str) -> ao.LossWeighting | None:
     raise ValueError(f"unknown method {method!r}")
 
 
+def method_of_label(label: str) -> str:
+    """The method of an arm label of any table (``config``, ``lr_annealing``, ...)."""
+    base = label.removesuffix("+guards")
+    return {"plain": "sum", "adam": "sum"}.get(base, base)
+
+
 def method_of(table: Table, label: str) -> str:
     return dict(table.arms)[label] or label.removesuffix("+guards")
 
@@ -758,6 +764,7 @@ def record(
         "arms": arms,
         "aliases": aliases,
         "comparisons": comparisons,
+        "unfinished": [],
     }
     if table.name == "burgers":
         data["reference_check"] = burgers_reference_check()
@@ -889,6 +896,25 @@ def markdown(data: dict) -> str:
                 f"{_g(b['median'])} [{_g(b['min'])}, {_g(b['max'])}] |"
             )
         lines.append("")
+    for u in data.get("unfinished", []):
+        o = summary(np.asarray(u["scores"]))
+        published = data["published"].get(u["label"].removesuffix("+guards"))
+        twins = []
+        for r in data["arms"]:
+            if r["method"] == method_of_label(u["label"]) and u["step"] in r["curve_steps"]:
+                at = r["curve_steps"].index(u["step"])
+                values = np.asarray(r["curve"][data["score"]], float)[:, at]
+                twins.append(f"`{r['label']}` {_g(float(np.median(values)))} at that step")
+        lines += [
+            f"`{u['label']}` was trained only to step {u['step']} of the paper's "
+            f"{data['paper_steps']} in the time this run had: its {data['score']} there, over "
+            f"the seeds (the progress lines of its log, one per seed), was "
+            f"{_g(o['median'])} [{_g(o['min'])}, {_g(o['max'])}] (median [min, max]"
+            + (f"; {', '.join(twins)}" if twins else "")
+            + f"; the paper: {published_text(published)} at the end of training). It is not "
+            "in the table above, and has no paired interval.",
+            "",
+        ]
     if data["comparisons"]:
         lines += [
             "Guarded against bare on the same seeds (final score; median of the per-seed "
@@ -1100,8 +1126,36 @@ def write_pages(out: pathlib.Path, root: pathlib.Path) -> list[pathlib.Path]:
     return written
 
 
-def merge(name: str, sources: Sequence[str], reduced: str = "") -> dict[str, Any]:
+def unfinished_arm(label: str, log: pathlib.Path, seeds: int) -> dict[str, Any]:
+    """An arm whose run was stopped before its last step: the last complete set of progress
+    lines its run printed (``step N of M, metric X``, one line per seed) in ``log``."""
+    by_step: dict[int, list[float]] = {}
+    total = 0
+    for line in log.read_text().splitlines():
+        head, sep, tail = line.partition(f" {label}: step ")
+        if not sep or ", metric " not in tail:
+            continue
+        where, _, value = tail.partition(", metric ")
+        step, _, of = where.partition(" of ")
+        by_step.setdefault(int(step), []).append(float(value))
+        total = int(of)
+    complete = [step for step, values in by_step.items() if len(values) == seeds]
+    if not complete:
+        raise ValueError(f"{log}: no complete progress of {label}")
+    step = max(complete)
+    return {"label": label, "step": step, "of": total, "scores": by_step[step], "log": str(log)}
+
+
+def merge(
+    name: str,
+    sources: Sequence[str],
+    reduced: str = "",
+    unfinished: Sequence[str] = (),
+) -> dict[str, Any]:
     """One record of the table ``name`` from runs split by arm (same seeds and steps).
+
+    ``unfinished``: ``LABEL=LOG`` per arm stopped before its last step (see
+    :func:`unfinished_arm`); the page shows its scores at the step it reached, apart.
 
     Each source is a json record (``papers_<name>.json`` of a run with ``--arms``) or
     ``PATH=COMMAND``: a ``.partial.json`` arm list of a run cut short after some arms, with the
@@ -1130,7 +1184,11 @@ def merge(name: str, sources: Sequence[str], reduced: str = "") -> dict[str, Any
             raise ValueError(f"arm {r['label']}: {len(r['scores'])} seeds, not {len(seeds)}")
     seconds = sum(r["seconds"] for r in arms.values())
     command = "; ".join(commands) + f"; python -m benchmarks.papers merge {name} ..."
-    return record(table, list(arms.values()), seeds, steps, command, reduced, seconds)
+    data = record(table, list(arms.values()), seeds, steps, command, reduced, seconds)
+    for item in unfinished:
+        label, _, log = item.partition("=")
+        data["unfinished"].append(unfinished_arm(label, pathlib.Path(log), len(seeds)))
+    return data
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
@@ -1149,6 +1207,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out/papers"))
     parser.add_argument("--reduced", default="", help="what was reduced against the paper")
     parser.add_argument("--arms", default=None, help="comma-separated arm labels (default: all)")
+    parser.add_argument(
+        "--unfinished",
+        action="append",
+        default=[],
+        help="merge: LABEL=LOG, an arm stopped before its last step, read from its progress log",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     root = pathlib.Path(__file__).resolve().parent.parent
@@ -1156,7 +1220,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         write_pages(args.out, root)
         return None
     if args.table == "merge":
-        data = merge(str(args.sources[0]), [str(p) for p in args.sources[1:]], args.reduced)
+        data = merge(
+            str(args.sources[0]),
+            [str(p) for p in args.sources[1:]],
+            args.reduced,
+            args.unfinished,
+        )
         (args.out / f"papers_{data['name']}.json").write_text(json.dumps(data, indent=1) + "\n")
         (args.out / f"papers_{data['name']}.md").write_text(markdown(data))
         return data
