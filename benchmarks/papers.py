@@ -473,12 +473,6 @@ def weighting_of(table: Table, label: str) -> ao.LossWeighting | None:
     raise ValueError(f"unknown method {method!r}")
 
 
-def method_of_label(label: str) -> str:
-    """The method of an arm label of any table (``config``, ``lr_annealing``, ...)."""
-    base = label.removesuffix("+guards")
-    return {"plain": "sum", "adam": "sum"}.get(base, base)
-
-
 def method_of(table: Table, label: str) -> str:
     return dict(table.arms)[label] or label.removesuffix("+guards")
 
@@ -899,18 +893,18 @@ def markdown(data: dict) -> str:
     for u in data.get("unfinished", []):
         o = summary(np.asarray(u["scores"]))
         published = data["published"].get(u["label"].removesuffix("+guards"))
-        twins = []
+        others = []
         for r in data["arms"]:
-            if r["method"] == method_of_label(u["label"]) and u["step"] in r["curve_steps"]:
+            if u["step"] in r["curve_steps"]:
                 at = r["curve_steps"].index(u["step"])
                 values = np.asarray(r["curve"][data["score"]], float)[:, at]
-                twins.append(f"`{r['label']}` {_g(float(np.median(values)))} at that step")
+                others.append(f"`{r['label']}` {_g(float(np.median(values)))} at that step")
         lines += [
             f"`{u['label']}` was trained only to step {u['step']} of the paper's "
             f"{data['paper_steps']} in the time this run had: its {data['score']} there, over "
             f"the seeds (the progress lines of its log, one per seed), was "
             f"{_g(o['median'])} [{_g(o['min'])}, {_g(o['max'])}] (median [min, max]"
-            + (f"; {', '.join(twins)}" if twins else "")
+            + (f"; {', '.join(others)}" if others else "")
             + f"; the paper: {published_text(published)} at the end of training). It is not "
             "in the table above, and has no paired interval.",
             "",
