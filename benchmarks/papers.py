@@ -219,8 +219,9 @@ def burgers_table() -> Table:
             "hypercube sample at every iteration: 2000 residual points in (x, t), 50 initial "
             "x, 50 boundary t (25 at x = -1, 25 at x = +1); Adam, lr 1e-4 constant, 5000 "
             "iterations; Adam arm: the plain sum; ConFIG arm: ao.config_weights on the three "
-            "per-term gradients, then Adam. Metric: MSE of u against the Cole-Hopf reference "
-            "(benchmarks.problems.cole_hopf) on ConFIG's 100 x 256 test grid"
+            "per-term gradients, then Adam. Metric: MSE of u against the authors' reference "
+            "array on their 100 x 256 test grid (and, beside it, against the Cole-Hopf "
+            "solution, benchmarks.problems.cole_hopf)"
         ),
         terms=("residual", "initial", "boundary"),
         init=lambda key: xavier_init(key, (2, 50, 50, 50, 50, 50, 1), bias=0.001),
@@ -905,7 +906,7 @@ def markdown(data: dict) -> str:
             f"the seeds (the progress lines of its log, one per seed), was "
             f"{_g(o['median'])} [{_g(o['min'])}, {_g(o['max'])}] (median [min, max]"
             + (f"; {', '.join(others)}" if others else "")
-            + f"; the paper: {published_text(published)} at the end of training). It is not "
+            + f"; the paper: {published_text(published)}). It is not "
             "in the table above, and has no paired interval.",
             "",
         ]
@@ -974,7 +975,7 @@ def outside_text(data: dict) -> str:
     text = (
         "Outside our seeds' range: " + "; ".join(parts) + "."
         if parts
-        else "Every published number lies within our seeds' range."
+        else "Every published number of an arm trained to the end lies within our seeds' range."
     )
     by_label = {r["label"]: r for r in data["arms"]}
     for c in data["comparisons"]:
@@ -1145,6 +1146,9 @@ def merge(
     sources: Sequence[str],
     reduced: str = "",
     unfinished: Sequence[str] = (),
+    default_seeds: Sequence[int] = SEEDS,
+    default_steps: int | None = None,
+    merge_command: str = "",
 ) -> dict[str, Any]:
     """One record of the table ``name`` from runs split by arm (same seeds and steps).
 
@@ -1171,13 +1175,13 @@ def merge(
         commands.append(command + " (" + ", ".join(r["label"] for r in rows) + ")")
         for r in rows:
             arms.setdefault(r["label"], r)
-    if seeds is None or steps is None:
-        raise ValueError("merge needs at least one json record (for its seeds and steps)")
+    if seeds is None or steps is None:  # partial lists only: the given seeds and steps
+        seeds, steps = list(default_seeds), default_steps or table.steps
     for r in arms.values():
         if len(r["scores"]) != len(seeds):
             raise ValueError(f"arm {r['label']}: {len(r['scores'])} seeds, not {len(seeds)}")
     seconds = sum(r["seconds"] for r in arms.values())
-    command = "; ".join(commands) + f"; python -m benchmarks.papers merge {name} ..."
+    command = "; ".join([*commands, merge_command or f"python -m benchmarks.papers merge {name}"])
     data = record(table, list(arms.values()), seeds, steps, command, reduced, seconds)
     for item in unfinished:
         label, _, log = item.partition("=")
@@ -1213,17 +1217,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     if args.table == "pages":
         write_pages(args.out, root)
         return None
+    command = "python -m benchmarks.papers " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.table == "merge":
         data = merge(
             str(args.sources[0]),
             [str(p) for p in args.sources[1:]],
             args.reduced,
             args.unfinished,
+            tuple(range(args.seeds)),
+            args.steps,
+            command,
         )
         (args.out / f"papers_{data['name']}.json").write_text(json.dumps(data, indent=1) + "\n")
         (args.out / f"papers_{data['name']}.md").write_text(markdown(data))
         return data
-    command = "python -m benchmarks.papers " + " ".join(argv if argv is not None else sys.argv[1:])
     partial = args.out / f"papers_{args.table}.partial.json"
     data = run_table(
         args.table,
