@@ -1047,7 +1047,10 @@ def burgers_notes(data: dict) -> str:
             evidence_text(data),
             "The published numbers come from one run each (PyTorch, seed 19018, on a GPU); "
             "ours from 5 seeds of JAX on a CPU, with the same network, initialisation, "
-            "sampling, optimiser and metric.",
+            "sampling, optimiser and metric. One departure of the method: with three terms "
+            "ConFIG's weights on the gradients can be negative, and the library's ConFIG "
+            "clips a negative weight to 0 (its docstring says so); the authors' update does "
+            "not.",
         )
         if x
     )
