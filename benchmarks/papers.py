@@ -811,10 +811,24 @@ def comparison_rows(data: dict) -> list[dict[str, Any]]:
             }
         )
     known = {r["label"].removesuffix("+guards") for r in data["arms"]}
+    for u in data.get("unfinished", []):
+        published = data["published"].get(u["label"].removesuffix("+guards"))
+        out.append(
+            {"labels": [u["label"]], "paper": published, "ours": None, "stopped": u, "inside": None}
+        )
+        known.add(u["label"].removesuffix("+guards"))
     for label, entry in data["published"].items():
         if label not in known:
             out.append({"labels": [label], "paper": entry, "ours": None, "inside": None})
     return out
+
+
+def stopped_text(u: dict) -> str:
+    o = summary(np.asarray(u["scores"]))
+    return (
+        f"stopped at step {u['step']}: {_g(o['median'])} [{_g(o['min'])}, {_g(o['max'])}], "
+        "not a final score"
+    )
 
 
 def comparison_table(data: dict) -> list[str]:
@@ -828,7 +842,8 @@ def comparison_table(data: dict) -> list[str]:
     for r in comparison_rows(data):
         label = " = ".join(f"`{x}`" for x in r["labels"])
         if r["ours"] is None:
-            lines.append(f"| {label} | {published_text(r['paper'])} | not run | - | - | - |")
+            ours = stopped_text(r["stopped"]) if "stopped" in r else "not run"
+            lines.append(f"| {label} | {published_text(r['paper'])} | {ours} | - | - | - |")
             continue
         o = r["ours"]
         inside = {None: "-", True: "yes", False: "no"}[r["inside"]]
@@ -965,7 +980,7 @@ def outside_text(data: dict) -> str:
     """Where each published number falls outside our seeds' range, and by how much."""
     parts = []
     for r in comparison_rows(data):
-        if r["inside"] is False:
+        if r.get("inside") is False:
             o, value = r["ours"], r["paper"]["value"]
             side = "below" if value < o["min"] else "above"
             parts.append(
@@ -997,7 +1012,7 @@ def evidence_text(data: dict) -> str:
     parts = []
     by_label = {r["label"]: r for r in data["arms"]}
     for r in comparison_rows(data):
-        if r["inside"] is not False:
+        if r.get("inside") is not False:
             continue
         row, paper = by_label[r["labels"][0]], r["paper"]
         scores = np.asarray(paper_score(data, row))
@@ -1082,8 +1097,11 @@ def block_text(results: dict[str, dict]) -> str:
         for r in comparison_rows(data):
             label = " = ".join(f"`{x}`" for x in r["labels"])
             if r["ours"] is None:
+                ours = stopped_text(r["stopped"]) if "stopped" in r else "not run"
+                steps = r["stopped"]["step"] if "stopped" in r else "-"
                 lines.append(
-                    f"| {name} | {label} | {published_text(r['paper'])} | not run | - | - |"
+                    f"| {name} | {label} | {published_text(r['paper'])} | {ours} | "
+                    f"{len(data['seeds'])} | {steps} |"
                 )
                 continue
             o = r["ours"]
