@@ -1090,7 +1090,7 @@ QUOTING = ("MEASURED.md", "docs/guides/suite.md")
 def block_text(results: dict[str, dict]) -> str:
     """The generated block of MEASURED.md and the suite page: paper against ours, per arm."""
     lines = [
-        "| table | arm | paper | ours: median [min, max] | seeds | steps |",
+        "| table | arm | paper | ours, as the paper measures: median [min, max] | seeds | steps |",
         "|---|---|---|---|---|---|",
     ]
     for name, data in results.items():
