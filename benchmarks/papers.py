@@ -1099,9 +1099,10 @@ def block_text(results: dict[str, dict]) -> str:
             if r["ours"] is None:
                 ours = stopped_text(r["stopped"]) if "stopped" in r else "not run"
                 steps = r["stopped"]["step"] if "stopped" in r else "-"
+                seeds = len(data["seeds"]) if "stopped" in r else "-"
                 lines.append(
-                    f"| {name} | {label} | {published_text(r['paper'])} | {ours} | "
-                    f"{len(data['seeds'])} | {steps} |"
+                    f"| {name} | {label} | {published_text(r['paper'])} | {ours} | {seeds} | "
+                    f"{steps} |"
                 )
                 continue
             o = r["ours"]
