@@ -270,26 +270,35 @@ def poisson() -> Problem:
 BURGERS_NU = 0.01 / np.pi
 
 
-@functools.cache
-def burgers_reference(nt: int = 26, nx: int = 129) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The exact solution of the Burgers problem on a grid: ``(t, x, u)``, from Cole-Hopf.
+def cole_hopf(t: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The exact solution of the Burgers problem at times ``t`` and points ``x``: ``(t, x)``.
 
     ``u(t, x) = -int sin(pi (x - e)) f(x - e) g(e) de / int f(x - e) g(e) de`` with
     ``f(y) = exp(-cos(pi y) / (2 pi nu))`` and a Gaussian ``g`` of variance ``2 nu t``,
-    evaluated by Gauss-Hermite quadrature in float64 (log-sum-exp for the large exponents).
+    evaluated by Gauss-Hermite quadrature in float64 (log-sum-exp for the large exponents);
+    ``u(0, x) = -sin(pi x)``.
     """
-    t = np.linspace(0.0, 1.0, nt)
-    x = np.linspace(-1.0, 1.0, nx)
+    t, x = np.asarray(t, np.float64), np.asarray(x, np.float64)
     z, w = np.polynomial.hermite.hermgauss(200)
-    u = np.empty((nt, nx))
-    u[0] = -np.sin(np.pi * x)
-    for i, ti in enumerate(t[1:], start=1):
+    u = np.empty((t.size, x.size))
+    for i, ti in enumerate(t):
+        if ti == 0:
+            u[i] = -np.sin(np.pi * x)
+            continue
         y = x[:, None] - np.sqrt(4 * BURGERS_NU * ti) * z[None, :]
         log_f = -np.cos(np.pi * y) / (2 * np.pi * BURGERS_NU) + np.log(w)[None, :]
         log_f = log_f - log_f.max(axis=1, keepdims=True)
         f = np.exp(log_f)
         u[i] = -(np.sin(np.pi * y) * f).sum(axis=1) / f.sum(axis=1)
-    return t, x, u
+    return u
+
+
+@functools.cache
+def burgers_reference(nt: int = 26, nx: int = 129) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact solution of the Burgers problem on a grid: ``(t, x, u)`` (:func:`cole_hopf`)."""
+    t = np.linspace(0.0, 1.0, nt)
+    x = np.linspace(-1.0, 1.0, nx)
+    return t, x, cole_hopf(t, x)
 
 
 def burgers() -> Problem:
