@@ -1,0 +1,351 @@
+"""The ``speech`` problem: the largest stable learning rate on real (eSpeak NG) speech.
+
+Issue 25, item 2. A TTS model of about 0.6M parameters (``benchmarks/speech_model.py``) trained
+with Adam on 80-bin log-mel frames of speech synthesised by eSpeak NG
+(``benchmarks/speech_data.py``), under three arms, as a user would compare them:
+
+- ``fixed base``: the seed's base weights, fixed (mel 2.5, stop 1, attention 0.1, duration 0.1);
+- ``default``: ``ao.stable_weights(base, adapt="mel")``, the library's default controller;
+- ``fixed floor``: the mel weight fixed at its floor, 0.4 x base (1.0), the others at base.
+
+Every run trains until the held-out (validation) mel loss stops improving: it is evaluated every
+``EVAL_EVERY`` steps and stops after ``PATIENCE`` evaluations without a new best (or at
+``MAX_STEPS``); its record is the test split's mel loss at the best validation evaluation.
+A run is **stable** when no loss went non-finite before it stopped and its best validation mel
+is below ``COLLAPSE`` x the validation mel of predicting the mean frame (zeros after
+normalisation), i.e. it learned speech rather than the average. An arm's largest stable
+learning rate is the largest rate of ``RATES`` at which every seed is stable.
+
+Commands (one each, same commit):
+
+- ``python -m benchmarks.speech build`` synthesises and caches the data set in ``cache/speech``;
+- ``python -m benchmarks.speech run`` trains every arm x rate x seed, writes
+  ``results/speech.json`` (every seed's record, command, commit, machine) and
+  ``results/speech.md`` (generated from the json);
+- ``python -m benchmarks.speech figure`` draws ``results/speech.png`` (one test utterance's
+  target and predicted mel, teacher-forced, from the fixed base arm at its largest stable rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import adaptive_optax as ao
+from benchmarks import speech_data, speech_model
+from benchmarks.speech_model import BASE_WEIGHTS, TERMS, Batch
+
+RATES = (3e-3, 1e-2, 3e-2, 1e-1)
+SEEDS = tuple(range(5))
+BATCH = 4
+EVAL_EVERY = 50
+PATIENCE = 3
+MAX_STEPS = 400
+COLLAPSE = 0.9
+FLOOR = 0.4
+OUT = pathlib.Path("results")
+ARMS = ("fixed base", "default", "fixed floor")
+
+
+def weighting_of(arm: str) -> ao.LossWeighting | None:
+    """The arm's weighting, or None for fixed weights (:func:`fixed_weights`)."""
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}")
+    return ao.stable_weights(BASE_WEIGHTS, adapt="mel") if arm == "default" else None
+
+
+def fixed_weights(arm: str) -> dict[str, float]:
+    if arm == "fixed floor":
+        return {**BASE_WEIGHTS, "mel": FLOOR * BASE_WEIGHTS["mel"]}
+    return dict(BASE_WEIGHTS)
+
+
+def mean_frame_mel(batch: Batch) -> float:
+    """The validation mel loss of predicting zeros (the mean normalised frame)."""
+    mask = np.arange(batch.mel.shape[1])[None] < np.asarray(batch.n_frames)[:, None]
+    mel = np.asarray(batch.mel)[mask]
+    return float((np.abs(mel).sum() + np.square(mel).sum()) / mel.size)
+
+
+def _weights_table() -> jnp.ndarray:
+    """Each arm's fixed weights, one row per arm of ARMS (the default's row is unused)."""
+    return jnp.asarray([[fixed_weights(a)[t] for t in TERMS] for a in ARMS], jnp.float32)
+
+
+def make_train(
+    model: speech_model.SpeechTTS,
+    batches: Mapping[str, Batch],
+    *,
+    max_steps: int = MAX_STEPS,
+    eval_every: int = EVAL_EVERY,
+    patience: int = PATIENCE,
+    batch_size: int = BATCH,
+):
+    """A jitted ``train(arms, seeds, rates)``: each (arm index into ARMS, seed, rate) triple
+    trained with Adam to early stopping, vmapped. Returns per-run arrays."""
+    weighting = ao.stable_weights(BASE_WEIGHTS, adapt="mel")  # the default arm's
+    default_index = ARMS.index("default")
+    table = _weights_table()
+    train, val, test = batches["train"], batches["validation"], batches["test"]
+    n_train = train.tokens.shape[0]
+    n_evals = max_steps // eval_every
+
+    def eval_mel(params, batch):
+        return speech_model.losses_of(model, params, batch)["mel"]
+
+    def one(arm, seed, rate):
+        k_init, k_data = jax.random.split(jax.random.key(seed))
+        params = speech_model.init_params(model, k_init, train)
+        tx = optax.chain(optax.scale_by_adam(), optax.scale(-rate))
+        opt_state = tx.init(params)
+        wstate = weighting.init()
+        is_default = arm == default_index
+
+        def step(carry, i):
+            params, opt_state, wstate, finite = carry
+            idx = jax.random.randint(jax.random.fold_in(k_data, i), (batch_size,), 0, n_train)
+            batch = jax.tree.map(lambda x: x[idx], train)
+            weights = {
+                t: jnp.where(is_default, wstate.weights[t], table[arm, j])
+                for j, t in enumerate(TERMS)
+            }
+
+            def loss_fn(p):
+                losses = speech_model.losses_of(model, p, batch)
+                return ao.weighted_sum(losses, weights), losses
+
+            (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            _, wstate = weighting.update(losses, wstate, grad_norms=optax.tree.norm(grads))
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return (params, opt_state, wstate, finite & jnp.isfinite(total)), weights["mel"]
+
+        def chunk(state):
+            params, opt_state, wstate, finite, best_val, best_test, since, evals, hist, whist = (
+                state
+            )
+            (params, opt_state, wstate, finite), mel_w = jax.lax.scan(
+                step,
+                (params, opt_state, wstate, finite),
+                evals * eval_every + jnp.arange(eval_every),
+            )
+            v = eval_mel(params, val)
+            t = eval_mel(params, test)
+            finite = finite & jnp.isfinite(v)
+            better = finite & (v < best_val)
+            return (
+                params,
+                opt_state,
+                wstate,
+                finite,
+                jnp.where(better, v, best_val),
+                jnp.where(better, t, best_test),
+                jnp.where(better, 0, since + 1),
+                evals + 1,
+                hist.at[evals].set(jnp.where(finite, v, jnp.inf)),
+                whist.at[evals].set(mel_w.mean()),
+            )
+
+        def going(state):
+            finite, since, evals = state[3], state[6], state[7]
+            return finite & (since < patience) & (evals < n_evals)
+
+        nan = jnp.full((n_evals,), jnp.nan)
+        init = (params, opt_state, wstate, jnp.array(True), jnp.inf, jnp.inf, 0, 0, nan, nan)
+        final = jax.lax.while_loop(going, chunk, init)
+        return {
+            "finite": final[3],
+            "best_val_mel": final[4],
+            "test_mel": final[5],
+            "stopped_early": final[6] >= patience,
+            "steps": final[7] * eval_every,
+            "val_history": final[8],
+            "mel_weight_history": final[9],
+        }
+
+    return jax.jit(jax.vmap(one))
+
+
+def trained_params(model, batches, arm: str, seed: int, rate: float, steps: int):
+    """One run's parameters after ``steps`` steps (for the figure; no early stopping)."""
+    weighting = weighting_of(arm)
+    fixed = fixed_weights(arm)
+    train = batches["train"]
+    k_init, k_data = jax.random.split(jax.random.key(seed))
+    params = speech_model.init_params(model, k_init, train)
+    tx = optax.chain(optax.scale_by_adam(), optax.scale(-rate))
+
+    @jax.jit
+    def run(params):
+        def step(carry, i):
+            params, opt_state, wstate = carry
+            idx = jax.random.randint(
+                jax.random.fold_in(k_data, i), (BATCH,), 0, train.tokens.shape[0]
+            )
+            batch = jax.tree.map(lambda x: x[idx], train)
+            weights = wstate.weights if wstate is not None else fixed
+
+            def loss_fn(p):
+                losses = speech_model.losses_of(model, p, batch)
+                return ao.weighted_sum(losses, weights), losses
+
+            (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            if weighting is not None:
+                _, wstate = weighting.update(losses, wstate, grad_norms=optax.tree.norm(grads))
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state, wstate), None
+
+        wstate = weighting.init() if weighting is not None else None
+        (params, _, _), _ = jax.lax.scan(step, (params, tx.init(params), wstate), jnp.arange(steps))
+        return params
+
+    return run(params)
+
+
+def machine() -> str:
+    return (
+        f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), {platform.system()}, "
+        f"Python {platform.python_version()}, jax {jax.__version__}"
+    )
+
+
+def commit() -> str:
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "adaptive_optax", "benchmarks")
+    return head + ("+uncommitted" if dirty else "")
+
+
+def load_problem(cache: pathlib.Path = speech_data.CACHE, dtype: Any = jnp.float32):
+    """``(model, batches, meta)`` from the cached data set."""
+    arrays, meta = speech_data.load(cache)
+    batches = speech_model.to_batches(arrays, meta["split"])
+    model = speech_model.make_model(len(meta["vocab"]) + 2, batches, dtype)
+    return model, batches, meta
+
+
+def run(
+    *,
+    rates: Sequence[float] = RATES,
+    seeds: Sequence[int] = SEEDS,
+    max_steps: int = MAX_STEPS,
+    out: pathlib.Path = OUT,
+    cache: pathlib.Path = speech_data.CACHE,
+    command: str = "python -m benchmarks.speech run",
+) -> dict:
+    """Every arm x rate x seed (one vmapped call per rate, ascending); the json is rewritten
+    after each rate, so that an interrupted run keeps what it finished."""
+    start = time.perf_counter()
+    model, batches, meta = load_problem(cache)
+    params = speech_model.init_params(model, jax.random.key(0), batches["train"])
+    train = make_train(model, batches, max_steps=max_steps)
+    arms = jnp.asarray([i for i in range(len(ARMS)) for _ in seeds])
+    seed_ids = jnp.asarray([s for _ in ARMS for s in seeds])
+    result: dict[str, Any] = {
+        "command": command,
+        "commit": commit(),
+        "machine": machine(),
+        "load_average_at_start": os.getloadavg()[0],
+        "parameters": speech_model.count_params(params),
+        "data": {k: v for k, v in meta.items() if k not in ("texts", "vocab")}
+        | {"vocab": len(meta["vocab"]) + 2},
+        "settings": {
+            "arms": list(ARMS),
+            "rates": list(rates),
+            "seeds": list(seeds),
+            "batch": BATCH,
+            "eval_every": EVAL_EVERY,
+            "patience": PATIENCE,
+            "max_steps": max_steps,
+            "collapse": COLLAPSE,
+            "reduction_factor": speech_model.R,
+            "optimizer": "adam (optax.scale_by_adam, b1 0.9, b2 0.999), no clipping",
+        },
+        "mean_frame_val_mel": mean_frame_mel(batches["validation"]),
+        "mean_frame_test_mel": mean_frame_mel(batches["test"]),
+        "rates_done": [],
+        "runs": [],
+        "elapsed_s": 0.0,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for rate in rates:
+        t0 = time.perf_counter()
+        records = jax.device_get(train(arms, seed_ids, jnp.full(arms.shape, rate, jnp.float32)))
+        for i in range(arms.shape[0]):
+            result["runs"].append(
+                {
+                    "arm": ARMS[int(arms[i])],
+                    "seed": int(seed_ids[i]),
+                    "rate": float(rate),
+                    "finite": bool(records["finite"][i]),
+                    "best_val_mel": _num(records["best_val_mel"][i]),
+                    "test_mel": _num(records["test_mel"][i]),
+                    "steps": int(records["steps"][i]),
+                    "stopped_early": bool(records["stopped_early"][i]),
+                    "val_history": [_num(v) for v in records["val_history"][i]],
+                    "mel_weight_history": [_num(v) for v in records["mel_weight_history"][i]],
+                }
+            )
+        result["rates_done"].append(float(rate))
+        result["elapsed_s"] = time.perf_counter() - start
+        (out / "speech.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(f"rate {rate:g}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return result
+
+
+def _num(x) -> float | None:
+    """A json number, or None for NaN / Inf."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("build", "run", "report", "figure"))
+    parser.add_argument("--seeds", type=int, default=len(SEEDS))
+    parser.add_argument("--rates", type=float, nargs="+", default=list(RATES))
+    parser.add_argument("--max-steps", type=int, default=MAX_STEPS)
+    parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    parser.add_argument("--cache", type=pathlib.Path, default=speech_data.CACHE)
+    args = parser.parse_args(argv)
+    if args.what == "build":
+        meta = speech_data.build(args.cache)
+        print(
+            f"{meta['utterances']} utterances ({meta['seconds_of_speech']:.0f} s of speech) "
+            f"in {meta['build_s']:.1f} s -> {args.cache}"
+        )
+    elif args.what == "run":
+        command = "python -m benchmarks.speech " + " ".join(sys.argv[1:] if argv is None else argv)
+        run(
+            rates=args.rates,
+            seeds=SEEDS[: args.seeds],
+            max_steps=args.max_steps,
+            out=args.out,
+            cache=args.cache,
+            command=command,
+        )
+    elif args.what == "report":
+        result = json.loads((args.out / "speech.json").read_text())
+        (args.out / "speech.md").write_text(report(result))
+    else:
+        figure(args.out, args.cache)
+
+
+if __name__ == "__main__":
+    main()
