@@ -46,7 +46,7 @@ import numpy as np
 import optax
 
 import adaptive_optax as ao
-from benchmarks import speech_data, speech_model
+from benchmarks import speech_data, speech_model, stats
 from benchmarks.speech_model import BASE_WEIGHTS, TERMS, Batch
 
 RATES = (3e-3, 1e-2, 3e-2, 1e-1)
@@ -232,6 +232,238 @@ def commit() -> str:
     return head + ("+uncommitted" if dirty else "")
 
 
+def stable(run_: Mapping, result: Mapping) -> bool:
+    """The module docstring's stability: finite, and learned more than the mean frame."""
+    best = run_["best_val_mel"]
+    return bool(
+        run_["finite"]
+        and best is not None
+        and best < result["settings"]["collapse"] * result["mean_frame_val_mel"]
+    )
+
+
+def scores(result: Mapping, arm: str, rate: float) -> np.ndarray:
+    """The arm's test mel per seed at ``rate`` (in seed order); ``+inf`` for an unstable run."""
+    runs = sorted(
+        (r for r in result["runs"] if r["arm"] == arm and r["rate"] == rate),
+        key=lambda r: r["seed"],
+    )
+    return np.asarray([r["test_mel"] if stable(r, result) else np.inf for r in runs], float)
+
+
+def largest_stable_rate(result: Mapping, arm: str) -> float | None:
+    """The largest rate at which every seed of the arm is stable (None: none is)."""
+    ok = [
+        rate
+        for rate in result["rates_done"]
+        if scores(result, arm, rate).size and np.all(np.isfinite(scores(result, arm, rate)))
+    ]
+    return max(ok) if ok else None
+
+
+def summary(result: Mapping) -> dict:
+    """Everything the report states, computed from the json alone."""
+    cells = []
+    for rate in result["rates_done"]:
+        reference = scores(result, "fixed base", rate)
+        for arm in result["settings"]["arms"]:
+            runs = [r for r in result["runs"] if r["arm"] == arm and r["rate"] == rate]
+            s = scores(result, arm, rate)
+            finite = s[np.isfinite(s)]
+            cell = {
+                "arm": arm,
+                "rate": rate,
+                "seeds": len(runs),
+                "stable": int(np.isfinite(s).sum()),
+                "nonfinite": sum(not r["finite"] for r in runs),
+                "median_test_mel": float(np.median(finite)) if finite.size else None,
+                "min_test_mel": float(finite.min()) if finite.size else None,
+                "max_test_mel": float(finite.max()) if finite.size else None,
+                "median_steps": float(np.median([r["steps"] for r in runs])),
+                "stopped_early": sum(r["stopped_early"] for r in runs),
+                "mel_weight_last": float(np.median([_last(r["mel_weight_history"]) for r in runs])),
+            }
+            if arm != "fixed base" and np.isfinite(reference).any():
+                regret = stats.paired_regret(s, reference, relative=True)
+                margin = stats.margin(reference[np.isfinite(reference)], relative=True)
+                cell["regret"] = list(regret)
+                cell["call"] = stats.call(regret, margin)
+            cells.append(cell)
+    return {
+        "largest_stable_rate": {
+            arm: largest_stable_rate(result, arm) for arm in result["settings"]["arms"]
+        },
+        "cells": cells,
+    }
+
+
+def _last(history: Sequence[float | None]) -> float:
+    values = [v for v in history if v is not None]
+    return values[-1] if values else math.nan
+
+
+def _f(x: float | None, fmt: str = ".3f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def tables(result: Mapping) -> list[str]:
+    """The largest stable rate per arm and every cell's numbers (report and docs page)."""
+    s = summary(result)
+    st = result["settings"]
+    done = result["rates_done"]
+    lines = [
+        "## Largest stable learning rate",
+        "",
+        "| arm | largest stable lr (every seed stable) |",
+        "|---|---|",
+    ]
+    for arm, rate in s["largest_stable_rate"].items():
+        lines.append(f"| {arm} | {_f(rate, 'g')} |")
+    lines += [
+        "",
+        f"Rates run: {', '.join(format(r, 'g') for r in done)}"
+        + (
+            ""
+            if done == st["rates"]
+            else f" (of {', '.join(format(r, 'g') for r in st['rates'])}: the rest not run)"
+        )
+        + ".",
+        "",
+        "## Every cell",
+        "",
+        "Test mel (L1 + L2 of normalised log-mel, lower is better) over the stable seeds; the "
+        "regret is the median per-seed difference to the fixed base weights on the same seeds, "
+        "relative to their median, with its 95 % bootstrap interval (`benchmarks/stats.py`; an "
+        "unstable run loses to a stable one), and the call against the base arm's seed noise.",
+        "",
+        "| lr | arm | stable | non-finite | test mel, median [min, max] | steps (median) | "
+        "stopped early | mel weight at the end (median) | regret vs fixed base | call |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in s["cells"]:
+        regret = c.get("regret")
+        regret_text = (
+            "-"
+            if regret is None or not np.isfinite(regret[0])
+            else f"{regret[0]:+.3f} [{regret[1]:+.3f}, {regret[2]:+.3f}]"
+        )
+        lines.append(
+            f"| {c['rate']:g} | {c['arm']} | {c['stable']}/{c['seeds']} | {c['nonfinite']} | "
+            f"{_f(c['median_test_mel'])} [{_f(c['min_test_mel'])}, {_f(c['max_test_mel'])}] | "
+            f"{c['median_steps']:g} | {c['stopped_early']}/{c['seeds']} | "
+            f"{c['mel_weight_last']:.2f} | {regret_text} | {c.get('call', '-')} |"
+        )
+    return lines
+
+
+DOCS_PAGE = pathlib.Path("docs/guides/speech.md")
+BEGIN = "<!-- generated from results/speech.json (python -m benchmarks.speech report) -->"
+END = "<!-- end of generated block: speech -->"
+
+
+def docs_block(result: Mapping) -> str:
+    """The docs page's generated block: the report's tables, between two markers."""
+    return "\n".join([BEGIN, "", *tables(result)[2:], "", END])
+
+
+def write_docs_block(result: Mapping, page: pathlib.Path = DOCS_PAGE) -> None:
+    """Rewrite the generated block of the docs page (between BEGIN and END) from the json."""
+    text = page.read_text()
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    page.write_text(head + docs_block(result) + tail)
+
+
+def report(result: Mapping) -> str:
+    """``results/speech.md``, generated from ``results/speech.json`` alone."""
+    st, data = result["settings"], result["data"]
+    lines = [
+        "# Speech: the largest stable learning rate on eSpeak NG speech",
+        "",
+        f"`{result['command']}` at commit `{result['commit']}`, {result['elapsed_s']:.0f} s "
+        f"(load average {result['load_average_at_start']:.1f} at the start). "
+        f"Machine: {result['machine']}. What is run and how a run is judged: "
+        "`benchmarks/speech.py`.",
+        "",
+        f"Data: {data['utterances']} utterances ({data['seconds_of_speech']:.0f} s of speech, "
+        f"split {data['split']['train']} / {data['split']['validation']} / "
+        f"{data['split']['test']} train / validation / test), built in {data['build_s']:.0f} s; "
+        f"{data['vocab']} phoneme tokens, up to {data['max_tokens']} per utterance and "
+        f"{data['max_frames']} frames. Model: {result['parameters']:,} parameters, "
+        f"{st['reduction_factor']} frames per decoder step. Adam, batch {st['batch']}, "
+        f"evaluation every {st['eval_every']} steps, early stopping after {st['patience']} "
+        f"evaluations without a better validation mel, at most {st['max_steps']} steps; "
+        f"seeds {st['seeds']}. A run is stable when its losses stayed finite and its best "
+        f"validation mel is below {st['collapse']} x that of the mean frame "
+        f"({result['mean_frame_val_mel']:.3f}); the test mel is the test split's at the best "
+        "validation evaluation.",
+        "",
+        "Reduced, to fit 2 shared CPU cores: " + REDUCED,
+        "",
+        *tables(result),
+    ]
+    lines += [
+        "",
+        "Figure: `results/speech.png`, one test utterance's target and predicted mel "
+        "(`python -m benchmarks.speech figure`).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+REDUCED = (
+    "a 0.32M-parameter model (the floor of the 0.3M-1M range: encoder convolutions of kernel "
+    "3, decoder width 64, 4 frames per decoder step), batch 4, at most 400 steps per run "
+    "(the column 'stopped early' counts the runs that early stopping ended before that "
+    "cap), four learning rates, 5 seeds, float32 only (float16 with `ao.loss_scaled` not run)."
+)
+
+
+def figure(out: pathlib.Path = OUT, cache: pathlib.Path = speech_data.CACHE) -> pathlib.Path:
+    """``speech.png``: a test utterance's target and teacher-forced predicted mel, from the
+    fixed base arm's seed 0 at its largest stable rate, retrained to its best evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = json.loads((out / "speech.json").read_text())
+    arm = "fixed base"
+    rate = largest_stable_rate(result, arm)
+    if rate is None:
+        raise RuntimeError("the fixed base arm has no stable rate: no figure")
+    record = next(r for r in result["runs"] if r["arm"] == arm and r["rate"] == rate)
+    history = [np.inf if v is None else v for v in record["val_history"]]
+    steps = (int(np.nanargmin(np.where(np.isnan(history), np.inf, history))) + 1) * result[
+        "settings"
+    ]["eval_every"]
+    model, batches, meta = load_problem(cache)
+    params = trained_params(model, batches, arm, record["seed"], rate, steps)
+    test = batches["test"]
+    i = 0
+    one = jax.tree.map(lambda x: x[i : i + 1], test)
+    mel, *_ = model.apply(params, one.tokens, speech_model.previous_steps(one.mel))
+    n = int(one.n_frames[0])
+    text = meta["texts"][meta["split"]["train"] + meta["split"]["validation"] + i]
+    target = np.asarray(one.mel[0, :n]) * meta["mel_std"] + meta["mel_mean"]
+    predicted = np.asarray(mel[0, :n]) * meta["mel_std"] + meta["mel_mean"]
+    fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    lo, hi = float(target.min()), float(target.max())
+    for ax, m, title in ((axes[0], target, "target"), (axes[1], predicted, "predicted")):
+        image = ax.imshow(m.T, origin="lower", aspect="auto", vmin=lo, vmax=hi, cmap="magma")
+        ax.set_ylabel("mel bin")
+        ax.set_title(f'{title}: "{text}"', fontsize=9)
+    axes[1].set_xlabel(f"frame ({speech_data.HOP} samples at {speech_data.SAMPLE_RATE} Hz)")
+    fig.colorbar(image, ax=axes, label="log mel")
+    fig.suptitle(
+        f"{arm} weights, lr {rate:g}, seed {record['seed']}, {steps} steps (teacher-forced)",
+        fontsize=10,
+    )
+    path = out / "speech.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def load_problem(cache: pathlib.Path = speech_data.CACHE, dtype: Any = jnp.float32):
     """``(model, batches, meta)`` from the cached data set."""
     arrays, meta = speech_data.load(cache)
@@ -343,6 +575,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.what == "report":
         result = json.loads((args.out / "speech.json").read_text())
         (args.out / "speech.md").write_text(report(result))
+        write_docs_block(result)
     else:
         figure(args.out, args.cache)
 
