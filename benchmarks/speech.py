@@ -57,6 +57,7 @@ PATIENCE = 3
 MAX_STEPS = 400
 COLLAPSE = 0.9
 FLOOR = 0.4
+SCALE_GROWTH = 200  # clean steps before the fp16 loss scale doubles
 OUT = pathlib.Path("results")
 ARMS = ("fixed base", "default", "fixed floor")
 
@@ -94,10 +95,22 @@ def make_train(
     eval_every: int = EVAL_EVERY,
     patience: int = PATIENCE,
     batch_size: int = BATCH,
+    precision: str = "fp32",
 ):
     """A jitted ``train(arms, seeds, rates)``: each (arm index into ARMS, seed, rate) triple
-    trained with Adam to early stopping, vmapped. Returns per-run arrays."""
+    trained with Adam to early stopping, vmapped. Returns per-run arrays.
+
+    ``precision="fp16"`` (with a float16 ``model``): float32 parameters, float16 compute, and
+    dynamic loss scaling (start ``2**15``, halved and the step skipped when a gradient
+    overflows, doubled after ``SCALE_GROWTH`` clean steps); the default arm's weighting is
+    then ``ao.loss_scaled(ao.stable_weights(...))``, told of each overflow.
+    """
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    fp16 = precision == "fp16"
     weighting = ao.stable_weights(BASE_WEIGHTS, adapt="mel")  # the default arm's
+    if fp16:
+        weighting = ao.loss_scaled(weighting)
     default_index = ARMS.index("default")
     table = _weights_table()
     train, val, test = batches["train"], batches["validation"], batches["test"]
@@ -112,11 +125,12 @@ def make_train(
         params = speech_model.init_params(model, k_init, train)
         tx = optax.chain(optax.scale_by_adam(), optax.scale(-rate))
         opt_state = tx.init(params)
-        wstate = weighting.init()
+        scaler = (jnp.float32(2.0**15 if fp16 else 1.0), jnp.int32(0))
+        wstate = (weighting.init(), *scaler)  # the weighting's state and the loss scaler's
         is_default = arm == default_index
 
         def step(carry, i):
-            params, opt_state, wstate, finite = carry
+            params, opt_state, (wstate, scale, good), finite = carry
             idx = jax.random.randint(jax.random.fold_in(k_data, i), (batch_size,), 0, n_train)
             batch = jax.tree.map(lambda x: x[idx], train)
             weights = {
@@ -126,13 +140,33 @@ def make_train(
 
             def loss_fn(p):
                 losses = speech_model.losses_of(model, p, batch)
-                return ao.weighted_sum(losses, weights), losses
+                total = ao.weighted_sum(losses, weights)
+                return total * scale, (total, losses)
 
-            (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            _, wstate = weighting.update(losses, wstate, grad_norms=optax.tree.norm(grads))
-            updates, opt_state = tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            return (params, opt_state, wstate, finite & jnp.isfinite(total)), weights["mel"]
+            (_, (total, losses)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            grads = jax.tree.map(lambda g: g / scale, grads)
+            if fp16:
+                grads_finite = jnp.all(
+                    jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+                )
+                _, wstate = weighting.update(
+                    losses, wstate, grad_norms=optax.tree.norm(grads), grads_finite=grads_finite
+                )
+                updates, new_opt = tx.update(grads, opt_state, params)
+                new_params = optax.apply_updates(params, updates)
+                params, opt_state = optax.tree.where(
+                    grads_finite, (new_params, new_opt), (params, opt_state)
+                )
+                good = jnp.where(grads_finite, good + 1, 0)
+                grow = good >= SCALE_GROWTH
+                scale = jnp.where(grads_finite, jnp.where(grow, 2 * scale, scale), scale / 2)
+                good = jnp.where(grow, 0, good)
+            else:
+                _, wstate = weighting.update(losses, wstate, grad_norms=optax.tree.norm(grads))
+                updates, opt_state = tx.update(grads, opt_state, params)
+                params = optax.apply_updates(params, updates)
+            carry = (params, opt_state, (wstate, scale, good), finite & jnp.isfinite(total))
+            return carry, weights["mel"]
 
         def chunk(state):
             params, opt_state, wstate, finite, best_val, best_test, since, evals, hist, whist = (
@@ -378,7 +412,8 @@ def report(result: Mapping) -> str:
     """``results/speech.md``, generated from ``results/speech.json`` alone."""
     st, data = result["settings"], result["data"]
     lines = [
-        "# Speech: the largest stable learning rate on eSpeak NG speech",
+        "# Speech: the largest stable learning rate on eSpeak NG speech"
+        + ("" if st.get("precision", "fp32") == "fp32" else f", {st['precision']}"),
         "",
         f"`{result['command']}` at commit `{result['commit']}`, {result['elapsed_s']:.0f} s "
         f"(load average {result['load_average_at_start']:.1f} at the start). "
@@ -398,6 +433,8 @@ def report(result: Mapping) -> str:
         f"({result['mean_frame_val_mel']:.3f}); the test mel is the test split's at the best "
         "validation evaluation.",
         "",
+        "Precision: " + PRECISION[st.get("precision", "fp32")],
+        "",
         "Reduced, to fit 2 shared CPU cores: " + REDUCED,
         "",
         *tables(result),
@@ -414,8 +451,14 @@ REDUCED = (
     "a 0.32M-parameter model (the floor of the 0.3M-1M range: encoder convolutions of kernel "
     "3, decoder width 64, 4 frames per decoder step), batch 4, at most 400 steps per run "
     "(the column 'stopped early' counts the runs that early stopping ended before that "
-    "cap), four learning rates, 5 seeds, float32 only (float16 with `ao.loss_scaled` not run)."
+    "cap), four learning rates (fewer where the rates run say so), 5 seeds."
 )
+PRECISION = {
+    "fp32": "float32 throughout (float16 with loss scaling: `results/speech_fp16.md` where "
+    "it was run).",
+    "fp16": "float16 compute with float32 parameters and dynamic loss scaling (an overflowing "
+    "step skipped and the scale halved); the default arm's weighting under `ao.loss_scaled`.",
+}
 
 
 def figure(out: pathlib.Path = OUT, cache: pathlib.Path = speech_data.CACHE) -> pathlib.Path:
@@ -480,13 +523,16 @@ def run(
     out: pathlib.Path = OUT,
     cache: pathlib.Path = speech_data.CACHE,
     command: str = "python -m benchmarks.speech run",
+    precision: str = "fp32",
 ) -> dict:
     """Every arm x rate x seed (one vmapped call per rate, ascending); the json is rewritten
     after each rate, so that an interrupted run keeps what it finished."""
     start = time.perf_counter()
-    model, batches, meta = load_problem(cache)
+    dtype = jnp.float16 if precision == "fp16" else jnp.float32
+    model, batches, meta = load_problem(cache, dtype)
     params = speech_model.init_params(model, jax.random.key(0), batches["train"])
-    train = make_train(model, batches, max_steps=max_steps)
+    train = make_train(model, batches, max_steps=max_steps, precision=precision)
+    name = "speech.json" if precision == "fp32" else f"speech_{precision}.json"
     arms = jnp.asarray([i for i in range(len(ARMS)) for _ in seeds])
     seed_ids = jnp.asarray([s for _ in ARMS for s in seeds])
     result: dict[str, Any] = {
@@ -508,6 +554,7 @@ def run(
             "collapse": COLLAPSE,
             "reduction_factor": speech_model.R,
             "optimizer": "adam (optax.scale_by_adam, b1 0.9, b2 0.999), no clipping",
+            "precision": precision,
         },
         "mean_frame_val_mel": mean_frame_mel(batches["validation"]),
         "mean_frame_test_mel": mean_frame_mel(batches["test"]),
@@ -536,7 +583,7 @@ def run(
             )
         result["rates_done"].append(float(rate))
         result["elapsed_s"] = time.perf_counter() - start
-        (out / "speech.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / name).write_text(json.dumps(result, indent=1) + "\n")
         print(f"rate {rate:g}: {time.perf_counter() - t0:.0f} s", flush=True)
     return result
 
@@ -555,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=MAX_STEPS)
     parser.add_argument("--out", type=pathlib.Path, default=OUT)
     parser.add_argument("--cache", type=pathlib.Path, default=speech_data.CACHE)
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     args = parser.parse_args(argv)
     if args.what == "build":
         meta = speech_data.build(args.cache)
@@ -571,11 +619,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             out=args.out,
             cache=args.cache,
             command=command,
+            precision=args.precision,
         )
     elif args.what == "report":
         result = json.loads((args.out / "speech.json").read_text())
         (args.out / "speech.md").write_text(report(result))
         write_docs_block(result)
+        fp16 = args.out / "speech_fp16.json"
+        if fp16.exists():
+            (args.out / "speech_fp16.md").write_text(report(json.loads(fp16.read_text())))
     else:
         figure(args.out, args.cache)
 

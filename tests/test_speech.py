@@ -21,7 +21,6 @@ pytestmark = pytest.mark.standard_promotion  # flax and optax promote implicitly
 needs_espeak = pytest.mark.skipif(
     not speech_data.available(), reason="eSpeak NG not installed (pip install espeakng-loader)"
 )
-RESULT_PATH = pathlib.Path("results/speech.json")
 TEXTS = (
     "The old man found a red box.",
     "My friend packed a long rope after lunch.",
@@ -170,17 +169,27 @@ def test_stability_and_scores_follow_the_definition():
     assert speech.largest_stable_rate(result, "fixed base") == 0.01
 
 
-@pytest.mark.skipif(not RESULT_PATH.exists(), reason="results/speech.json not committed yet")
-def test_results_md_and_docs_are_generated_from_the_json():
-    result = json.loads(RESULT_PATH.read_text())
-    assert pathlib.Path("results/speech.md").read_text() == speech.report(result)
-    page = pathlib.Path("docs/guides/speech.md").read_text()
-    assert speech.docs_block(result) in page
+RESULTS = ("speech", "speech_fp16")  # float32, and float16 with loss scaling where it was run
 
 
-@pytest.mark.skipif(not RESULT_PATH.exists(), reason="results/speech.json not committed yet")
-def test_results_hold_every_seed_of_every_cell_they_claim():
-    result = json.loads(RESULT_PATH.read_text())
+def committed(name):
+    path = pathlib.Path(f"results/{name}.json")
+    if not path.exists():
+        pytest.skip(f"{path} not committed")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("name", RESULTS)
+def test_results_md_is_generated_from_the_json(name):
+    result = committed(name)
+    assert pathlib.Path(f"results/{name}.md").read_text() == speech.report(result)
+    if name == "speech":
+        assert speech.docs_block(result) in pathlib.Path("docs/guides/speech.md").read_text()
+
+
+@pytest.mark.parametrize("name", RESULTS)
+def test_results_hold_every_seed_of_every_cell_they_claim(name):
+    result = committed(name)
     settings = result["settings"]
     assert len(settings["seeds"]) >= 5
     cells = {(r["arm"], r["rate"]) for r in result["runs"]}
