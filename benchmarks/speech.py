@@ -317,7 +317,7 @@ def summary(result: Mapping) -> dict:
                 "stopped_early": sum(r["stopped_early"] for r in runs),
                 "mel_weight_last": float(np.median([_last(r["mel_weight_history"]) for r in runs])),
             }
-            if arm != "fixed base" and np.isfinite(reference).any():
+            if arm != "fixed base" and np.isfinite(np.median(reference)):
                 regret = stats.paired_regret(s, reference, relative=True)
                 margin = stats.margin(reference[np.isfinite(reference)], relative=True)
                 cell["regret"] = list(regret)
@@ -377,8 +377,10 @@ def tables(result: Mapping) -> list[str]:
     for c in s["cells"]:
         regret = c.get("regret")
         regret_text = (
-            "-"
-            if regret is None or not np.isfinite(regret[0])
+            "- (the base arm's median run unstable)"
+            if regret is None and c["arm"] != "fixed base"
+            else "-"
+            if regret is None
             else f"{regret[0]:+.3f} [{regret[1]:+.3f}, {regret[2]:+.3f}]"
         )
         lines.append(
