@@ -146,7 +146,12 @@ def _weights(w: dict | None) -> str:
 
 
 def machine() -> str:
-    return f"{platform.machine()} CPU, {platform.system()}, Python {platform.python_version()}"
+    """The machine a result was measured on: the host, and the accelerator when there is one."""
+    host = f"{platform.machine()} CPU, {platform.system()}, Python {platform.python_version()}"
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return host
+    return f"{jax.device_count()} x {device.device_kind} ({device.platform}), {host}"
 
 
 def margin_text(data: dict) -> str:
@@ -742,6 +747,13 @@ def write_summary(out: pathlib.Path) -> pathlib.Path:
     confirmed = load_confirmation(out)
     if confirmed:
         (out / "confirmation.md").write_text(confirmation_markdown(confirmed, results))
+        if out.resolve() == ROOT / "results":
+            pages.write_block(
+                ROOT,
+                pages.CONFIRMATION_PAGE,
+                pages.confirmation(confirmed, results),
+                pages.CONFIRMATION_BLOCK,
+            )
     if out.resolve() == ROOT / "results" and results:
         pages.write_pages(results, ROOT)
     return path

@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 
-from benchmarks import problems, profiles, report
+from benchmarks import pages, problems, profiles, report
 
 # the invariants train fingerprints through the harness's optax loops
 pytestmark = pytest.mark.standard_promotion
@@ -112,3 +112,7 @@ def test_the_confirmation_page_is_generated_from_the_json():
     screens = report.load_results(RESULTS)
     text = (RESULTS / "confirmation.md").read_text()
     assert text == report.confirmation_markdown(confirmed, screens)
+    page = (ROOT / pages.CONFIRMATION_PAGE).read_text()
+    assert pages.block(page, pages.CONFIRMATION_PAGE, pages.CONFIRMATION_BLOCK) == (
+        pages.confirmation(confirmed, screens)
+    )
