@@ -18,7 +18,11 @@ PAGES = {
     "docs/guides/choosing.md": "suite findings",
     "README.md": "suite in one paragraph",
 }
-"""Each page with a generated block, and the block's name."""
+"""Each page with a generated block of the screen's findings, and the block's name."""
+
+CONFIRMATION_PAGE = "docs/guides/choosing.md"
+CONFIRMATION_BLOCK = "confirmation"
+"""The page, and the block's name, that say what the confirmation tier kept."""
 
 LIVE = ("fixed", "method")
 WORD = {"better": "better", "as good": "as good", "worse": "worse", "unclear": "unresolved"}
@@ -133,28 +137,63 @@ def generated_blocks(results: dict[str, dict]) -> dict[str, str]:
     return {path: texts[name] for path, name in PAGES.items()}
 
 
-def _markers(path: str) -> tuple[str, str]:
-    name = PAGES[path]
+def confirmation(confirmed: dict[str, dict], screens: dict[str, dict]) -> str:
+    """The choosing page's block: per confirmation problem, which screen calls it kept."""
+    from benchmarks import problems
+
+    lines = []
+    for name, data in confirmed.items():
+        problem = problems.ALL[name]()
+        screen = screens.get(problem.screen or "", {"rows": []})
+        before = {r["label"]: r["call"] for r in screen["rows"]}
+        kept, changed = [], []
+        for r in data["rows"]:
+            if r["kind"] not in LIVE or r["label"] == "best fixed" or r["label"] not in before:
+                continue
+            if before[r["label"]] == r["call"]:
+                kept.append(f"`{r['label']}` {WORD[r['call']]}")
+            else:
+                changed.append(
+                    f"`{r['label']}` {WORD[before[r['label']]]} -> {WORD[r['call']]} "
+                    f"({_regret_text(r, data['kind'])})"
+                )
+        lines.append(
+            f"- `{name}` ({problems.parameter_count(problem):,} parameters, screen "
+            f"`{problem.screen}`, {len(data['evaluation_seeds'])} test seeds): kept: "
+            f"{', '.join(kept) or 'none'}; changed: {', '.join(changed) or 'none'}."
+        )
+    return "\n".join(lines)
+
+
+def _markers(path: str, name: str | None = None) -> tuple[str, str]:
+    name = PAGES[path] if name is None else name
     return BEGIN.format(name=name), END.format(name=name)
 
 
-def block(text: str, path: str) -> str:
-    """The generated block of ``text`` (the page at ``path``), without its markers."""
-    begin, end = _markers(path)
+def block(text: str, path: str, name: str | None = None) -> str:
+    """The generated block ``name`` (default: the page's suite block) of ``text``, the page at
+    ``path``, without its markers."""
+    begin, end = _markers(path, name)
     return text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+
+
+def write_block(root: pathlib.Path, path: str, new: str, name: str | None = None) -> bool:
+    """Rewrites one generated block of a page; False where the page lacks its markers."""
+    file = root / path
+    text = file.read_text()
+    begin, end = _markers(path, name)
+    if begin not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    file.write_text(f"{head}{begin}\n{new}\n{end}{tail}")
+    return True
 
 
 def write_pages(results: dict[str, dict], root: pathlib.Path) -> list[pathlib.Path]:
     """Rewrites each page's generated block (a page without the markers is left alone)."""
-    written = []
-    for path, new in generated_blocks(results).items():
-        file = root / path
-        text = file.read_text()
-        begin, end = _markers(path)
-        if begin not in text:
-            continue
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        file.write_text(f"{head}{begin}\n{new}\n{end}{tail}")
-        written.append(file)
-    return written
+    return [
+        root / path
+        for path, new in generated_blocks(results).items()
+        if write_block(root, path, new)
+    ]

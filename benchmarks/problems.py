@@ -73,6 +73,9 @@ class Problem:
       metric_name: what the score (the mean of the heads' metrics) is.
       gradient_filter: the part of a term's gradient that gradient statistics use.
       quick: overrides of the fields above for ``--quick``.
+      screen: for a confirmation problem (:data:`CONFIRMATION`), the screen problem whose
+        committed results choose its arms and seed its fixed-weight grid; None for a screen
+        problem.
     """
 
     name: str
@@ -93,6 +96,7 @@ class Problem:
     gradient_filter: Callable[[PyTree], PyTree] | None = None
     validation: Callable[[PyTree], dict[str, jax.Array]] | None = None
     quick: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    screen: str | None = None
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -386,8 +390,32 @@ def overlap(left: jax.Array, right: jax.Array) -> jax.Array:
     return jnp.maximum(a, b).reshape(left.shape[:-2] + (8 * (8 + DIGITS_SHIFT),))
 
 
-def digits() -> Problem:
-    """Two overlapped digits, one classification head each (Multi-MNIST, on sklearn's digits)."""
+def trunk_init(key: jax.Array, sizes: tuple[int, ...]) -> dict | list[dict]:
+    """A tanh trunk's layers: one layer as a dict (the screen problems), more as a list."""
+    layers = mlp_init(key, sizes) if len(sizes) > 2 else [dense(key, *sizes)]
+    return layers[0] if len(layers) == 1 else layers
+
+
+def trunk(params: dict | list[dict], x: jax.Array) -> jax.Array:
+    """The trunk's features: every layer tanh."""
+    for layer in params if isinstance(params, list) else [params]:
+        x = jnp.tanh(x @ layer["w"] + layer["b"])
+    return x
+
+
+def parameter_count(problem: Problem) -> int:
+    """The number of trained parameters of ``problem``'s model."""
+    shapes = jax.eval_shape(problem.init, jax.random.key(0))
+    return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)))
+
+
+def digits(hidden: tuple[int, ...] = (64,), name: str = "digits") -> Problem:
+    """Two overlapped digits, one classification head each (Multi-MNIST, on sklearn's digits).
+
+    Args:
+      hidden: the trunk's widths (the screen: one layer of 64; the confirmation: wider).
+      name: the problem's name.
+    """
     images, labels = digit_images()
     train_x, train_y = jnp.asarray(images[:DIGITS_TRAIN]), jnp.asarray(labels[:DIGITS_TRAIN])
     test_x, test_y = jnp.asarray(images[DIGITS_TRAIN:]), jnp.asarray(labels[DIGITS_TRAIN:])
@@ -403,10 +431,14 @@ def digits() -> Problem:
 
     def init(key):
         k1, k2, k3 = jax.random.split(key, 3)
-        return {"trunk": dense(k1, 96, 64), "left": dense(k2, 64, 10), "right": dense(k3, 64, 10)}
+        return {
+            "trunk": trunk_init(k1, (96, *hidden)),
+            "left": dense(k2, hidden[-1], 10),
+            "right": dense(k3, hidden[-1], 10),
+        }
 
     def apply(params, x):
-        h = jnp.tanh(x @ params["trunk"]["w"] + params["trunk"]["b"])
+        h = trunk(params["trunk"], x)
         return {k: h @ params[k]["w"] + params[k]["b"] for k in ("left", "right")}
 
     def losses(params, key, step):
@@ -427,14 +459,15 @@ def digits() -> Problem:
         }
 
     base = {"left": 1.0, "right": 1.0}
+    widths = "-".join(str(n) for n in (96, *hidden))
     return Problem(
-        name="digits",
+        name=name,
         title="Two-digit Multi-MNIST (sklearn digits)",
         setting=(
             "scikit-learn's load_digits (1797 8 x 8 images): pairs overlapped into 8 x 12 "
             "images (the right digit shifted 4 columns), 1200 training images; of the other "
             "597, 1000 validation pairs of the first 298 (selection) and 1000 test pairs of the "
-            "rest (the score); a 96-64 tanh trunk, one linear head per digit; batches of 64 "
+            f"rest (the score); a {widths} tanh trunk, one linear head per digit; batches of 64 "
             "pairs; SGD, momentum 0.9; metric per head: error rate"
         ),
         base=base,
@@ -460,8 +493,13 @@ IMBALANCED_SCALES = {"large": 100.0, "medium": 1.0, "small": 0.01}
 IMBALANCED_NOISE = {"large": 0.0, "medium": 0.1, "small": 0.03}  # absolute: small is noise 3x
 
 
-def imbalanced() -> Problem:
-    """Three regression heads on a shared trunk, target scales 100, 1 and 0.01."""
+def imbalanced(hidden: tuple[int, ...] = (32,), name: str = "imbalanced") -> Problem:
+    """Three regression heads on a shared trunk, target scales 100, 1 and 0.01.
+
+    Args:
+      hidden: the trunk's widths (the screen: one layer of 32; the confirmation: wider).
+      name: the problem's name.
+    """
     inputs = 8
     heads = tuple(IMBALANCED_SCALES)
     directions = jax.random.normal(jax.random.key(1234), (len(heads), inputs)) / np.sqrt(inputs)
@@ -476,12 +514,12 @@ def imbalanced() -> Problem:
     def init(key):
         keys = jax.random.split(key, len(heads) + 1)
         return {
-            "trunk": dense(keys[0], inputs, 32),
-            "heads": {h: dense(k, 32, 1) for h, k in zip(heads, keys[1:], strict=True)},
+            "trunk": trunk_init(keys[0], (inputs, *hidden)),
+            "heads": {h: dense(k, hidden[-1], 1) for h, k in zip(heads, keys[1:], strict=True)},
         }
 
     def apply(params, x):
-        h = jnp.tanh(x @ params["trunk"]["w"] + params["trunk"]["b"])
+        h = trunk(params["trunk"], x)
         return {
             k: (h @ p["w"] + p["b"])[:, 0] * IMBALANCED_SCALES[k]
             for k, p in params["heads"].items()
@@ -504,13 +542,14 @@ def imbalanced() -> Problem:
 
     base = {h: 1.0 for h in heads}
     ratios = joint(base, 1e3, 12)
+    widths = "-".join(str(n) for n in (inputs, *hidden))
     return Problem(
-        name="imbalanced",
+        name=name,
         title="Imbalanced multi-task regression",
         setting=(
             "y_k = s_k sin(2 a_k . x) + noise, x ~ N(0, I_8), target scales s = (100, 1, 0.01), "
-            "noise sd (0, 0.1, 0.03): the smallest head's loss is mostly noise; an 8-32 tanh "
-            "trunk, linear heads (outputs times s_k); batches of 32; Adam; metric per head: "
+            f"noise sd (0, 0.1, 0.03): the smallest head's loss is mostly noise; an {widths} "
+            "tanh trunk, linear heads (outputs times s_k); batches of 32; Adam; metric per head: "
             "MSE of the clean target over its variance, on 512 validation inputs (selection) "
             "and 512 test inputs (the score); fixed-weight grid: 12 joint log-uniform moves of "
             "every term within 1e-3 to 1e3"
@@ -651,4 +690,22 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {
     "imbalanced": imbalanced,
     "toy": toy,
 }
-"""Every problem of the suite, by name: a function that builds it."""
+"""Every problem of the screen, by name: a function that builds it."""
+
+CONFIRMATION_WIDTH = (320, 320)  # two hidden layers: 140k parameters on digits, 106k here
+
+CONFIRMATION: dict[str, Callable[[], Problem]] = {
+    "digits_wide": lambda: dataclasses.replace(
+        digits(CONFIRMATION_WIDTH, "digits_wide"), screen="digits"
+    ),
+    "imbalanced_wide": lambda: dataclasses.replace(
+        imbalanced(CONFIRMATION_WIDTH, "imbalanced_wide"), screen="imbalanced"
+    ),
+}
+"""The confirmation tier: screen problems at a size where the model is not the bottleneck,
+each naming its screen problem. The confirmation profile (:mod:`benchmarks.profiles`) trains
+there the base weights, the tuned fixed sum (its ratios seeded by the screen's best), the
+default controller and the screen's three best methods."""
+
+ALL: dict[str, Callable[[], Problem]] = {**PROBLEMS, **CONFIRMATION}
+"""Every problem, screen and confirmation, by name."""

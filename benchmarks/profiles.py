@@ -4,7 +4,11 @@
 - ``committed``: what ``results/`` holds and ``make figures`` regenerates, sized for a 2-core
   machine (under 15 minutes a problem): shortened training, the default controller and the
   methods the choosing page weighs, 5 calibration seeds, 10 or 20 evaluation seeds;
-- ``full``: every arm of :data:`benchmarks.harness.ARMS` at each problem's full length.
+- ``full``: every arm of :data:`benchmarks.harness.ARMS` at each problem's full length;
+- ``confirm``: the confirmation tier (:data:`benchmarks.problems.CONFIRMATION`): each problem's
+  base weights, the tuned fixed sum with its ratios seeded by the screen's three best, the
+  default controller and the screen's three best methods, all chosen from the screen's
+  committed ``results/<screen>.json`` by calibration scores only (never its test scores).
 
 Every row of a result records its profile; ``--merge`` keeps only rows of the same profile.
 """
@@ -12,9 +16,81 @@ Every row of a result records its profile; ``--merge`` keeps only rows of the sa
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import pathlib
 from collections.abc import Mapping
 
+import numpy as np
+
 from benchmarks import harness, problems
+
+SCREEN_RESULTS = pathlib.Path(__file__).resolve().parent.parent / "results"
+"""Where the confirmation tier reads the screen's committed results."""
+
+SCREEN_PICKS = 3
+"""How many of the screen's methods, and of its fixed-weight ratios, the confirmation takes."""
+
+
+def _screen(screen: str, results: pathlib.Path) -> dict:
+    path = results / f"{screen}.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"the confirmation tier reads the screen's results, {path}, which does not exist: "
+            f"run `python -m benchmarks.report --problems {screen}` first"
+        )
+    return json.loads(path.read_text())
+
+
+def screen_methods(screen: str, count: int = SCREEN_PICKS, results=SCREEN_RESULTS) -> tuple:
+    """The screen's ``count`` best methods, by their calibration median (the default controller
+    and its variants left out: the confirmation always runs the default).
+
+    Args:
+      screen: the screen problem's name.
+      count: how many.
+      results: the folder of the screen's ``<screen>.json``.
+
+    Returns:
+      Arm labels, best first.
+    """
+    rows = [
+        r
+        for r in _screen(screen, results)["rows"]
+        if r["kind"] == "method"
+        and not r["label"].startswith("stable")
+        and r.get("calibration") is not None
+        and math.isfinite(float(r["calibration"]))  # the json writes a NaN as "nan"
+    ]
+    rows.sort(key=lambda r: (float(r["calibration"]), r["label"]))
+    return tuple(r["label"] for r in rows[:count])
+
+
+def screen_ratios(screen: str, count: int = SCREEN_PICKS, results=SCREEN_RESULTS) -> tuple:
+    """The screen's ``count`` best fixed-weight ratios: its grid's cells whose every
+    calibration run finished, ranked by calibration median, each ratio once.
+
+    Args:
+      screen: the screen problem's name.
+      count: how many.
+      results: the folder of the screen's ``<screen>.json``.
+
+    Returns:
+      Dicts of weights normalised to sum 1, best first.
+    """
+    data = _screen(screen, results)
+    seeds = len(data["calibration_seeds"])
+    cells = [c for c in data["grid"] if c["finished"] == seeds and math.isfinite(float(c["score"]))]
+    cells.sort(key=lambda c: float(c["score"]))
+    ratios: list[dict[str, float]] = []
+    for cell in cells:
+        total = sum(cell["weights"].values())
+        ratio = {k: v / total for k, v in cell["weights"].items()}
+        if not any(np.allclose(list(ratio.values()), list(r.values())) for r in ratios):
+            ratios.append(ratio)
+        if len(ratios) == count:
+            break
+    return tuple(ratios)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +103,8 @@ class Profile:
       steps: training steps per problem (a problem not named: its own ``steps``).
       arms: the arm labels per problem (base and best fixed always run); None: every arm.
       quick: use each problem's ``quick_version`` (tiny grids).
+      confirmation: the confirmation tier: a problem with a ``screen`` trains the default
+        and the screen's best methods, with fixed ratios seeded by the screen's best.
     """
 
     name: str
@@ -34,10 +112,13 @@ class Profile:
     steps: Mapping[str, int] = dataclasses.field(default_factory=dict)
     arms: Mapping[str, tuple[str, ...]] | None = None
     quick: bool = False
+    confirmation: bool = False
 
     def problem(self, name: str) -> problems.Problem:
         """The problem ``name`` as this profile runs it."""
-        problem = problems.PROBLEMS[name]()
+        problem = problems.ALL[name]()
+        if self.confirmation and problem.screen is not None:
+            problem = dataclasses.replace(problem, ratios=screen_ratios(problem.screen))
         if self.quick:
             problem = problem.quick_version()
         if name in self.steps:
@@ -46,6 +127,9 @@ class Profile:
 
     def labels(self, name: str) -> tuple[str, ...] | None:
         """The arm labels this profile trains on problem ``name`` (None: every arm)."""
+        screen = problems.ALL[name]().screen
+        if self.confirmation and screen is not None:
+            return ("stable", *screen_methods(screen))
         return None if self.arms is None else self.arms.get(name, ())
 
 
@@ -97,5 +181,11 @@ PROFILES: dict[str, Profile] = {
         arms={name: COMMITTED_ARMS for name in problems.PROBLEMS},
     ),
     "full": Profile(name="full", plan=harness.Plan()),
+    "confirm": Profile(
+        name="confirm",
+        plan=harness.Plan(),
+        steps={"digits_wide": 1000},
+        confirmation=True,
+    ),
 }
 """Every profile, by name."""

@@ -146,7 +146,12 @@ def _weights(w: dict | None) -> str:
 
 
 def machine() -> str:
-    return f"{platform.machine()} CPU, {platform.system()}, Python {platform.python_version()}"
+    """The machine a result was measured on: the host, and the accelerator when there is one."""
+    host = f"{platform.machine()} CPU, {platform.system()}, Python {platform.python_version()}"
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return host
+    return f"{jax.device_count()} x {device.device_kind} ({device.platform}), {host}"
 
 
 def margin_text(data: dict) -> str:
@@ -663,6 +668,73 @@ def load_results(out: pathlib.Path) -> dict[str, dict]:
     return results
 
 
+def load_confirmation(out: pathlib.Path) -> dict[str, dict]:
+    """Every current confirmation ``<problem>.json`` in ``out``, in the order of CONFIRMATION."""
+    found = {}
+    for name in problems.CONFIRMATION:
+        path = out / f"{name}.json"
+        if path.exists():
+            found[name] = from_json(json.loads(path.read_text()))
+    return found
+
+
+def confirmation_markdown(confirmed: dict[str, dict], screens: dict[str, dict]) -> str:
+    """Each confirmation problem beside its screen: every arm's call in both tiers."""
+    lines = [
+        "# Confirmation: the screen's findings at a realistic size",
+        "",
+        "The screen (`results/summary.md`) trains every arm on small models; the confirmation "
+        "retrains, on each screen problem's model at a size where the model is not the "
+        "bottleneck, the base weights, the tuned fixed sum (its ratios seeded by the screen's "
+        "three best, chosen on calibration seeds), the default controller and the screen's "
+        "three best methods by calibration score, under the same protocol (regret against the "
+        "tuned fixed weights on paired test seeds, median and 95 % interval). *kept*: the "
+        "confirmation makes the screen's call; *changed*: it makes another.",
+        "",
+    ]
+    for name, data in confirmed.items():
+        screen_name = problems.ALL[name]().screen
+        assert screen_name is not None
+        screen = screens.get(screen_name)
+        kind = data["kind"]
+        screen_rows = {r["label"]: r for r in (screen or {"rows": []})["rows"]}
+        lines += [
+            f"## `{name}` (screen: `{screen_name}`)",
+            "",
+            f"{problems.ALL[name]().setting}; {data['steps']} steps, "
+            f"{len(data['evaluation_seeds'])} test seeds; "
+            f"{problems.parameter_count(problems.ALL[name]())} parameters.",
+            "",
+            "| arm | screen | confirmation | |",
+            "|---|---|---|---|",
+        ]
+        for r in data["rows"]:
+            if r["kind"] not in ("fixed", "method") or r["label"] == "best fixed":
+                continue
+            before = screen_rows.get(r["label"])
+            screen_text = (
+                f"{interval(before, screen['kind'])} {CALL_MARK[before['call']]}"
+                if before and screen
+                else "not run"
+            )
+            verdict = "-"
+            if before is not None:
+                verdict = "kept" if before["call"] == r["call"] else "changed"
+            lines.append(
+                f"| {r['label']} | {screen_text} | {interval(r, kind)} {CALL_MARK[r['call']]} "
+                f"| {verdict} |"
+            )
+        best = next(r for r in data["rows"] if r["label"] == "best fixed")
+        lines += [
+            "",
+            f"Tuned fixed weights: {_weights(best['weights'])} at lr {best['rate']:g}, "
+            f"median {best['median']:.3g}. Command: `{data['command']}` at commit "
+            f"{data['commit']} ({data['machine']}, {data['seconds']:.0f} s).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
 def write_summary(out: pathlib.Path) -> pathlib.Path:
     """``summary.md`` and each ``<problem>.md`` from every ``<problem>.json`` in ``out``; for
     the committed folder (``results/``), also the generated blocks of the pages that quote it."""
@@ -672,6 +744,16 @@ def write_summary(out: pathlib.Path) -> pathlib.Path:
         (out / f"{name}.md").write_text(problem_markdown(problem, data))
     path = out / "summary.md"
     path.write_text(summary_markdown(results))
+    confirmed = load_confirmation(out)
+    if confirmed:
+        (out / "confirmation.md").write_text(confirmation_markdown(confirmed, results))
+        if out.resolve() == ROOT / "results":
+            pages.write_block(
+                ROOT,
+                pages.CONFIRMATION_PAGE,
+                pages.confirmation(confirmed, results),
+                pages.CONFIRMATION_BLOCK,
+            )
     if out.resolve() == ROOT / "results" and results:
         pages.write_pages(results, ROOT)
     return path
@@ -679,7 +761,11 @@ def write_summary(out: pathlib.Path) -> pathlib.Path:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--problems", default=",".join(problems.PROBLEMS))
+    parser.add_argument(
+        "--problems",
+        default=None,
+        help="comma-separated names (default: the profile's: the screen, or the confirmation)",
+    )
     parser.add_argument(
         "--profile", default="committed", choices=sorted(profiles.PROFILES), help="what to run"
     )
@@ -704,7 +790,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     library_commit()
     done: dict[str, dict] = {}
     if not args.summary:
-        for name in args.problems.split(","):
+        default = problems.CONFIRMATION if profile.confirmation else problems.PROBLEMS
+        for name in (args.problems or ",".join(default)).split(","):
             problem = profile.problem(name)
             labels = args.arms.split(",") if args.arms else profile.labels(name)
             start = time.perf_counter()
