@@ -33,8 +33,6 @@ import json
 import math
 import os
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -47,6 +45,7 @@ import optax
 
 import adaptive_optax as ao
 from benchmarks import speech_data, speech_model, stats
+from benchmarks.default_choice import commit, machine
 from benchmarks.speech_model import BASE_WEIGHTS, TERMS, Batch
 
 RATES = (3e-3, 1e-2, 3e-2, 1e-1)
@@ -248,22 +247,6 @@ def trained_params(model, batches, arm: str, seed: int, rate: float, steps: int)
         return params
 
     return run(params)
-
-
-def machine() -> str:
-    return (
-        f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), {platform.system()}, "
-        f"Python {platform.python_version()}, jax {jax.__version__}"
-    )
-
-
-def commit() -> str:
-    def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
-
-    head = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no", "adaptive_optax", "benchmarks")
-    return head + ("+uncommitted" if dirty else "")
 
 
 def stable(run_: Mapping, result: Mapping) -> bool:
