@@ -28,6 +28,9 @@ from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 NASH_ITERATIONS = 40
 #: The default ridge added to the unit-diagonal Gramian.
 REG_EPS = 1e-5
+#: Newton steps on the Gramian without the ridge, from the ridge's solution, once a solution
+#: is known to exist: the ridge detects a missing solution, and these remove its bias.
+POLISH_ITERATIONS = 6
 
 
 def _check_settings(max_norm, reg_eps, iterations) -> int:
@@ -103,9 +106,12 @@ def nash_mtl_from_gramian(
     solver fails there and keeps its previous ``alpha`` (ones at first); this is detected by
     ``reg_eps`` (relative to each term's squared gradient norm), which keeps the Newton
     iterates bounded: ``alpha_i`` grows to about ``1/sqrt(reg_eps)`` in units of
-    ``1/||g_i||`` and ``alpha_i (G alpha)_i`` falls below ``1/2``. On well-posed problems
-    ``reg_eps`` changes ``alpha_i (G alpha)_i = 1`` by ``reg_eps * ||g_i||^2 alpha_i^2``,
-    about ``reg_eps`` relative. ``max_norm`` rescales
+    ``1/||g_i||`` and ``alpha_i (G alpha)_i`` falls below ``1/2``. Where a solution exists,
+    a few more Newton steps on ``C`` without the ridge remove the ridge's bias (which is
+    ``reg_eps * ||g_i||^2 alpha_i^2`` on ``alpha_i (G alpha)_i``, not small where ``alpha``
+    is large: gradients near a conic dependence, rank-deficient Gramians), so
+    ``alpha_i (G alpha)_i = 1`` to float precision, as TorchJD's converged solutions.
+    ``max_norm`` rescales
     ``alpha`` so that ``||J^T alpha|| <= max_norm``, like the authors' gradient clipping
     (``max_norm=1.0`` there and in TorchJD; default here: no clipping).
 
@@ -156,6 +162,13 @@ def nash_mtl_from_gramian(
     # Without a bargaining solution beta_i grows to about 1 / sqrt(reg_eps) and
     # beta_i (C beta)_i = 1 - reg_eps beta_i^2 falls far below 1: keep the previous alpha.
     solved = jnp.all(jnp.where(n.active, beta * (correlation @ beta) > 0.5, True))
+    # The ridge moves alpha_i (C alpha)_i by reg_eps * beta_i^2, which is not small where beta
+    # is large (gradients near a conic dependence, rank-deficient Gramians): once a solution
+    # is known to exist, Newton on C itself (F stays strictly convex and bounded below)
+    # converges quadratically from the ridge's solution.
+    exact = jnp.where(n.active[:, None] & n.active[None, :], correlation, eye)
+    polished = _nash_newton(exact, beta, POLISH_ITERATIONS)
+    beta = jnp.where(solved, polished, beta)
     beta = jnp.where(n.active, jnp.where(solved, beta, previous * root * n.root_scale), 0.0)
     if max_norm is not None:
         # ||J^T alpha|| = sqrt(beta^T C beta): the normalizations cancel.
@@ -254,7 +267,7 @@ def nash_mtl_weights(
       >>> weights, state = weighting.update(
       ...     {"a": 1.0, "b": 1.0}, weighting.init(), grad_stats={"gramian": G})
       >>> round(float(weights["a"]), 4), round(float(weights["b"]), 4)  # G w = 1 / w
-      (0.5914, 0.4071)
+      (0.5915, 0.4071)
 
     References:
       See ``ao.gramian.nash_mtl``.
