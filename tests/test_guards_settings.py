@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import TTS_BASE, seed_controller
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import adaptive_optax as ao
@@ -306,6 +306,8 @@ def test_a_traced_setting_in_range_is_used_and_counts_nothing():
     ),
     integer=st.booleans(),
 )
+@example(value=1e-45, interval=(0.0, 1.0, True, True), integer=False)
+@example(value=1e-45, interval=(0.0, 1.0, False, True), integer=False)
 def test_a_traced_value_is_clipped_into_its_interval_and_judged_as_eagerly(
     value, interval, integer
 ):
@@ -326,7 +328,12 @@ def test_a_traced_value_is_clipped_into_its_interval_and_judged_as_eagerly(
     except ValueError:
         eager = False
     assert bool(ok) == eager
-    if eager:
+    tiny = np.finfo(np.float32).tiny
+    if eager and 0 < abs(value) < tiny:
+        # a subnormal may be flushed to 0 by XLA; next to an open 0 it is lifted to the
+        # smallest normal number, the documented nearest value inside
+        assert c in ((tiny,) if low_open and low == 0 else (np.float32(value), 0.0))
+    elif eager:
         assert c == np.float32(value)
 
 

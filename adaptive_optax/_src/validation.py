@@ -50,8 +50,9 @@ def _clip_traced(
 ) -> tuple[jax.Array, jax.Array]:
     """A traced setting clipped into its interval, and whether it was in it (a bool scalar).
 
-    An open end is replaced by the nearest representable value inside; NaN becomes the lower
-    end (the upper one when the lower is infinite). A whole-number setting is rounded.
+    An open end is replaced by the nearest representable value inside (next to an open 0, the
+    smallest normal number, since XLA may flush subnormals to 0); NaN becomes the lower end
+    (the upper one when the lower is infinite). A whole-number setting is rounded.
     """
     x = jnp.asarray(leaf)
     if not jnp.issubdtype(x.dtype, jnp.floating):  # an integer or bool tracer
