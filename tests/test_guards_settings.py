@@ -1,5 +1,6 @@
 """Bad configuration fails at construction with a ValueError naming the setting and its value."""
 
+import inspect
 import math
 
 import jax
@@ -343,3 +344,56 @@ def test_a_base_weight_out_of_range_gets_one_message_with_the_allowed_range(valu
     message now, saying the range, for every value outside it."""
     with pytest.raises(ValueError, match=r"base_weights\['mel'\] must be in \(0, inf\), a finite"):
         ao.stable_weights({"mel": value, "stop": 1.0})
+
+
+# A preset's own settings (the method's, not the guards'), traced and out of range: clipped
+# into range and the steps adjust nothing, counted (issue 27: FAMO's lr was used as given)
+PRESET_TRACED_OUT_OF_RANGE = [
+    ("famo_weights", "lr", -1.0),
+    ("famo_weights", "weight_decay", float("nan")),
+    ("dwa_weights", "temperature", 0.0),
+    ("relobralo_weights", "alpha", 2.0),
+    ("softadapt_weights", "eps", -1.0),
+    ("gradnorm_weights", "lr", -0.5),
+]
+
+
+def preset_traced_run(preset, name, value):
+    """The preset with its setting ``name`` traced at ``value``, over swinging mel losses."""
+
+    def run(value):
+        weighting = getattr(ao, preset)(TTS_BASE, **(OPEN | {name: value}))
+
+        def body(state, loss):
+            weights, state = weighting.update(
+                {"mel": loss, "stop": 0.3, "attention": 0.1}, state, grad_norms=1.0 + loss
+            )
+            return state, weights["mel"]
+
+        return jax.lax.scan(body, weighting.init(), SWINGING)
+
+    return jax.jit(run)(jnp.asarray(value))
+
+
+@pytest.mark.parametrize(("preset", "name", "value"), PRESET_TRACED_OUT_OF_RANGE)
+def test_a_presets_own_traced_setting_out_of_range_adjusts_nothing(preset, name, value):
+    """The preset refuses the value eagerly; traced, the weights never move from the start
+    (the method's uniform weights times the base) and every step is counted as rejected."""
+    with pytest.raises(ValueError, match=f"{preset}: {name}"):
+        getattr(ao, preset)(TTS_BASE, **(OPEN | {name: value}))
+    state, mel = preset_traced_run(preset, name, value)
+    assert np.ptp(mel) == 0
+    m = ao.metrics(state)
+    assert int(m["rejected/mel"]) == len(SWINGING)
+    assert int(m["adjustments/mel"]) == 0
+    for leaf in jax.tree.leaves(state):
+        assert np.all(np.isfinite(np.asarray(leaf, np.float64)))
+
+
+@pytest.mark.parametrize(("preset", "name", "value"), PRESET_TRACED_OUT_OF_RANGE)
+def test_a_presets_own_traced_setting_in_range_adjusts(preset, name, value):
+    """The control: the same preset with the default value of the setting, traced."""
+    default = inspect.signature(getattr(ao, preset)).parameters[name].default
+    state, mel = preset_traced_run(preset, name, default)
+    assert int(ao.metrics(state)["rejected/mel"]) == 0
+    assert np.ptp(mel) > 0

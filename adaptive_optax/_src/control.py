@@ -275,7 +275,7 @@ def distill(tree: PyTree, total: float | None = None) -> PyTree:
       normalized weights replayed as fixed weights.
     """
     if total is not None:
-        validation.check_number(
+        total = validation.check_number(
             "total", total, low=0, low_open=True, high=float(jnp.finfo(jnp.float32).max)
         )
     state = find_state(tree)

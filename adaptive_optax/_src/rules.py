@@ -120,13 +120,15 @@ def _check_decision(step_size, high_ratio, low_ratio, grad_growth):
     The factor is ``1 + step_size`` (up: high and gradients not growing), ``1 - step_size``
     (down: low or gradients growing) or 1 (hold).
     """
-    validation.check_number("step_size", step_size, low=0, high=1, low_open=True, high_open=True)
+    step_size = validation.check_number(
+        "step_size", step_size, low=0, high=1, low_open=True, high_open=True
+    )
     for name, value in (("high_ratio", high_ratio), ("low_ratio", low_ratio)):
         if value is not None or name == "high_ratio":
             validation.check_number(
                 name, value, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True
             )
-    validation.check_number("grad_growth", grad_growth, low=0, low_open=True)
+    grad_growth = validation.check_number("grad_growth", grad_growth, low=0, low_open=True)
     ratios = None if low_ratio is None else validation.concrete((low_ratio, high_ratio))
     if ratios is not None and not ratios[0] < ratios[1]:
         raise ValueError(

@@ -39,6 +39,13 @@ def traced_settings() -> Iterator[list[jax.Array]]:
         _COLLECTORS.pop()
 
 
+def enclosing_verdicts() -> list[jax.Array]:
+    """The verdicts already in the open collector (empty when none is open): a preset opens
+    one around its rule's construction, so that :func:`adaptive_optax.guarded`, built next,
+    also skips the steps whose rule settings were traced out of range."""
+    return list(_COLLECTORS[-1]) if _COLLECTORS else []
+
+
 def note_traced(ok: jax.Array) -> None:
     """Records a traced check's verdict (a bool scalar) with the open collector, if any."""
     if _COLLECTORS:

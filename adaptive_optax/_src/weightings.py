@@ -161,7 +161,9 @@ def unguarded_weights(
 def _controller_rule(max_change, high_ratio, low_ratio, grad_growth, toward_base=False):
     """The loss-ratio rule stepping by ``max_change``, which therefore cannot be None."""
     # checked under its own name here: the rule would name it step_size
-    validation.check_number("max_change", max_change, low=0, high=1, low_open=True, high_open=True)
+    max_change = validation.check_number(
+        "max_change", max_change, low=0, high=1, low_open=True, high_open=True
+    )
     return loss_ratio_rule(
         step_size=max_change,
         high_ratio=high_ratio,

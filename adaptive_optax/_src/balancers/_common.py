@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 
+from adaptive_optax._src import validation
 from adaptive_optax._src.balancers.recommended import BARE
 from adaptive_optax._src.base import LossWeighting, PyTree, Rule, Signals
 from adaptive_optax._src.guards import guarded
@@ -45,7 +46,9 @@ def preset(factory: Factory) -> Factory:
                     f"{', '.join(GUARD_SETTINGS)}"
                 )
         try:
-            return factory(*args, **kwargs)
+            # collects the verdicts of the rule's traced settings for guarded (validation)
+            with validation.traced_settings():
+                return factory(*args, **kwargs)
         except ValueError as error:
             message = str(error)
             raise ValueError(

@@ -56,10 +56,10 @@ def lr_annealing_rule(
       physics-informed neural networks", SIAM J. Sci. Comput. 43(5), 2021 (arXiv:2001.04536),
       Algorithm 1.
     """
-    validation.check_number("main", main, low=0, integer=True)
-    validation.check_number("alpha", alpha, low=0, high=1, low_open=True)
-    validation.check_number("interval", interval, low=1, integer=True)
-    validation.check_number("eps", eps, low=0)
+    main = validation.check_number("main", main, low=0, integer=True)
+    alpha = validation.check_number("alpha", alpha, low=0, high=1, low_open=True)
+    interval = validation.check_number("interval", interval, low=1, integer=True)
+    eps = validation.check_number("eps", eps, low=0)
     main = int(main)
 
     def propose(signals: Signals, weights, base_weights, rule_state):

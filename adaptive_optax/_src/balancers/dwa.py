@@ -58,7 +58,7 @@ def dwa_rule(*, temperature: float = 2.0) -> Rule:
       Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019
       (arXiv:1803.10704), eq. 7.
     """
-    validation.check_number("temperature", temperature, low=0, low_open=True)
+    temperature = validation.check_number("temperature", temperature, low=0, low_open=True)
 
     def init(base_weights: chex.Array) -> DWAState:
         return DWAState(jnp.ones(base_weights.shape, float_dtype(base_weights)))

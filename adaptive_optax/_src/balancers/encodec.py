@@ -58,9 +58,9 @@ def encodec_rule(*, total_norm: float = 1.0, ema_decay: float = 0.999, eps: floa
       Defossez, Copet, Synnaeve & Adi, "High Fidelity Neural Audio Compression", 2022
       (arXiv:2210.13438), section 3.4; ``encodec/balancer.py`` in facebookresearch/encodec.
     """
-    validation.check_number("total_norm", total_norm, low=0, low_open=True)
-    validation.check_number("ema_decay", ema_decay, low=0, high=1, high_open=True)
-    validation.check_number("eps", eps, low=0)
+    total_norm = validation.check_number("total_norm", total_norm, low=0, low_open=True)
+    ema_decay = validation.check_number("ema_decay", ema_decay, low=0, high=1, high_open=True)
+    eps = validation.check_number("eps", eps, low=0)
 
     def init(base_weights: chex.Array) -> EncodecState:
         dtype = float_dtype(base_weights)

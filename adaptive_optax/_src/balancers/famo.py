@@ -104,10 +104,12 @@ def famo_rule(
       Liu, Feng, Stone & Liu, "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023
       (arXiv:2306.03792); code: github.com/Cranial-XIX/FAMO (``famo.py``).
     """
-    validation.check_number("lr", lr, low=0, low_open=True)
-    validation.check_number("weight_decay", weight_decay, low=0, high=np.inf, high_open=True)
-    validation.check_number("eps", eps, low=0, low_open=True, high=np.inf, high_open=True)
-    validation.check_number(
+    lr = validation.check_number("lr", lr, low=0, low_open=True)
+    weight_decay = validation.check_number(
+        "weight_decay", weight_decay, low=0, high=np.inf, high_open=True
+    )
+    eps = validation.check_number("eps", eps, low=0, low_open=True, high=np.inf, high_open=True)
+    min_losses = validation.check_number(
         "min_losses",
         min_losses,
         low=-np.inf,
@@ -223,7 +225,7 @@ def famo_weights(
 
 def _per_term_floors(base_weights: PyTree, min_losses: PyTree | float) -> float | list[float]:
     """``min_losses`` as one number or a list in the leaf order of the base weights."""
-    validation.check_number(
+    min_losses = validation.check_number(
         "min_losses",
         min_losses,
         low=-np.inf,

@@ -52,7 +52,7 @@ def gls_rule(*, min_loss: float = 1e-8) -> Rule:
       and Geometric Loss Strategy for Multi-Task Learning", CVPR 2019 workshops
       (arXiv:1904.08492); LibMTL ``weighting/GLS.py``; TorchJD ``GeometricMean``.
     """
-    validation.check_number(
+    min_loss = validation.check_number(
         "min_loss", min_loss, low=0, low_open=True, high=jnp.inf, high_open=True
     )
 

@@ -63,8 +63,8 @@ def gradnorm_rule(*, alpha: float = 1.5, lr: float = 0.025) -> Rule:
       Chen, Badrinarayanan, Lee & Rabinovich, "GradNorm: Gradient Normalization for Adaptive
       Loss Balancing in Deep Multitask Networks", ICML 2018 (arXiv:1711.02257), section 3.
     """
-    validation.check_number("alpha", alpha, low=0)
-    validation.check_number("lr", lr, low=0, low_open=True)
+    alpha = validation.check_number("alpha", alpha, low=0)
+    lr = validation.check_number("lr", lr, low=0, low_open=True)
 
     def init(base_weights: chex.Array) -> GradNormState:
         return GradNormState(jnp.ones(base_weights.shape, float_dtype(base_weights)))

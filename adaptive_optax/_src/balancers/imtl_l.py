@@ -70,9 +70,11 @@ def imtl_l_rule(
       ICLR 2021 (IMTL-L); LibMTL ``weighting/IMTL.py`` (``loss_scale.exp() * losses -
       loss_scale``).
     """
-    validation.check_number("lr", lr, low=0, low_open=True)
-    validation.check_number("max_log_scale", max_log_scale, low=0, low_open=True, static=True)
-    validation.check_number(
+    lr = validation.check_number("lr", lr, low=0, low_open=True)
+    max_log_scale = validation.check_number(
+        "max_log_scale", max_log_scale, low=0, low_open=True, static=True
+    )
+    init_log_scale = validation.check_number(
         "init_log_scale", init_log_scale, low=-max_log_scale, high=max_log_scale
     )
 

@@ -61,9 +61,11 @@ def metabalance_rule(main: int = 0, *, relax_factor: float = 0.7, beta: float = 
       Adapting Gradient Magnitudes of Auxiliary Tasks", WWW 2022 (arXiv:2203.06801), code
       ``facebookresearch/MetaBalance`` (``metabalance.py``).
     """
-    validation.check_number("main", main, low=0, integer=True)
-    validation.check_number("relax_factor", relax_factor, low=0, high=1, high_open=True)
-    validation.check_number("beta", beta, low=0, high=1, high_open=True)
+    main = validation.check_number("main", main, low=0, integer=True)
+    relax_factor = validation.check_number(
+        "relax_factor", relax_factor, low=0, high=1, high_open=True
+    )
+    beta = validation.check_number("beta", beta, low=0, high=1, high_open=True)
     main = int(main)
 
     def init(base_weights: chex.Array) -> MetaBalanceState:

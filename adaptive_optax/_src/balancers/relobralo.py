@@ -72,10 +72,10 @@ def relobralo_rule(
       Bischof & Kraus, "Multi-Objective Loss Balancing for Physics-Informed Deep Learning",
       2021 (arXiv:2110.09813), section IV.
     """
-    validation.check_number("alpha", alpha, low=0, high=1)
-    validation.check_number("temperature", temperature, low=0, low_open=True)
-    validation.check_number("expected_rho", expected_rho, low=0, high=1)
-    validation.check_number("seed", seed, integer=True, static=True)
+    alpha = validation.check_number("alpha", alpha, low=0, high=1)
+    temperature = validation.check_number("temperature", temperature, low=0, low_open=True)
+    expected_rho = validation.check_number("expected_rho", expected_rho, low=0, high=1)
+    seed = validation.check_number("seed", seed, integer=True, static=True)
 
     def init(base_weights: chex.Array) -> ReLoBRaLoState:
         key = jax.random.key_data(jax.random.key(seed))

@@ -62,7 +62,7 @@ def rlw_rule(*, seed: int = 0) -> Rule:
       Test for Multi-Task Learning", TMLR 2022 (arXiv:2111.10603); LibMTL
       ``weighting/RLW.py``.
     """
-    validation.check_number("seed", seed, integer=True, static=True)
+    seed = validation.check_number("seed", seed, integer=True, static=True)
 
     def init(base_weights: chex.Array) -> RLWState:
         key = jax.random.key_data(jax.random.key(seed))

@@ -122,9 +122,13 @@ def softadapt_rule(
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    validation.check_number("beta", beta, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True)
-    validation.check_number("order", order, low=1, high=MAX_ORDER, integer=True, static=True)
-    validation.check_number("eps", eps, low=0, low_open=True)
+    beta = validation.check_number(
+        "beta", beta, low=-jnp.inf, high=jnp.inf, low_open=True, high_open=True
+    )
+    order = validation.check_number(
+        "order", order, low=1, high=MAX_ORDER, integer=True, static=True
+    )
+    eps = validation.check_number("eps", eps, low=0, low_open=True)
     order = int(order)
     size = order + 1
     # Row p: the slope (and the mean) over the last p + 1 losses of the history; row 0 unused.

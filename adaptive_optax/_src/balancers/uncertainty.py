@@ -58,9 +58,11 @@ def uncertainty_rule(
       Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses for Scene
       Geometry and Semantics", CVPR 2018 (arXiv:1705.07115), section 3.2.
     """
-    validation.check_number("lr", lr, low=0, low_open=True)
-    validation.check_number("max_log_variance", max_log_variance, low=0, low_open=True, static=True)
-    validation.check_number(
+    lr = validation.check_number("lr", lr, low=0, low_open=True)
+    max_log_variance = validation.check_number(
+        "max_log_variance", max_log_variance, low=0, low_open=True, static=True
+    )
+    init_log_variance = validation.check_number(
         "init_log_variance", init_log_variance, low=-max_log_variance, high=max_log_variance
     )
 

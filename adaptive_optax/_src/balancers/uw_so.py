@@ -42,8 +42,8 @@ def uw_so_rule(*, temperature: float = 1.0, eps: float = 1e-8) -> Rule:
       Uncertainty-Based Loss Weighting in Multi-Task Learning", GCPR 2024 (arXiv:2408.07985),
       and the authors' ``UW_SO`` weighting (``src/weighting/UW_SO.py``).
     """
-    validation.check_number("temperature", temperature, low=0, low_open=True)
-    validation.check_number("eps", eps, low=0)
+    temperature = validation.check_number("temperature", temperature, low=0, low_open=True)
+    eps = validation.check_number("eps", eps, low=0)
 
     def propose(signals: Signals, weights, base_weights, rule_state):
         del weights

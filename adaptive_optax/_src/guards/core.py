@@ -266,6 +266,7 @@ def guarded(
     terms = terms_of(base_weights)
     adaptive = select(terms, adapt)  # NumPy: concrete even when built under a trace
     needs = check_statistics(rule.needs)
+    rule_in_range = validation.enclosing_verdicts()  # a preset's rule settings, if traced
     with validation.traced_settings() as in_range:
         guard = checked_guards(arguments)  # {record: the record, its settings checked}
         rule = consulted_every(rule, every, "every")  # every= is every_k(rule, every)
@@ -289,7 +290,7 @@ def guarded(
     # A traced setting (jit, optax.inject_hyperparams) cannot be checked at construction: it
     # was clipped into its range, and a step with one out of range adjusts nothing (no
     # proposal lands, no spike cut) and counts it as rejected: None when none is traced.
-    settings_ok = _all_of(in_range + bounds_in_range)
+    settings_ok = _all_of(rule_in_range + in_range + bounds_in_range)
     # a scheduled term's loss settles for a while after it enters (an adversarial loss while
     # the discriminator warms up): the spike guard waits longer before judging it
     spike_warmup = np.where(schedules.scheduled, ENTRY_SPIKE_WARMUP, SPIKE_WARMUP)

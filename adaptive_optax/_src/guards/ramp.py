@@ -51,7 +51,9 @@ class StartRamp(NamedTuple):
         Raises:
           ValueError: naming ``ramp_steps`` and its value, unless a concrete integer >= 0.
         """
-        validation.check_number("ramp_steps", ramp_steps, low=0, integer=True, static=True)
+        ramp_steps = validation.check_number(
+            "ramp_steps", ramp_steps, low=0, integer=True, static=True
+        )
         return cls(int(ramp_steps))
 
     def ramping(self, adaptive: np.ndarray) -> np.ndarray:

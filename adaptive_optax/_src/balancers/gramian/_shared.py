@@ -95,7 +95,7 @@ def check_iterations(name: str, value) -> int:
 def check_reg_eps(reg_eps: Any) -> None:
     """Raises ``ValueError`` unless ``reg_eps`` is one finite number ``>= 0`` (traced values
     are not checked)."""
-    validation.check_number("reg_eps", reg_eps, low=0)
+    reg_eps = validation.check_number("reg_eps", reg_eps, low=0)
 
 
 def check_qp_settings(reg_eps: Any, iterations: Any) -> int:

@@ -32,9 +32,9 @@ NORM_EPS = 1e-4
 
 def _check_settings(c, rescale, norm_eps, iterations, qp_iterations) -> tuple[bool, int, int]:
     """``rescale``, ``iterations`` and ``qp_iterations``, checked with ``c`` and ``norm_eps``."""
-    validation.check_number("c", c, low=0)
+    c = validation.check_number("c", c, low=0)
     rescale = validation.check_flag("rescale", rescale)
-    validation.check_number("norm_eps", norm_eps, low=0, high=1, high_open=True)
+    norm_eps = validation.check_number("norm_eps", norm_eps, low=0, high=1, high_open=True)
     iterations = check_iterations("iterations", iterations)
     return rescale, iterations, check_iterations("qp_iterations", qp_iterations)
 

@@ -36,7 +36,7 @@ POLISH_ITERATIONS = 6
 def _check_settings(max_norm, reg_eps, iterations) -> int:
     """``iterations``, checked with ``max_norm`` and ``reg_eps``."""
     if max_norm is not None:
-        validation.check_number("max_norm", max_norm, low=0, low_open=True)
+        max_norm = validation.check_number("max_norm", max_norm, low=0, low_open=True)
     check_reg_eps(reg_eps)
     return check_iterations("iterations", iterations)
 

@@ -123,7 +123,7 @@ def pcgrad_rule(*, seed: int | None = SEED) -> Rule:
     """
     if seed is None:
         return gramian_rule("pcgrad_rule", pcgrad_from_gramian)
-    validation.check_number("seed", seed, integer=True, static=True)
+    seed = validation.check_number("seed", seed, integer=True, static=True)
 
     def init(base_weights: chex.Array) -> PCGradState:
         del base_weights
