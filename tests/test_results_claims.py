@@ -97,11 +97,12 @@ def test_the_default_controller_tracks_the_base_weights(rows):
         assert base["regret_low"] <= stable["regret_high"], name
 
 
-def test_config_is_worse_on_burgers_where_only_annealing_is_unresolved(rows):
+def test_config_is_worse_on_burgers_where_only_annealing_and_nash_mtl_are_unresolved(rows):
     burgers = methods(rows["burgers"])
     assert burgers["config"]["call"] == "worse"
-    assert {k for k, r in burgers.items() if r["call"] != "worse"} == {"lr_annealing+guards"}
-    assert min(burgers, key=lambda k: burgers[k]["regret"]) == "lr_annealing+guards"
+    unresolved = {"lr_annealing+guards", "nash_mtl"}
+    assert {k for k, r in burgers.items() if r["call"] != "worse"} == unresolved
+    assert min(burgers, key=lambda k: burgers[k]["regret"]) == "nash_mtl"
 
 
 def test_tts_sgd_methods_that_beat_the_reference(rows):
@@ -128,7 +129,8 @@ def test_on_the_toy_every_arm_but_config_reaches_the_set(rows):
         if row["kind"] in ("fixed", "method") and label != "config":
             assert row["reached"] >= 0.75, label  # from at least three starts in four
     assert toy["config"]["reached"] <= 0.2
-    assert toy["nash_mtl"]["call"] == "better" and toy["nash_mtl"]["reached"] == 1.0
+    assert toy["nash_mtl"]["reached"] == 1.0  # no longer better since the bias fix (issue 27)
+    assert toy["nash_mtl"]["call"] == "unclear"
 
 
 def test_loss_only_methods_cost_less_than_per_term_gradients(rows):
