@@ -216,17 +216,17 @@ def averaged(arms: dict, rounds: int, steps: int, *, block_each: bool) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def amortized_table(ks: list, rounds: int, emit) -> None:
-    """Table 5: ms per step averaged over blocks of ``EVERY`` steps, and ratios to the plain
+def amortized_table(ks: list, rounds: int, emit, every: int = EVERY) -> None:
+    """Table 5: ms per step averaged over blocks of ``every`` steps, and ratios to the plain
     step, blocked and pipelined."""
     emit(
-        f"5. The amortized step: ms per step, mean over blocks of {EVERY} steps (one "
+        f"5. The amortized step: ms per step, mean over blocks of {every} steps (one "
         f"recompute step each), median of {rounds} interleaved rounds; ratio to JAX's plain "
         "step in parentheses"
     )
     emit()
     times = {
-        (mode, k): averaged(amortized_steps(k), rounds, EVERY, block_each=mode == "blocked")
+        (mode, k): averaged(amortized_steps(k, every), rounds, every, block_each=mode == "blocked")
         for mode in ("blocked", "pipelined")
         for k in ks
     }
@@ -491,6 +491,9 @@ def main() -> None:
     parser.add_argument(
         "--amortized", action="store_true", help="only table 5, the amortized step (JAX only)"
     )
+    parser.add_argument(
+        "--every", type=int, default=EVERY, help="table 5: steps between two recomputations"
+    )
     parser.add_argument("--memory-arm", help=argparse.SUPPRESS)
     parser.add_argument("-k", type=int, default=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -511,7 +514,7 @@ def main() -> None:
             "arms alike, and the ratios within one run are what to read.",
             "",
             f"Problem: the MLP trunk (0.92M parameters) with K linear heads of the other "
-            f"tables, batch {BATCH}, Adam; UPGrad's weights recomputed every {EVERY} steps.",
+            f"tables, batch {BATCH}, Adam; UPGrad's weights recomputed every {args.every} steps.",
             "",
         ]
 
@@ -519,7 +522,7 @@ def main() -> None:
             print(line, flush=True)
             lines.append(line)
 
-        amortized_table(ks, rounds, emit_only)
+        amortized_table(ks, rounds, emit_only, args.every)
         if args.markdown:
             with open(args.markdown, "w") as f:
                 f.write("\n".join(lines) + "\n")
@@ -613,7 +616,7 @@ def main() -> None:
             before, first, later = peak_memory(arm, 8, 20)
             emit(f"| {arm} | {before:.0f} | +{first:.0f} | +{later:.0f} |")
         emit()
-    amortized_table(ks, rounds, emit)
+    amortized_table(ks, rounds, emit, args.every)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("\n".join(lines) + "\n")
