@@ -197,6 +197,32 @@ def amortized_steps(k: int, every: int = EVERY) -> dict:
     }
 
 
+def amortized_parts(k: int) -> dict:
+    """Name -> (jitted function of the parameters, parameters) for table 5's breakdown: one
+    ``grad`` of the sum, the amortized step's two branches alone (a held-weights step; a
+    recompute step, which is the per-term step) and the per-term gradients alone; no Adam."""
+    data = jax.tree.map(jnp.asarray, problem(k))
+    params, x, y = data["params"], data["x"], data["y"]
+    base = {t: 1.0 for t in y}
+    upgrad = ao.upgrad_weights(base)
+    never = ao.amortized_grads(losses_fn, upgrad, every=2**30)  # step 1 recomputes, then holds
+    always = ao.amortized_grads(losses_fn, upgrad, every=1)
+    _, _, held = jax.jit(never.update)(never.init(), params, x, y)
+    start = always.init()
+    return {
+        "grad of the sum": (
+            jax.jit(jax.grad(lambda p: sum(losses_fn(p, x, y).values()))),
+            params,
+        ),
+        "held-weights step": (jax.jit(lambda p: never.update(held, p, x, y)[1]), params),
+        "recompute step": (jax.jit(lambda p: always.update(start, p, x, y)[1]), params),
+        "ao.per_term_grads alone": (
+            jax.jit(lambda p: ao.per_term_grads(losses_fn)(p, x, y)),
+            params,
+        ),
+    }
+
+
 def averaged(arms: dict, rounds: int, steps: int, *, block_each: bool) -> dict:
     """Median over interleaved rounds of the mean seconds per step over ``steps`` steps,
     waiting for each step (``block_each``) or once at the end (pipelined)."""
@@ -244,6 +270,20 @@ def amortized_table(ks: list, rounds: int, emit, every: int = EVERY) -> None:
             for k in ks
         ]
         emit(f"| {name} | " + " | ".join(cells) + " |")
+    emit()
+    emit(
+        f"5b. Its parts, without Adam: ms per call, median of {rounds * 2} interleaved calls; "
+        "ratio to one `grad` of the sum in parentheses"
+    )
+    emit()
+    parts = {k: interleaved_calls(amortized_parts(k), rounds * 2) for k in ks}
+    names = list(parts[ks[0]])
+    emit("| K | " + " | ".join(names) + " |")
+    emit("|---" * (1 + len(names)) + "|")
+    for k in ks:
+        base = parts[k]["grad of the sum"][0]
+        cells = [f"{parts[k][n][0] * 1e3:.1f} ({parts[k][n][0] / base:.2f})" for n in names]
+        emit(f"| {k} | " + " | ".join(cells) + " |")
     emit()
 
 
