@@ -543,6 +543,8 @@ def main() -> None:
     rounds = 3 if args.quick else args.rounds
     ks = [int(k) for k in args.ks.split(",")]
     command = "python -m benchmarks.peers " + " ".join(sys.argv[1:])
+    if os.environ.get("GLIBC_TUNABLES"):  # the allocator's settings change what a step costs
+        command = f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']} {command}"
     if args.amortized:
         lines = [
             "# The amortized per-term step beside a plain step",
