@@ -233,3 +233,37 @@ def test_bad_arguments_fail_at_construction():
         ao.amortized_grads(losses_fn, weighting, every=2, has_aux=1)
     with pytest.raises(ValueError, match="AmortizedState"):
         ao.amortized_grads(losses_fn, weighting, every=2).update(weighting.init(), init_params(), X)
+
+
+def test_checkpoint_resume_equals_the_uninterrupted_run():
+    from flax import serialization
+
+    amortized = ao.amortized_grads(losses_fn, ao.upgrad_weights(BASE), every=3)
+    update = jax.jit(amortized.update)
+
+    def run(state, params, steps):
+        for _ in range(steps):
+            _, grads, state = update(state, params, X)
+            params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+        return state, params
+
+    straight = run(amortized.init(), init_params(), 5)
+    state, params = run(amortized.init(), init_params(), 2)
+    saved = serialization.to_bytes(state)
+    restored = ao.restore(amortized.init(), serialization.from_bytes(amortized.init(), saved))
+    assert_trees_equal(run(restored, params, 3), straight)
+
+
+def test_runs_in_a_long_lax_scan():
+    amortized = ao.amortized_grads(losses_fn, ao.mgda_weights(BASE), every=4)
+
+    def body(carry, _):
+        state, params = carry
+        losses, grads, state = amortized.update(state, params, X)
+        return (state, jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)), losses
+
+    (state, params), losses = jax.jit(lambda c: jax.lax.scan(body, c, length=50))(
+        (amortized.init(), init_params())
+    )
+    assert int(state.step) == 50 and int(state.weighting_state.step) == 13
+    chex.assert_tree_all_finite((state, params, losses))
