@@ -10,6 +10,9 @@ A weighting is a pure ``(init, update)`` pair over an immutable :class:`Adaptive
 
 from adaptive_optax import balancers as balancers  # the published methods: ao.balancers.dwa_weights
 from adaptive_optax import gramian as gramian  # the pure solvers: ao.gramian.upgrad(G)
+from adaptive_optax._src.amortized import AmortizedGrads as AmortizedGrads
+from adaptive_optax._src.amortized import AmortizedState as AmortizedState
+from adaptive_optax._src.amortized import amortized_grads as amortized_grads
 from adaptive_optax._src.balancers.annealing import lr_annealing_rule as lr_annealing_rule
 from adaptive_optax._src.balancers.annealing import lr_annealing_weights as lr_annealing_weights
 from adaptive_optax._src.balancers.dwa import dwa_rule as dwa_rule
@@ -106,6 +109,8 @@ __version__ = "0.1.0"
 __all__ = (
     "AWAY_REASONS",
     "AdaptiveState",
+    "AmortizedGrads",
+    "AmortizedState",
     "BARE",
     "Counters",
     "GRADIENT_STATISTICS",
@@ -122,6 +127,7 @@ __all__ = (
     "WeightGradientsState",
     "aligned_mtl_rule",
     "aligned_mtl_weights",
+    "amortized_grads",
     "apply_gradients",
     "apply_if_finite",
     "base_rule",

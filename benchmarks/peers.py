@@ -26,7 +26,13 @@ one run. Printed:
 2. the per-term gradients alone against one ``grad`` of the sum (``per_term_grads`` and
    ``jax.jacrev``);
 3. the solvers alone (UPGrad and MGDA from a Gramian), K up to 16, against TorchJD's;
-4. peak resident memory of K=8 steps, each arm in a fresh process (``--memory``).
+4. peak resident memory of K=8 steps, each arm in a fresh process (``--memory``);
+5. the amortized step (``ao.amortized_grads``: the per-term gradients every 10 steps, one
+   backward pass of the weighted loss on the others) beside JAX's plain step and the per-term
+   step with UPGrad's weights every 10 steps (``ao.upgrad_weights(base, every=10)``), each
+   timed over blocks of 10 steps (one recompute step in each). ``--amortized`` runs this table
+   alone, with JAX only (torch need not be installed): ``python -m benchmarks.peers
+   --amortized --markdown results/amortized_cpu.md``.
 """
 
 from __future__ import annotations
@@ -145,6 +151,140 @@ def jax_steps(k: int) -> dict:
             (params, adam.init(params), upgrad.init()),
         ),
     }
+
+
+EVERY = 10  # the amortized table: weights recomputed every EVERY steps
+
+
+def amortized_steps(k: int, every: int = EVERY) -> dict:
+    """Name -> (jitted step, initial carry) for table 5: JAX's plain step, the per-term step
+    with UPGrad's weights every ``every`` steps, and the amortized step."""
+    data = jax.tree.map(jnp.asarray, problem(k))
+    params, x, y = data["params"], data["x"], data["y"]
+    base = {t: 1.0 for t in y}
+    adam = optax.adam(LR)
+    chained = optax.chain(ao.weight_gradients(ao.upgrad_weights(base, every=every)), adam)
+    amortized = ao.amortized_grads(losses_fn, ao.upgrad_weights(base), every=every)
+
+    def plain(carry):
+        params, opt_state = carry
+        grads = jax.grad(lambda p: sum(losses_fn(p, x, y).values()))(params)
+        updates, opt_state = adam.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    def per_term(carry):
+        params, opt_state = carry
+        losses, grads = ao.per_term_grads(losses_fn)(params, x, y)
+        updates, opt_state = chained.update(grads, opt_state, params, losses=losses)
+        return optax.apply_updates(params, updates), opt_state
+
+    def amortized_step(carry):
+        params, opt_state, state = carry
+        losses, grads, state = amortized.update(state, params, x, y)
+        updates, opt_state = adam.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, state
+
+    return {
+        "jax plain": (jax.jit(plain), (params, adam.init(params))),
+        f"ours per_term_grads, weights every {every}": (
+            jax.jit(per_term),
+            (params, chained.init(params)),
+        ),
+        f"ours amortized_grads, every {every}": (
+            jax.jit(amortized_step),
+            (params, adam.init(params), amortized.init()),
+        ),
+    }
+
+
+def amortized_parts(k: int) -> dict:
+    """Name -> (jitted function of the parameters, parameters) for table 5's breakdown: one
+    ``grad`` of the sum, the amortized step's two branches alone (a held-weights step; a
+    recompute step, which is the per-term step) and the per-term gradients alone; no Adam."""
+    data = jax.tree.map(jnp.asarray, problem(k))
+    params, x, y = data["params"], data["x"], data["y"]
+    base = {t: 1.0 for t in y}
+    upgrad = ao.upgrad_weights(base)
+    never = ao.amortized_grads(losses_fn, upgrad, every=2**30)  # step 1 recomputes, then holds
+    always = ao.amortized_grads(losses_fn, upgrad, every=1)
+    _, _, held = jax.jit(never.update)(never.init(), params, x, y)
+    start = always.init()
+    return {
+        "grad of the sum": (
+            jax.jit(jax.grad(lambda p: sum(losses_fn(p, x, y).values()))),
+            params,
+        ),
+        "held-weights step": (jax.jit(lambda p: never.update(held, p, x, y)[1]), params),
+        "recompute step": (jax.jit(lambda p: always.update(start, p, x, y)[1]), params),
+        "ao.per_term_grads alone": (
+            jax.jit(lambda p: ao.per_term_grads(losses_fn)(p, x, y)),
+            params,
+        ),
+    }
+
+
+def averaged(arms: dict, rounds: int, steps: int, *, block_each: bool) -> dict:
+    """Median over interleaved rounds of the mean seconds per step over ``steps`` steps,
+    waiting for each step (``block_each``) or once at the end (pipelined)."""
+    carries = {name: _ready(fn(carry)) for name, (fn, carry) in arms.items()}  # compile, warm
+    times = {name: [] for name in arms}
+    for _ in range(rounds):
+        for name, (fn, _) in arms.items():
+            carry = carries[name]
+            start = time.perf_counter()
+            for _ in range(steps):
+                carry = fn(carry)
+                if block_each:
+                    _ready(carry)
+            _ready(carry)
+            times[name].append((time.perf_counter() - start) / steps)
+            carries[name] = carry
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def amortized_table(ks: list, rounds: int, emit, every: int = EVERY) -> None:
+    """Table 5: ms per step averaged over blocks of ``every`` steps, and ratios to the plain
+    step, blocked and pipelined."""
+    emit(
+        f"5. The amortized step: ms per step, mean over blocks of {every} steps (one "
+        f"recompute step each), median of {rounds} interleaved rounds; ratio to JAX's plain "
+        "step in parentheses"
+    )
+    emit()
+    times = {
+        (mode, k): averaged(amortized_steps(k, every), rounds, every, block_each=mode == "blocked")
+        for mode in ("blocked", "pipelined")
+        for k in ks
+    }
+    names = list(times["blocked", ks[0]])
+    emit(
+        "| ms per step | "
+        + " | ".join(f"K={k} {m}" for m in ("blocked", "pipelined") for k in ks)
+        + " |"
+    )
+    emit("|---" * (1 + 2 * len(ks)) + "|")
+    for name in names:
+        cells = [
+            f"{times[m, k][name] * 1e3:.1f} ({times[m, k][name] / times[m, k]['jax plain']:.2f})"
+            for m in ("blocked", "pipelined")
+            for k in ks
+        ]
+        emit(f"| {name} | " + " | ".join(cells) + " |")
+    emit()
+    emit(
+        f"5b. Its parts, without Adam: ms per call, median of {rounds * 2} interleaved calls; "
+        "ratio to one `grad` of the sum in parentheses"
+    )
+    emit()
+    parts = {k: interleaved_calls(amortized_parts(k), rounds * 2) for k in ks}
+    names = list(parts[ks[0]])
+    emit("| K | " + " | ".join(names) + " |")
+    emit("|---" * (1 + len(names)) + "|")
+    for k in ks:
+        base = parts[k]["grad of the sum"][0]
+        cells = [f"{parts[k][n][0] * 1e3:.1f} ({parts[k][n][0] / base:.2f})" for n in names]
+        emit(f"| {k} | " + " | ".join(cells) + " |")
+    emit()
 
 
 def jax_gradients(k: int) -> dict:
@@ -366,17 +506,18 @@ def peak_memory(arm: str, k: int, steps: int) -> tuple[float, float, float]:
 # ---------------------------------------------------------------------------------------- main
 
 
-def machine() -> str:
+def machine(*, with_torch: bool = True) -> str:
     from importlib.metadata import version
+
+    where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+    where += f"{platform.system()}; jax {jax.__version__}"
+    if not with_torch:
+        return where + f" ({jax.devices()[0].platform}); one thread"
 
     import torch
     import torchjd  # noqa: F401
 
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"{platform.system()}; jax {jax.__version__}, torch {torch.__version__}, "
-        f"torchjd {version('torchjd')}; one thread each"
-    )
+    return where + f", torch {torch.__version__}, torchjd {version('torchjd')}; one thread each"
 
 
 def main() -> None:
@@ -387,6 +528,12 @@ def main() -> None:
     parser.add_argument("--ks", default="2,4,8", help="numbers of terms of the step tables")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory")
     parser.add_argument("--markdown", help="also write the tables to this Markdown file")
+    parser.add_argument(
+        "--amortized", action="store_true", help="only table 5, the amortized step (JAX only)"
+    )
+    parser.add_argument(
+        "--every", type=int, default=EVERY, help="table 5: steps between two recomputations"
+    )
     parser.add_argument("--memory-arm", help=argparse.SUPPRESS)
     parser.add_argument("-k", type=int, default=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -396,6 +543,32 @@ def main() -> None:
     rounds = 3 if args.quick else args.rounds
     ks = [int(k) for k in args.ks.split(",")]
     command = "python -m benchmarks.peers " + " ".join(sys.argv[1:])
+    if os.environ.get("GLIBC_TUNABLES"):  # the allocator's settings change what a step costs
+        command = f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']} {command}"
+    if args.amortized:
+        lines = [
+            "# The amortized per-term step beside a plain step",
+            "",
+            f"Command: `{command}` (`benchmarks/peers.py`), {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+            "",
+            f"Machine: {machine(with_torch=False)}. The machine may be shared with other jobs "
+            "while this runs: the arms are interleaved round by round, so a load hits all "
+            "arms alike, and the ratios within one run are what to read.",
+            "",
+            f"Problem: the MLP trunk (0.92M parameters) with K linear heads of the other "
+            f"tables, batch {BATCH}, Adam; UPGrad's weights recomputed every {args.every} steps.",
+            "",
+        ]
+
+        def emit_only(line=""):
+            print(line, flush=True)
+            lines.append(line)
+
+        amortized_table(ks, rounds, emit_only, args.every)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write("\n".join(lines) + "\n")
+        return
     lines = [
         "# TorchJD's UPGrad step beside ours",
         "",
@@ -485,6 +658,7 @@ def main() -> None:
             before, first, later = peak_memory(arm, 8, 20)
             emit(f"| {arm} | {before:.0f} | +{first:.0f} | +{later:.0f} |")
         emit()
+    amortized_table(ks, rounds, emit, args.every)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("\n".join(lines) + "\n")

@@ -6,7 +6,8 @@ term is NaN, then a burst of three bad batches (NaN inputs, NaN target, NaN inpu
 
 - the parameters and the optimizer state equal, exactly, those before the first bad batch,
   except the leaves that exist to count steps (``EXCLUDED``);
-- the weighting counted each bad step (``nonfinite/mel``), and ``ao.apply_if_finite`` did;
+- the weighting counted each bad step (``nonfinite/mel``; with ``ao.amortized_grads``, each bad
+  step that recomputed the weights, the only ones it sees), and ``ao.apply_if_finite`` did;
 - training goes on: the loss is lower after five good steps, the parameters stay finite.
 
 The NaN target hits the mel term, an L1 loss in the snippet setup: its loss is NaN while its
@@ -86,6 +87,11 @@ def bad_batches(batch, column):
 class Run:
     """One training pattern: ``step(batch)`` trains in place and returns its metrics."""
 
+    def weighting_sees_next_step(self):
+        """Whether the weighting will see the next step (``ao.amortized_grads``' only on the
+        steps that recompute the weights)."""
+        return True
+
     def snapshot(self):
         return {"params": _leaves(self.params()), "opt_state": self.opt_leaves()}
 
@@ -100,17 +106,19 @@ def check_skips_bad_batches(run, batch, *, term="mel", column=0):
         run.step(batch)
     before = run.snapshot()
 
+    seen = int(run.weighting_sees_next_step())
     metrics = run.step(bad["nan_target"])
     assert_untouched(before["params"], run.snapshot()["params"])
     assert_untouched(before["opt_state"], run.snapshot()["opt_state"])
-    assert int(metrics[f"nonfinite/{term}"]) == 1
+    assert int(metrics[f"nonfinite/{term}"]) == seen
     assert total_notfinite(run.opt_state()) == 1
 
     for name in BURST:
+        seen += int(run.weighting_sees_next_step())
         metrics = run.step(bad[name])
     assert_untouched(before["params"], run.snapshot()["params"])
     assert_untouched(before["opt_state"], run.snapshot()["opt_state"])
-    assert int(metrics[f"nonfinite/{term}"]) == 1 + len(BURST)
+    assert int(metrics[f"nonfinite/{term}"]) == seen
     assert total_notfinite(run.opt_state()) == 1 + len(BURST)
 
     losses = [run.loss(batch)]
@@ -130,6 +138,7 @@ KINDS = {
     "chain": "def train_step(params, opt_state, batch):",
     "linen": "def train_step(state, batch):",
     "nnx": "def train_step(model, optimizer, batch):",
+    "amortized": "def train_step(params, opt_state, amortized_state, batch):",
 }
 
 
@@ -161,8 +170,19 @@ class DocumentedRun(Run):
             return jax.device_put(batch, NamedSharding(self.ns["mesh"], P("data")))
         return batch
 
+    def weighting_sees_next_step(self):
+        if self.kind == "amortized":
+            return int(self.ns["amortized_state"].step) % self.ns["amortized"].every == 0
+        return True
+
     def step(self, batch):
         ns, batch = self.ns, self.put(batch)
+        if self.kind == "amortized":
+            *carry, logs = ns["train_step"](
+                ns["params"], ns["opt_state"], ns["amortized_state"], batch
+            )
+            ns["params"], ns["opt_state"], ns["amortized_state"] = carry
+            return logs
         if self.kind == "five_lines":
             *carry, logs = ns["train_step"](
                 ns["params"], ns["opt_state"], ns["weight_state"], batch
@@ -218,9 +238,13 @@ def test_documented_training_step_skips_nan_batches(block):
         before = int(run.ns["state"].step)
     if run.kind == "five_lines":  # the snippet may have trained a few steps already
         start = int(run.ns["weight_state"].step)
+    if run.kind == "amortized":
+        start = int(run.ns["amortized_state"].step)
     check_skips_bad_batches(run, batch)
     if run.kind == "five_lines":  # the weighting state rides beside the optimizer's
         assert int(run.ns["weight_state"].step) == start + 2 + 1 + len(BURST) + 5
+    if run.kind == "amortized":  # the counter of the schedule counts every step, bad or not
+        assert int(run.ns["amortized_state"].step) == start + 2 + 1 + len(BURST) + 5
     if run.kind == "linen":  # TrainState.step counts every call, skipped or not
         assert int(run.ns["state"].step) == before + 2 + 1 + len(BURST) + 5
 
