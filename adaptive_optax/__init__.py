@@ -34,6 +34,8 @@ from adaptive_optax._src.balancers.gramian.dualproj import dualproj_rule as dual
 from adaptive_optax._src.balancers.gramian.dualproj import dualproj_weights as dualproj_weights
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_rule as imtl_g_rule
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_weights as imtl_g_weights
+from adaptive_optax._src.balancers.gramian.m_config import MConfigState as MConfigState
+from adaptive_optax._src.balancers.gramian.m_config import m_config as m_config
 from adaptive_optax._src.balancers.gramian.mgda import mgda_rule as mgda_rule
 from adaptive_optax._src.balancers.gramian.mgda import mgda_weights as mgda_weights
 from adaptive_optax._src.balancers.gramian.nash_mtl import nash_mtl_rule as nash_mtl_rule
@@ -111,6 +113,7 @@ __all__ = (
     "GRADIENT_STATISTICS",
     "LogStats",
     "LossWeighting",
+    "MConfigState",
     "ORIGINAL",
     "RECOMMENDED",
     "RELAXED",
@@ -159,6 +162,7 @@ __all__ = (
     "loss_scaled",
     "lr_annealing_rule",
     "lr_annealing_weights",
+    "m_config",
     "metabalance_rule",
     "metabalance_weights",
     "metrics",

@@ -6,6 +6,8 @@ also available at the top level (``ao.dwa_weights``). A ``*_rule`` proposes weig
 :func:`adaptive_optax.guarded`; a ``*_weights`` preset runs it bare by default and takes any
 guard as a keyword; :data:`RECOMMENDED` holds the guards recommended for each preset. The
 convention every preset follows: the balancers guide (``docs/guides/balancers.md``).
+:func:`m_config` (M-ConFIG) is a gradient transformation instead, fed one term's gradient
+per step.
 
 Examples:
   >>> import adaptive_optax as ao
@@ -38,6 +40,8 @@ from adaptive_optax._src.balancers.gramian.dualproj import dualproj_rule as dual
 from adaptive_optax._src.balancers.gramian.dualproj import dualproj_weights as dualproj_weights
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_rule as imtl_g_rule
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_weights as imtl_g_weights
+from adaptive_optax._src.balancers.gramian.m_config import MConfigState as MConfigState
+from adaptive_optax._src.balancers.gramian.m_config import m_config as m_config
 from adaptive_optax._src.balancers.gramian.mgda import mgda_rule as mgda_rule
 from adaptive_optax._src.balancers.gramian.mgda import mgda_weights as mgda_weights
 from adaptive_optax._src.balancers.gramian.nash_mtl import nash_mtl_rule as nash_mtl_rule
@@ -65,6 +69,7 @@ from adaptive_optax._src.balancers.uw_so import uw_so_rule as uw_so_rule
 from adaptive_optax._src.balancers.uw_so import uw_so_weights as uw_so_weights
 
 __all__ = (
+    "MConfigState",
     "RECOMMENDED",
     "aligned_mtl_rule",
     "aligned_mtl_weights",
@@ -91,6 +96,7 @@ __all__ = (
     "imtl_l_weights",
     "lr_annealing_rule",
     "lr_annealing_weights",
+    "m_config",
     "metabalance_rule",
     "metabalance_weights",
     "mgda_rule",
