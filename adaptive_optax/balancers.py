@@ -63,6 +63,8 @@ from adaptive_optax._src.balancers.rlw import rlw_rule as rlw_rule
 from adaptive_optax._src.balancers.rlw import rlw_weights as rlw_weights
 from adaptive_optax._src.balancers.softadapt import softadapt_rule as softadapt_rule
 from adaptive_optax._src.balancers.softadapt import softadapt_weights as softadapt_weights
+from adaptive_optax._src.balancers.stch import stch_rule as stch_rule
+from adaptive_optax._src.balancers.stch import stch_weights as stch_weights
 from adaptive_optax._src.balancers.uncertainty import uncertainty_rule as uncertainty_rule
 from adaptive_optax._src.balancers.uncertainty import uncertainty_weights as uncertainty_weights
 from adaptive_optax._src.balancers.uw_so import uw_so_rule as uw_so_rule
@@ -112,6 +114,8 @@ __all__ = (
     "rlw_weights",
     "softadapt_rule",
     "softadapt_weights",
+    "stch_rule",
+    "stch_weights",
     "uncertainty_rule",
     "uncertainty_weights",
     "upgrad_rule",

@@ -259,6 +259,7 @@ FACTORIES = {
     "imtl_l": lambda **g: ao.imtl_l_weights(BASE, lr=0.5, **g),
     "rlw": lambda **g: ao.rlw_weights(BASE, seed=3, **g),
     "gls": lambda **g: ao.gls_weights(BASE, **g),
+    "stch": lambda **g: ao.stch_weights(BASE, mu=0.5, nadir_steps=2, **g),
     "uw_so": lambda **g: ao.uw_so_weights(BASE, **g),
     "metabalance": lambda **g: ao.metabalance_weights(BASE, main="b", **g),
     # its bounds are factors of the normalized base weights, not of BASE, and win over
@@ -404,6 +405,7 @@ def test_contract_covers_every_public_balancer():
         "imtl_l_weights",
         "rlw_weights",
         "gls_weights",
+        "stch_weights",
         "uw_so_weights",
         "metabalance_weights",
         "normalized_weights",

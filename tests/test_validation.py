@@ -51,6 +51,7 @@ OUT_OF_RANGE = {
     "interval": 0,
     "iterations": 0,
     "low_ratio": 1.5,  # above the default high_ratio 1.1
+    "log_steps": -1,
     "lr": 0.0,
     "max_change": 1.0,
     "max_log_scale": 0.0,
@@ -61,6 +62,8 @@ OUT_OF_RANGE = {
     "min_losses": None,
     "min_stable_steps": -1,
     "min_weight": -1.0,
+    "mu": 0.0,
+    "nadir_steps": 0,
     "norm_eps": 1.5,
     "order": 0,
     "qp_iterations": 0,

@@ -67,6 +67,7 @@ _TABLE: dict[str, dict[str, Any]] = {
     "imtl_l": _WIDE_BOUNDS,
     "gls": _WIDE_BOUNDS,
     "rlw": _WIDE_BOUNDS,
+    "stch": _WIDE_BOUNDS,
     "uw_so": {},
     "normalized": {},
     # gradient-norm balancers
