@@ -38,6 +38,8 @@ from adaptive_optax._src.balancers.gramian.config import config_rule as config_r
 from adaptive_optax._src.balancers.gramian.config import config_weights as config_weights
 from adaptive_optax._src.balancers.gramian.dualproj import dualproj_rule as dualproj_rule
 from adaptive_optax._src.balancers.gramian.dualproj import dualproj_weights as dualproj_weights
+from adaptive_optax._src.balancers.gramian.gradvac import gradvac_rule as gradvac_rule
+from adaptive_optax._src.balancers.gramian.gradvac import gradvac_weights as gradvac_weights
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_rule as imtl_g_rule
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_weights as imtl_g_weights
 from adaptive_optax._src.balancers.gramian.m_config import MConfigState as MConfigState
@@ -92,6 +94,8 @@ __all__ = (
     "gls_weights",
     "gradnorm_rule",
     "gradnorm_weights",
+    "gradvac_rule",
+    "gradvac_weights",
     "imtl_g_rule",
     "imtl_g_weights",
     "imtl_l_rule",

@@ -3,7 +3,8 @@
 Each function maps the ``(K, K)`` Gramian ``G = J J^T`` of ``K`` gradients (the rows of ``J``)
 to ``(K,)`` weights ``w``; the aggregate is ``w^T J``. All are pure and jittable, run a fixed
 number of iterations in-graph, accept a ``mask`` of the terms to solve for, and give finite
-weights for any input (uniform ``1/K`` for an invalid Gramian). Conventions and departures
+weights for any input (uniform ``1/K`` for an invalid Gramian). ``gradvac`` is stateful: it
+takes its running targets and returns ``(weights, targets)``. Conventions and departures
 from the authors' and TorchJD's code: each function's docstring, and the shared conventions in
 :mod:`adaptive_optax._src.balancers.gramian._shared`.
 
@@ -21,6 +22,7 @@ from adaptive_optax._src.balancers.gramian.aligned_mtl import (
 from adaptive_optax._src.balancers.gramian.cagrad import cagrad_from_gramian as cagrad
 from adaptive_optax._src.balancers.gramian.config import config_from_gramian as config
 from adaptive_optax._src.balancers.gramian.dualproj import dualproj_from_gramian as dualproj
+from adaptive_optax._src.balancers.gramian.gradvac import gradvac_from_gramian as gradvac
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_from_gramian as imtl_g
 from adaptive_optax._src.balancers.gramian.mgda import mgda_from_gramian as mgda
 from adaptive_optax._src.balancers.gramian.nash_mtl import nash_mtl_from_gramian as nash_mtl
@@ -32,6 +34,7 @@ __all__ = (
     "cagrad",
     "config",
     "dualproj",
+    "gradvac",
     "imtl_g",
     "mgda",
     "nash_mtl",

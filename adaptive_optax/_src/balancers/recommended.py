@@ -95,6 +95,7 @@ _TABLE: dict[str, dict[str, Any]] = {
     "aligned_mtl": {},
     "cagrad": {},
     "pcgrad": {},
+    "gradvac": {},
     "config": {},
     "nash_mtl": {},
 }
