@@ -32,6 +32,8 @@ from adaptive_optax._src.balancers.gramian.config import config_rule as config_r
 from adaptive_optax._src.balancers.gramian.config import config_weights as config_weights
 from adaptive_optax._src.balancers.gramian.dualproj import dualproj_rule as dualproj_rule
 from adaptive_optax._src.balancers.gramian.dualproj import dualproj_weights as dualproj_weights
+from adaptive_optax._src.balancers.gramian.fairgrad import fairgrad_rule as fairgrad_rule
+from adaptive_optax._src.balancers.gramian.fairgrad import fairgrad_weights as fairgrad_weights
 from adaptive_optax._src.balancers.gramian.gradvac import gradvac_rule as gradvac_rule
 from adaptive_optax._src.balancers.gramian.gradvac import gradvac_weights as gradvac_weights
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_rule as imtl_g_rule
@@ -148,6 +150,8 @@ __all__ = (
     "encodec_rule",
     "encodec_weights",
     "every_k",
+    "fairgrad_rule",
+    "fairgrad_weights",
     "famo_rule",
     "famo_weights",
     "find_state",

@@ -38,6 +38,8 @@ from adaptive_optax._src.balancers.gramian.config import config_rule as config_r
 from adaptive_optax._src.balancers.gramian.config import config_weights as config_weights
 from adaptive_optax._src.balancers.gramian.dualproj import dualproj_rule as dualproj_rule
 from adaptive_optax._src.balancers.gramian.dualproj import dualproj_weights as dualproj_weights
+from adaptive_optax._src.balancers.gramian.fairgrad import fairgrad_rule as fairgrad_rule
+from adaptive_optax._src.balancers.gramian.fairgrad import fairgrad_weights as fairgrad_weights
 from adaptive_optax._src.balancers.gramian.gradvac import gradvac_rule as gradvac_rule
 from adaptive_optax._src.balancers.gramian.gradvac import gradvac_weights as gradvac_weights
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_rule as imtl_g_rule
@@ -88,6 +90,8 @@ __all__ = (
     "dwa_weights",
     "encodec_rule",
     "encodec_weights",
+    "fairgrad_rule",
+    "fairgrad_weights",
     "famo_rule",
     "famo_weights",
     "gls_rule",

@@ -22,6 +22,7 @@ from adaptive_optax._src.balancers.gramian.aligned_mtl import (
 from adaptive_optax._src.balancers.gramian.cagrad import cagrad_from_gramian as cagrad
 from adaptive_optax._src.balancers.gramian.config import config_from_gramian as config
 from adaptive_optax._src.balancers.gramian.dualproj import dualproj_from_gramian as dualproj
+from adaptive_optax._src.balancers.gramian.fairgrad import fairgrad_from_gramian as fairgrad
 from adaptive_optax._src.balancers.gramian.gradvac import gradvac_from_gramian as gradvac
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_from_gramian as imtl_g
 from adaptive_optax._src.balancers.gramian.mgda import mgda_from_gramian as mgda
@@ -34,6 +35,7 @@ __all__ = (
     "cagrad",
     "config",
     "dualproj",
+    "fairgrad",
     "gradvac",
     "imtl_g",
     "mgda",

@@ -274,6 +274,7 @@ FACTORIES = {
     "cagrad": lambda **g: ao.cagrad_weights(BASE, c=0.4, **g),
     "pcgrad": lambda **g: ao.pcgrad_weights(BASE, seed=2, **g),
     "gradvac": lambda **g: ao.gradvac_weights(BASE, seed=2, **g),
+    "fairgrad": lambda **g: ao.fairgrad_weights(BASE, alpha=2.0, **g),
     "config": lambda **g: ao.config_weights(BASE, **g),
     "nash_mtl": lambda **g: ao.nash_mtl_weights(BASE, max_norm=1.0, **g),
     # the loss-ratio rule's step is its max_change: it cannot be None; the contract's warmup
@@ -418,6 +419,7 @@ def test_contract_covers_every_public_balancer():
         "cagrad_weights",
         "pcgrad_weights",
         "gradvac_weights",
+        "fairgrad_weights",
         "config_weights",
         "nash_mtl_weights",
         "stable_weights",

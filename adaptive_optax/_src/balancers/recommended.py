@@ -98,6 +98,7 @@ _TABLE: dict[str, dict[str, Any]] = {
     "gradvac": {},
     "config": {},
     "nash_mtl": {},
+    "fairgrad": {},
 }
 RECOMMENDED: Mapping[str, GuardSettings] = MappingProxyType(
     {name: MappingProxyType(settings) for name, settings in _TABLE.items()}

@@ -1,8 +1,9 @@
 """The Gramian methods, one module each: its solver, its rule and its preset.
 
 ``mgda``, ``upgrad``, ``dualproj``, ``imtl_g``, ``aligned_mtl``, ``cagrad``, ``pcgrad``,
-``gradvac``, ``config`` and ``nash_mtl`` each hold ``<method>_from_gramian`` (public as
-``ao.gramian.<method>``, whose docstring holds the method's mathematics and references),
+``gradvac``, ``config``, ``nash_mtl`` and ``fairgrad`` each hold ``<method>_from_gramian``
+(public as ``ao.gramian.<method>``, whose docstring holds the method's mathematics and
+references),
 ``<method>_rule`` and the preset ``<method>_weights``; ``m_config`` holds M-ConFIG, a
 gradient transformation built on ``config``'s solver; ``_shared`` holds what several methods
 use (normalization, the dual-cone QP, the spectrum, the rule adapter, validation) and the
@@ -17,6 +18,9 @@ from adaptive_optax._src.balancers.gramian.cagrad import cagrad_from_gramian as 
 from adaptive_optax._src.balancers.gramian.config import config_from_gramian as config_from_gramian
 from adaptive_optax._src.balancers.gramian.dualproj import (
     dualproj_from_gramian as dualproj_from_gramian,
+)
+from adaptive_optax._src.balancers.gramian.fairgrad import (
+    fairgrad_from_gramian as fairgrad_from_gramian,
 )
 from adaptive_optax._src.balancers.gramian.gradvac import (
     gradvac_from_gramian as gradvac_from_gramian,
