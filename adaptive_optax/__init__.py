@@ -44,6 +44,9 @@ from adaptive_optax._src.balancers.gramian.mgda import mgda_rule as mgda_rule
 from adaptive_optax._src.balancers.gramian.mgda import mgda_weights as mgda_weights
 from adaptive_optax._src.balancers.gramian.nash_mtl import nash_mtl_rule as nash_mtl_rule
 from adaptive_optax._src.balancers.gramian.nash_mtl import nash_mtl_weights as nash_mtl_weights
+from adaptive_optax._src.balancers.gramian.pcd import PCDState as PCDState
+from adaptive_optax._src.balancers.gramian.pcd import pcd_rule as pcd_rule
+from adaptive_optax._src.balancers.gramian.pcd import pcd_weights as pcd_weights
 from adaptive_optax._src.balancers.gramian.pcgrad import pcgrad_rule as pcgrad_rule
 from adaptive_optax._src.balancers.gramian.pcgrad import pcgrad_weights as pcgrad_weights
 from adaptive_optax._src.balancers.gramian.upgrad import upgrad_rule as upgrad_rule
@@ -121,6 +124,7 @@ __all__ = (
     "LossWeighting",
     "MConfigState",
     "ORIGINAL",
+    "PCDState",
     "RECOMMENDED",
     "RELAXED",
     "RepresentationGrads",
@@ -181,6 +185,8 @@ __all__ = (
     "nash_mtl_rule",
     "nash_mtl_weights",
     "normalized_weights",
+    "pcd_rule",
+    "pcd_weights",
     "pcgrad_rule",
     "pcgrad_weights",
     "per_term_grads",

@@ -3,10 +3,10 @@
 Each function maps the ``(K, K)`` Gramian ``G = J J^T`` of ``K`` gradients (the rows of ``J``)
 to ``(K,)`` weights ``w``; the aggregate is ``w^T J``. All are pure and jittable, run a fixed
 number of iterations in-graph, accept a ``mask`` of the terms to solve for, and give finite
-weights for any input (uniform ``1/K`` for an invalid Gramian). ``gradvac`` is stateful: it
-takes its running targets and returns ``(weights, targets)``. Conventions and departures
-from the authors' and TorchJD's code: each function's docstring, and the shared conventions in
-:mod:`adaptive_optax._src.balancers.gramian._shared`.
+weights for any input (uniform ``1/K`` for an invalid Gramian). ``gradvac`` and ``pcd`` are
+stateful: each takes its state and returns ``(weights, state)`` (``pcd_init(K)`` starts
+PCD's). Conventions and departures from the authors' and TorchJD's code: each function's
+docstring, and the shared conventions in :mod:`adaptive_optax._src.balancers.gramian._shared`.
 
 Examples:
   >>> import jax.numpy as jnp
@@ -27,6 +27,8 @@ from adaptive_optax._src.balancers.gramian.gradvac import gradvac_from_gramian a
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_from_gramian as imtl_g
 from adaptive_optax._src.balancers.gramian.mgda import mgda_from_gramian as mgda
 from adaptive_optax._src.balancers.gramian.nash_mtl import nash_mtl_from_gramian as nash_mtl
+from adaptive_optax._src.balancers.gramian.pcd import pcd_from_gramian as pcd
+from adaptive_optax._src.balancers.gramian.pcd import pcd_init as pcd_init
 from adaptive_optax._src.balancers.gramian.pcgrad import pcgrad_from_gramian as pcgrad
 from adaptive_optax._src.balancers.gramian.upgrad import upgrad_from_gramian as upgrad
 
@@ -40,6 +42,8 @@ __all__ = (
     "imtl_g",
     "mgda",
     "nash_mtl",
+    "pcd",
+    "pcd_init",
     "pcgrad",
     "upgrad",
 )

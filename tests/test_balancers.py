@@ -275,6 +275,7 @@ FACTORIES = {
     "pcgrad": lambda **g: ao.pcgrad_weights(BASE, seed=2, **g),
     "gradvac": lambda **g: ao.gradvac_weights(BASE, seed=2, **g),
     "fairgrad": lambda **g: ao.fairgrad_weights(BASE, alpha=2.0, **g),
+    "pcd": lambda **g: ao.pcd_weights(BASE, main="b", tau=0.2, **g),
     "config": lambda **g: ao.config_weights(BASE, **g),
     "nash_mtl": lambda **g: ao.nash_mtl_weights(BASE, max_norm=1.0, **g),
     # the loss-ratio rule's step is its max_change: it cannot be None; the contract's warmup
@@ -420,6 +421,7 @@ def test_contract_covers_every_public_balancer():
         "pcgrad_weights",
         "gradvac_weights",
         "fairgrad_weights",
+        "pcd_weights",
         "config_weights",
         "nash_mtl_weights",
         "stable_weights",

@@ -99,6 +99,7 @@ _TABLE: dict[str, dict[str, Any]] = {
     "config": {},
     "nash_mtl": {},
     "fairgrad": {},
+    "pcd": {},
 }
 RECOMMENDED: Mapping[str, GuardSettings] = MappingProxyType(
     {name: MappingProxyType(settings) for name, settings in _TABLE.items()}

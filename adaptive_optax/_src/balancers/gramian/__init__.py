@@ -1,7 +1,7 @@
 """The Gramian methods, one module each: its solver, its rule and its preset.
 
 ``mgda``, ``upgrad``, ``dualproj``, ``imtl_g``, ``aligned_mtl``, ``cagrad``, ``pcgrad``,
-``gradvac``, ``config``, ``nash_mtl`` and ``fairgrad`` each hold ``<method>_from_gramian``
+``gradvac``, ``config``, ``nash_mtl``, ``fairgrad`` and ``pcd`` each hold ``<method>_from_gramian``
 (public as ``ao.gramian.<method>``, whose docstring holds the method's mathematics and
 references),
 ``<method>_rule`` and the preset ``<method>_weights``; ``m_config`` holds M-ConFIG, a
@@ -30,5 +30,6 @@ from adaptive_optax._src.balancers.gramian.mgda import mgda_from_gramian as mgda
 from adaptive_optax._src.balancers.gramian.nash_mtl import (
     nash_mtl_from_gramian as nash_mtl_from_gramian,
 )
+from adaptive_optax._src.balancers.gramian.pcd import pcd_from_gramian as pcd_from_gramian
 from adaptive_optax._src.balancers.gramian.pcgrad import pcgrad_from_gramian as pcgrad_from_gramian
 from adaptive_optax._src.balancers.gramian.upgrad import upgrad_from_gramian as upgrad_from_gramian
