@@ -117,9 +117,9 @@ def pcd_from_gramian(
       (True, 1.0)
 
     References:
-      Varam et al., *Not All Objectives Are Born Equal: Priority-Constrained Descent for
-      Hierarchical Multi-Objective Optimization*, TMLR 2026
-      (https://openreview.net/forum?id=HT01yGHLEt); TorchJD ``PCDWeighting``.
+      *Not All Objectives Are Born Equal: Priority-Constrained Descent for Hierarchical
+      Multi-Objective Optimization*, TMLR 2026 (https://openreview.net/forum?id=HT01yGHLEt;
+      reference code github DaraVaram/priority-constrained-descent); TorchJD ``PCDWeighting``.
     """
     iterations = _check_settings(tau, beta, eps, iterations)
     g = jnp.asarray(gramian)
