@@ -35,12 +35,21 @@ from adaptive_optax._src.balancers.gramian.config import config_rule as config_r
 from adaptive_optax._src.balancers.gramian.config import config_weights as config_weights
 from adaptive_optax._src.balancers.gramian.dualproj import dualproj_rule as dualproj_rule
 from adaptive_optax._src.balancers.gramian.dualproj import dualproj_weights as dualproj_weights
+from adaptive_optax._src.balancers.gramian.fairgrad import fairgrad_rule as fairgrad_rule
+from adaptive_optax._src.balancers.gramian.fairgrad import fairgrad_weights as fairgrad_weights
+from adaptive_optax._src.balancers.gramian.gradvac import gradvac_rule as gradvac_rule
+from adaptive_optax._src.balancers.gramian.gradvac import gradvac_weights as gradvac_weights
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_rule as imtl_g_rule
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_weights as imtl_g_weights
+from adaptive_optax._src.balancers.gramian.m_config import MConfigState as MConfigState
+from adaptive_optax._src.balancers.gramian.m_config import m_config as m_config
 from adaptive_optax._src.balancers.gramian.mgda import mgda_rule as mgda_rule
 from adaptive_optax._src.balancers.gramian.mgda import mgda_weights as mgda_weights
 from adaptive_optax._src.balancers.gramian.nash_mtl import nash_mtl_rule as nash_mtl_rule
 from adaptive_optax._src.balancers.gramian.nash_mtl import nash_mtl_weights as nash_mtl_weights
+from adaptive_optax._src.balancers.gramian.pcd import PCDState as PCDState
+from adaptive_optax._src.balancers.gramian.pcd import pcd_rule as pcd_rule
+from adaptive_optax._src.balancers.gramian.pcd import pcd_weights as pcd_weights
 from adaptive_optax._src.balancers.gramian.pcgrad import pcgrad_rule as pcgrad_rule
 from adaptive_optax._src.balancers.gramian.pcgrad import pcgrad_weights as pcgrad_weights
 from adaptive_optax._src.balancers.gramian.upgrad import upgrad_rule as upgrad_rule
@@ -60,6 +69,8 @@ from adaptive_optax._src.balancers.rlw import rlw_rule as rlw_rule
 from adaptive_optax._src.balancers.rlw import rlw_weights as rlw_weights
 from adaptive_optax._src.balancers.softadapt import softadapt_rule as softadapt_rule
 from adaptive_optax._src.balancers.softadapt import softadapt_weights as softadapt_weights
+from adaptive_optax._src.balancers.stch import stch_rule as stch_rule
+from adaptive_optax._src.balancers.stch import stch_weights as stch_weights
 from adaptive_optax._src.balancers.uncertainty import uncertainty_rule as uncertainty_rule
 from adaptive_optax._src.balancers.uncertainty import uncertainty_weights as uncertainty_weights
 from adaptive_optax._src.balancers.uw_so import uw_so_rule as uw_so_rule
@@ -116,7 +127,9 @@ __all__ = (
     "GRADIENT_STATISTICS",
     "LogStats",
     "LossWeighting",
+    "MConfigState",
     "ORIGINAL",
+    "PCDState",
     "RECOMMENDED",
     "RELAXED",
     "RepresentationGrads",
@@ -147,6 +160,8 @@ __all__ = (
     "encodec_rule",
     "encodec_weights",
     "every_k",
+    "fairgrad_rule",
+    "fairgrad_weights",
     "famo_rule",
     "famo_weights",
     "find_state",
@@ -155,6 +170,8 @@ __all__ = (
     "gradient_statistics",
     "gradnorm_rule",
     "gradnorm_weights",
+    "gradvac_rule",
+    "gradvac_weights",
     "guarded",
     "imtl_g_rule",
     "imtl_g_weights",
@@ -165,6 +182,7 @@ __all__ = (
     "loss_scaled",
     "lr_annealing_rule",
     "lr_annealing_weights",
+    "m_config",
     "metabalance_rule",
     "metabalance_weights",
     "metrics",
@@ -173,6 +191,8 @@ __all__ = (
     "nash_mtl_rule",
     "nash_mtl_weights",
     "normalized_weights",
+    "pcd_rule",
+    "pcd_weights",
     "pcgrad_rule",
     "pcgrad_weights",
     "per_term_grads",
@@ -187,6 +207,8 @@ __all__ = (
     "softadapt_rule",
     "softadapt_weights",
     "stable_weights",
+    "stch_rule",
+    "stch_weights",
     "tanh_rule",
     "uncertainty_rule",
     "uncertainty_weights",

@@ -6,6 +6,8 @@ also available at the top level (``ao.dwa_weights``). A ``*_rule`` proposes weig
 :func:`adaptive_optax.guarded`; a ``*_weights`` preset runs it bare by default and takes any
 guard as a keyword; :data:`RECOMMENDED` holds the guards recommended for each preset. The
 convention every preset follows: the balancers guide (``docs/guides/balancers.md``).
+:func:`m_config` (M-ConFIG) is a gradient transformation instead, fed one term's gradient
+per step.
 
 Examples:
   >>> import adaptive_optax as ao
@@ -36,12 +38,21 @@ from adaptive_optax._src.balancers.gramian.config import config_rule as config_r
 from adaptive_optax._src.balancers.gramian.config import config_weights as config_weights
 from adaptive_optax._src.balancers.gramian.dualproj import dualproj_rule as dualproj_rule
 from adaptive_optax._src.balancers.gramian.dualproj import dualproj_weights as dualproj_weights
+from adaptive_optax._src.balancers.gramian.fairgrad import fairgrad_rule as fairgrad_rule
+from adaptive_optax._src.balancers.gramian.fairgrad import fairgrad_weights as fairgrad_weights
+from adaptive_optax._src.balancers.gramian.gradvac import gradvac_rule as gradvac_rule
+from adaptive_optax._src.balancers.gramian.gradvac import gradvac_weights as gradvac_weights
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_rule as imtl_g_rule
 from adaptive_optax._src.balancers.gramian.imtl_g import imtl_g_weights as imtl_g_weights
+from adaptive_optax._src.balancers.gramian.m_config import MConfigState as MConfigState
+from adaptive_optax._src.balancers.gramian.m_config import m_config as m_config
 from adaptive_optax._src.balancers.gramian.mgda import mgda_rule as mgda_rule
 from adaptive_optax._src.balancers.gramian.mgda import mgda_weights as mgda_weights
 from adaptive_optax._src.balancers.gramian.nash_mtl import nash_mtl_rule as nash_mtl_rule
 from adaptive_optax._src.balancers.gramian.nash_mtl import nash_mtl_weights as nash_mtl_weights
+from adaptive_optax._src.balancers.gramian.pcd import PCDState as PCDState
+from adaptive_optax._src.balancers.gramian.pcd import pcd_rule as pcd_rule
+from adaptive_optax._src.balancers.gramian.pcd import pcd_weights as pcd_weights
 from adaptive_optax._src.balancers.gramian.pcgrad import pcgrad_rule as pcgrad_rule
 from adaptive_optax._src.balancers.gramian.pcgrad import pcgrad_weights as pcgrad_weights
 from adaptive_optax._src.balancers.gramian.upgrad import upgrad_rule as upgrad_rule
@@ -59,12 +70,16 @@ from adaptive_optax._src.balancers.rlw import rlw_rule as rlw_rule
 from adaptive_optax._src.balancers.rlw import rlw_weights as rlw_weights
 from adaptive_optax._src.balancers.softadapt import softadapt_rule as softadapt_rule
 from adaptive_optax._src.balancers.softadapt import softadapt_weights as softadapt_weights
+from adaptive_optax._src.balancers.stch import stch_rule as stch_rule
+from adaptive_optax._src.balancers.stch import stch_weights as stch_weights
 from adaptive_optax._src.balancers.uncertainty import uncertainty_rule as uncertainty_rule
 from adaptive_optax._src.balancers.uncertainty import uncertainty_weights as uncertainty_weights
 from adaptive_optax._src.balancers.uw_so import uw_so_rule as uw_so_rule
 from adaptive_optax._src.balancers.uw_so import uw_so_weights as uw_so_weights
 
 __all__ = (
+    "MConfigState",
+    "PCDState",
     "RECOMMENDED",
     "aligned_mtl_rule",
     "aligned_mtl_weights",
@@ -79,18 +94,23 @@ __all__ = (
     "dwa_weights",
     "encodec_rule",
     "encodec_weights",
+    "fairgrad_rule",
+    "fairgrad_weights",
     "famo_rule",
     "famo_weights",
     "gls_rule",
     "gls_weights",
     "gradnorm_rule",
     "gradnorm_weights",
+    "gradvac_rule",
+    "gradvac_weights",
     "imtl_g_rule",
     "imtl_g_weights",
     "imtl_l_rule",
     "imtl_l_weights",
     "lr_annealing_rule",
     "lr_annealing_weights",
+    "m_config",
     "metabalance_rule",
     "metabalance_weights",
     "mgda_rule",
@@ -98,6 +118,8 @@ __all__ = (
     "nash_mtl_rule",
     "nash_mtl_weights",
     "normalized_weights",
+    "pcd_rule",
+    "pcd_weights",
     "pcgrad_rule",
     "pcgrad_weights",
     "relobralo_rule",
@@ -106,6 +128,8 @@ __all__ = (
     "rlw_weights",
     "softadapt_rule",
     "softadapt_weights",
+    "stch_rule",
+    "stch_weights",
     "uncertainty_rule",
     "uncertainty_weights",
     "upgrad_rule",

@@ -18,7 +18,8 @@ LOSSES = {"a": 1.0, "b": 1.0, "c": 1.0}
 J = jnp.array([[1.0, 0.2, 0.0], [0.0, 1.0, 0.3], [0.4, 0.0, 1.0]])
 PRESETS = [ao.mgda_weights, ao.upgrad_weights, ao.dualproj_weights, ao.imtl_g_weights,
            ao.aligned_mtl_weights, ao.cagrad_weights, ao.pcgrad_weights, ao.config_weights,
-           ao.nash_mtl_weights]  # fmt: skip
+           ao.nash_mtl_weights, ao.gradvac_weights, ao.fairgrad_weights,
+           ao.pcd_weights]  # fmt: skip
 
 
 def vector(tree):

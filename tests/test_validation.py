@@ -51,7 +51,9 @@ OUT_OF_RANGE = {
     "interval": 0,
     "iterations": 0,
     "low_ratio": 1.5,  # above the default high_ratio 1.1
+    "log_steps": -1,
     "lr": 0.0,
+    "main": 5,
     "max_change": 1.0,
     "max_log_scale": 0.0,
     "max_log_variance": 0.0,
@@ -61,6 +63,8 @@ OUT_OF_RANGE = {
     "min_losses": None,
     "min_stable_steps": -1,
     "min_weight": -1.0,
+    "mu": 0.0,
+    "nadir_steps": 0,
     "norm_eps": 1.5,
     "order": 0,
     "qp_iterations": 0,
@@ -73,6 +77,7 @@ OUT_OF_RANGE = {
     "spike_prior": 0.0,
     "spike_threshold": 0.0,
     "step_size": 1.0,
+    "tau": 1.5,
     "temperature": 0.0,
     "total_norm": 0.0,
     "variance_threshold": 0.0,
@@ -151,7 +156,7 @@ def test_a_misspelled_keyword_names_the_preset_and_its_settings(name):
 
 # Settings that fix the computation's structure or are read only at init: refused when traced.
 STATIC = {"iterations", "qp_iterations", "order", "seed", "min_losses", "max_log_scale",
-          "max_log_variance", "ramp_steps"}  # fmt: skip
+          "max_log_variance", "ramp_steps", "main"}  # fmt: skip
 
 
 def test_traced_settings_work_or_are_refused_and_the_guide_lists_the_refused():

@@ -67,6 +67,7 @@ _TABLE: dict[str, dict[str, Any]] = {
     "imtl_l": _WIDE_BOUNDS,
     "gls": _WIDE_BOUNDS,
     "rlw": _WIDE_BOUNDS,
+    "stch": _WIDE_BOUNDS,
     "uw_so": {},
     "normalized": {},
     # gradient-norm balancers
@@ -94,8 +95,11 @@ _TABLE: dict[str, dict[str, Any]] = {
     "aligned_mtl": {},
     "cagrad": {},
     "pcgrad": {},
+    "gradvac": {},
     "config": {},
     "nash_mtl": {},
+    "fairgrad": {},
+    "pcd": {},
 }
 RECOMMENDED: Mapping[str, GuardSettings] = MappingProxyType(
     {name: MappingProxyType(settings) for name, settings in _TABLE.items()}

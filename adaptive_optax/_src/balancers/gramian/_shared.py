@@ -1,13 +1,13 @@
-"""What the nine Gramian methods share: normalization, the dual-cone QP, the rule adapter.
+"""What the Gramian methods share: normalization, the dual-cone QP, the rule adapter.
 
 With ``J`` the ``(K, n)`` matrix whose rows are the gradients ``g_i`` of the ``K`` loss terms,
 a *weighting* maps the ``(K, K)`` Gramian ``G = J J^T`` to weights ``w`` and the update
 direction is the aggregate ``w^T J = sum_i w_i g_i`` (TorchJD's design). Each method's module
 (``mgda``, ``upgrad``, ``dualproj``, ``imtl_g``, ``aligned_mtl``, ``cagrad``, ``pcgrad``,
-``config``, ``nash_mtl``) holds its solver ``<method>_from_gramian`` (public as
-``ao.gramian.<method>``), its rule ``<method>_rule`` and its preset ``<method>_weights``; the
-solver's docstring holds the method's mathematics, its departures from the authors' and
-TorchJD's code, and its references.
+``gradvac``, ``config``, ``nash_mtl``, ``fairgrad``) holds its solver
+``<method>_from_gramian`` (public as ``ao.gramian.<method>``), its rule ``<method>_rule`` and
+its preset ``<method>_weights``; the solver's docstring holds the method's mathematics, its
+departures from the authors' and TorchJD's code, and its references.
 
 Solver conventions. Each solver is pure and runs entirely in-graph: jittable, vmappable, no
 host round-trip, no Python branching on traced values, and every iterative solver runs a fixed
