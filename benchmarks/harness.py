@@ -147,6 +147,11 @@ ARMS: tuple[Arm, ...] = (
     Arm("pcgrad", ao.pcgrad_weights),
     Arm("config", ao.config_weights),
     Arm("nash_mtl", ao.nash_mtl_weights),
+    # issue 28's additions: the full profile runs them; no committed rows yet
+    Arm("stch", ao.stch_weights, guards=recommended("stch")),
+    Arm("gradvac", ao.gradvac_weights),
+    Arm("fairgrad", ao.fairgrad_weights),
+    Arm("pcd", ao.pcd_weights, dict(main=MAIN)),
 )
 """Every method of the suite: each ``*_weights`` preset of the library, with the guards its
 docstring recommends (FAMO, IMTL-L, GLS and RLW recommend "bounds": here ``(0.1, 10.0)``)."""

@@ -169,8 +169,6 @@ def test_every_method_of_the_library_has_an_arm():
 
     presets = {name[: -len("_weights")] for name in ao.__all__ if name.endswith("_weights")}
     presets.remove("distilled")  # ao.distilled_weights reads a state: not a method
-    # issue 28, item 4: new methods wait for the decision to add them to the suite's arms
-    presets -= {"stch", "gradvac", "fairgrad", "pcd"}
     assert {arm.factory.__name__[: -len("_weights")] for arm in harness.ARMS} == presets
     labels = [v.label for v in harness.variants()]
     assert len(labels) == len(set(labels))
