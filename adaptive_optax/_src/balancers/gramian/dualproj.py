@@ -15,7 +15,7 @@ def dualproj_from_gramian(
     *,
     pref_vector=None,
     reg_eps: float = _shared.REG_EPS,
-    iterations: int = _shared.QP_ITERATIONS,
+    iterations: int = _shared.DUAL_CONE_ITERATIONS,
     mask=None,
 ) -> Array:
     """DualProj: project the mean gradient onto the dual cone of the gradients.
@@ -56,7 +56,7 @@ def dualproj_from_gramian(
 
 
 def dualproj_rule(
-    *, reg_eps: float = _shared.REG_EPS, iterations: int = _shared.QP_ITERATIONS
+    *, reg_eps: float = _shared.REG_EPS, iterations: int = _shared.DUAL_CONE_ITERATIONS
 ) -> Rule:
     """DualProj: project the mean gradient onto the dual cone of the gradients.
 
@@ -93,7 +93,7 @@ def dualproj_weights(
     base_weights: PyTree,
     *,
     reg_eps: float = _shared.REG_EPS,
-    iterations: int = _shared.QP_ITERATIONS,
+    iterations: int = _shared.DUAL_CONE_ITERATIONS,
     **guards: Any,
 ) -> LossWeighting:
     """DualProj (GEM's projection, Lopez-Paz & Ranzato 2017) as a weighting.

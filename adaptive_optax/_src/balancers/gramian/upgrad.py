@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from adaptive_optax._src.balancers._common import bare, preset
 from adaptive_optax._src.balancers.gramian._shared import (
-    QP_ITERATIONS,
+    DUAL_CONE_ITERATIONS,
     REG_EPS,
     Array,
     check_qp_settings,
@@ -27,7 +26,7 @@ def upgrad_from_gramian(
     *,
     pref_vector=None,
     reg_eps: float = REG_EPS,
-    iterations: int = QP_ITERATIONS,
+    iterations: int = DUAL_CONE_ITERATIONS,
     mask=None,
 ) -> Array:
     """UPGrad: project each gradient onto the dual cone of all gradients, and average.
@@ -69,14 +68,11 @@ def upgrad_from_gramian(
     iterations = check_qp_settings(reg_eps, iterations)
     n = normalize(gramian, mask)
     pref = preference(pref_vector, n, mean=True)
-    rows = jnp.diag(pref)
-    projected = jax.vmap(lambda u: dual_cone_weights(n.gramian, u, reg_eps, iterations, n.active))(
-        rows
-    )
+    projected = dual_cone_weights(n.gramian, jnp.diag(pref), reg_eps, iterations, n.active)
     return finish(jnp.sum(projected, axis=0), n)
 
 
-def upgrad_rule(*, reg_eps: float = REG_EPS, iterations: int = QP_ITERATIONS) -> Rule:
+def upgrad_rule(*, reg_eps: float = REG_EPS, iterations: int = DUAL_CONE_ITERATIONS) -> Rule:
     """UPGrad: project each gradient onto the dual cone of all gradients, and average.
 
     ``ao.gramian.upgrad`` on ``G_b = D_b G D_b`` with the preference ``1 / k`` (``k`` finite
@@ -111,7 +107,7 @@ def upgrad_weights(
     base_weights: PyTree,
     *,
     reg_eps: float = REG_EPS,
-    iterations: int = QP_ITERATIONS,
+    iterations: int = DUAL_CONE_ITERATIONS,
     **guards: Any,
 ) -> LossWeighting:
     """UPGrad (Quinton & Rey 2024) as a weighting: the average of the projected gradients.
