@@ -11,7 +11,9 @@ TorchJD's code, and its references.
 
 Solver conventions. Each solver is pure and runs entirely in-graph: jittable, vmappable, no
 host round-trip, no Python branching on traced values, and every iterative solver runs a fixed
-number of iterations.
+number of iterations, but for the dual-cone solver of UPGrad and DualProj, a ``lax.while_loop``
+of principal pivots that stops once every problem is solved (a solved problem is left
+unchanged, so a result never depends on the other members of a ``vmap`` batch), capped.
 
 - The Gramian is symmetrized and normalized by its largest entry, then by its trace, before
   any solver runs, so fixed iteration counts work at any scale; every method but Nash-MTL
@@ -72,7 +74,7 @@ from adaptive_optax._src.statistics import at_least_float32
 
 Array = jax.Array
 
-#: Iterations of the interior-point QP solver (MGDA, UPGrad, DualProj and each CAGrad step);
+#: Iterations of the interior-point QP solver (MGDA and each CAGrad step);
 #: it reaches float32 precision in about 15 on the tested problems (K <= 30).
 QP_ITERATIONS = 25
 #: The most principal pivots per dual-cone problem (UPGrad, DualProj); the solver stops as soon
