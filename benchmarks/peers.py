@@ -485,10 +485,10 @@ def solver_table(rounds: int, emit) -> None:
     for k in SOLVER_KS:
         t = solver_times(k, rounds)
 
-        def cell(name):
+        def cell(name, t=t):
             return f"{t[name][0]:.0f} ({t[name][1]:.0f})"
 
-        def ratio(a, b):
+        def ratio(a, b, t=t):
             return f"{t[a][0] / t[b][0]:.2f} ({t[a][1] / t[b][1]:.2f})"
 
         cells = [
