@@ -318,7 +318,10 @@ def dual_cone_weights(g: Array, u: Array, reg_eps, iterations: int, active: Arra
     (Cottle and Dantzig; Murty, *Linear Complementarity*, 1988, Chapter 4) on the ``(K, K)``
     tableau of each row, all rows in one batched computation: starting from ``x = 0``, each
     pivot exchanges ``x_r`` and ``y_r`` for the most negative basic value ``r``, a rank-one
-    update of the tableau (no factorization). The loop stops once no row has a negative basic
+    update of the tableau (no factorization). That rule solved every tested problem in about
+    ``K`` pivots but may cycle on some positive definite ``Q``: after ``4 K`` pivots the
+    least infeasible index is pivoted instead (Murty's least-index rule, finite for the
+    P-matrix ``Q``). The loop stops once no row has a negative basic
     value (a row already solved is left unchanged, so a row's result never depends on the
     other rows, nor on the other members of a ``vmap`` batch), after at most ``iterations``
     pivots per row. The tableau's block on the free variables is then ``Q_FF^{-1}``: two steps
@@ -335,21 +338,22 @@ def dual_cone_weights(g: Array, u: Array, reg_eps, iterations: int, active: Arra
     tiny = jnp.finfo(dtype).tiny
     slack = 16 * jnp.finfo(dtype).eps
 
-    def choose(tableau, basic):
+    def choose(tableau, basic, count):
         scale = jnp.max(jnp.abs(basic), axis=1, keepdims=True)
         infeasible = (basic < -slack * scale) & active
-        r = jnp.argmin(jnp.where(infeasible, basic, jnp.inf), axis=1)
+        most_negative = jnp.argmin(jnp.where(infeasible, basic, jnp.inf), axis=1)
+        r = jnp.where(count < 4 * k, most_negative, jnp.argmax(infeasible, axis=1))
         pivot = jnp.take_along_axis(jnp.diagonal(tableau, axis1=1, axis2=2), r[:, None], 1)[:, 0]
         go = jnp.any(infeasible, axis=1) & (pivot > tiny) & jnp.isfinite(pivot)
         return r, pivot, go
 
     def cond(state):
         tableau, basic, _, count = state
-        return jnp.any(choose(tableau, basic)[2]) & (count < iterations)
+        return jnp.any(choose(tableau, basic, count)[2]) & (count < iterations)
 
     def body(state):
         tableau, basic, free, count = state
-        r, pivot, go = choose(tableau, basic)
+        r, pivot, go = choose(tableau, basic, count)
         pivot = jnp.where(go, pivot, 1.0)[:, None]
         at_r = index[None, :] == r[:, None]  # (R, K)
         row = jnp.sum(jnp.where(at_r[:, :, None], tableau, 0.0), axis=1)  # T_rj
