@@ -25,7 +25,9 @@ one run. Printed:
    (``ao.representation_grads`` at the trunk's output);
 2. the per-term gradients alone against one ``grad`` of the sum (``per_term_grads`` and
    ``jax.jacrev``);
-3. the solvers alone (UPGrad and MGDA from a Gramian), K up to 16, against TorchJD's;
+3. the solvers alone (UPGrad and MGDA from a Gramian), K up to 32, against TorchJD's, with
+   UPGrad's interior-point solver of before issue 28 beside them and UPGrad inside a compiled
+   ``lax.map``; ``--solvers`` runs this table alone;
 4. peak resident memory of K=8 steps, each arm in a fresh process (``--memory``);
 5. the amortized step (``ao.amortized_grads``: the per-term gradients every 10 steps, one
    backward pass of the weighted loss on the others) beside JAX's plain step and the per-term
@@ -412,24 +414,97 @@ def random_gramian(k: int, seed: int) -> np.ndarray:
     return (jac @ jac.T).astype(np.float32)
 
 
+#: Gramians per compiled call in the "in a compiled step" column of the solver table.
+SCANNED = 16
+#: Numbers of terms of the solver table.
+SOLVER_KS = (2, 3, 4, 5, 8, 16, 24, 32)
+
+
+def upgrad_interior_point(gramian, iterations: int = 25):
+    """UPGrad's weights by the solver it had before issue 28: the primal-dual interior-point
+    method (``nonneg_qp``, 25 iterations), vmapped over the K rows; for the solver table."""
+    from adaptive_optax._src.balancers.gramian import _shared
+
+    n = _shared.normalize(gramian)
+    k = n.gramian.shape[0]
+    q = n.gramian + _shared.REG_EPS * jnp.eye(k, dtype=n.gramian.dtype)
+
+    def row(u):
+        c = q @ u
+        return u + _shared.nonneg_qp(q, c, simplex=False, iterations=iterations, active=n.active)
+
+    rows = jnp.diag(_shared.uniform(n.active, n.gramian.dtype))
+    return _shared.finish(jnp.sum(jax.vmap(row)(rows), axis=0), n)
+
+
 def solver_times(k: int, rounds: int) -> dict:
-    """Median and least microseconds per call of each solver on one ``(k, k)`` Gramian."""
+    """Median and least microseconds per call of each solver on one ``(k, k)`` Gramian; the
+    ``... scanned`` arms solve ``SCANNED`` Gramians in one compiled ``lax.map`` (per solve)."""
     import torch
     from torchjd.aggregation import MGDAWeighting, UPGradWeighting
 
     torch.set_num_threads(1)
     gramian = random_gramian(k, seed=k)
     ours_up = jax.jit(ao._src.balancers.gramian.upgrad_from_gramian)
+    before_up = jax.jit(upgrad_interior_point)
     ours_mgda = jax.jit(ao._src.balancers.gramian.mgda_from_gramian)
     theirs_up, theirs_mgda = UPGradWeighting(), MGDAWeighting()
     g_jax, g_torch = jnp.asarray(gramian), torch.from_numpy(gramian)
+    stack = jnp.asarray(np.stack([random_gramian(k, seed=1000 * k + i) for i in range(SCANNED)]))
     arms = {
         "UPGrad ours": (ours_up, g_jax),
+        "UPGrad ours before": (before_up, g_jax),
         "UPGrad TorchJD": (theirs_up, g_torch),
+        "UPGrad ours scanned": (jax.jit(lambda g: jax.lax.map(ours_up, g)), stack),
+        "UPGrad ours before scanned": (jax.jit(lambda g: jax.lax.map(before_up, g)), stack),
         "MGDA ours": (ours_mgda, g_jax),
         "MGDA TorchJD": (theirs_mgda, g_torch),
     }
-    return {name: (t[0] * 1e6, t[1] * 1e6) for name, t in interleaved_calls(arms, rounds).items()}
+    times = interleaved_calls(arms, rounds)
+    out = {}
+    for name, t in times.items():
+        per = SCANNED if name.endswith("scanned") else 1
+        out[name] = (t[0] * 1e6 / per, t[1] * 1e6 / per)
+    return out
+
+
+def solver_table(rounds: int, emit) -> None:
+    """Table 3: the solvers alone."""
+    emit(
+        f"3. Solvers alone, us per call on one Gramian: median (least) of {rounds} interleaved "
+        f"calls. UPGrad ours: the principal-pivoting solver (issue 28); before: the "
+        f"interior-point solver it replaced (25 iterations); compiled: per solve, "
+        f"{SCANNED} Gramians solved in one jitted `lax.map` (no dispatch), against TorchJD per call"
+    )
+    emit()
+    emit(
+        "| K | UPGrad ours | before | TorchJD | ours / TorchJD | compiled ours | compiled "
+        "before | compiled ours / TorchJD | MGDA ours | MGDA TorchJD | ratio |"
+    )
+    emit("|---|---|---|---|---|---|---|---|---|---|---|")
+    for k in SOLVER_KS:
+        t = solver_times(k, rounds)
+
+        def cell(name, t=t):
+            return f"{t[name][0]:.0f} ({t[name][1]:.0f})"
+
+        def ratio(a, b, t=t):
+            return f"{t[a][0] / t[b][0]:.2f} ({t[a][1] / t[b][1]:.2f})"
+
+        cells = [
+            cell("UPGrad ours"),
+            cell("UPGrad ours before"),
+            cell("UPGrad TorchJD"),
+            ratio("UPGrad ours", "UPGrad TorchJD"),
+            cell("UPGrad ours scanned"),
+            cell("UPGrad ours before scanned"),
+            ratio("UPGrad ours scanned", "UPGrad TorchJD"),
+            cell("MGDA ours"),
+            cell("MGDA TorchJD"),
+            ratio("MGDA ours", "MGDA TorchJD"),
+        ]
+        emit(f"| {k} | " + " | ".join(cells) + " |")
+    emit()
 
 
 # -------------------------------------------------------------------------------------- memory
@@ -534,6 +609,7 @@ def main() -> None:
     parser.add_argument(
         "--every", type=int, default=EVERY, help="table 5: steps between two recomputations"
     )
+    parser.add_argument("--solvers", action="store_true", help="only table 3, the solvers")
     parser.add_argument("--memory-arm", help=argparse.SUPPRESS)
     parser.add_argument("-k", type=int, default=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -582,6 +658,15 @@ def main() -> None:
         print(line, flush=True)
         lines.append(line)
 
+    if args.solvers:
+        lines[0] = "# The dual-cone and min-norm solvers beside TorchJD's"
+        emit("The machine may be shared: the arms are interleaved call by call.")
+        emit()
+        solver_table(rounds * 20, emit)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write("\n".join(lines) + "\n")
+        return
     emit(f"1. ms per training step, median of {rounds} interleaved rounds")
     emit()
     steps = {}
@@ -627,22 +712,7 @@ def main() -> None:
         )
     emit()
 
-    emit(
-        f"3. Solvers alone, us per call on one Gramian: median (least) of {rounds * 20} "
-        "interleaved calls"
-    )
-    emit()
-    emit("| K | UPGrad ours | UPGrad TorchJD | ratio | MGDA ours | MGDA TorchJD | ratio |")
-    emit("|---|---|---|---|---|---|---|")
-    for k in (2, 4, 8, 16):
-        t = solver_times(k, rounds * 20)
-        cells = []
-        for method in ("UPGrad", "MGDA"):
-            (ours, ours_min), (theirs, theirs_min) = t[f"{method} ours"], t[f"{method} TorchJD"]
-            cells += [f"{ours:.0f} ({ours_min:.0f})", f"{theirs:.0f} ({theirs_min:.0f})"]
-            cells.append(f"{ours / theirs:.2f} ({ours_min / theirs_min:.2f})")
-        emit(f"| {k} | " + " | ".join(cells) + " |")
-    emit()
+    solver_table(rounds * 20, emit)
 
     if args.memory:
         emit(

@@ -15,7 +15,7 @@ def dualproj_from_gramian(
     *,
     pref_vector=None,
     reg_eps: float = _shared.REG_EPS,
-    iterations: int = _shared.QP_ITERATIONS,
+    iterations: int = _shared.DUAL_CONE_ITERATIONS,
     mask=None,
 ) -> Array:
     """DualProj: project the mean gradient onto the dual cone of the gradients.
@@ -29,7 +29,8 @@ def dualproj_from_gramian(
       gramian: ``(K, K)`` Gramian ``J J^T``.
       pref_vector: ``(K,)`` weights of the vector to project; default ``1/K`` each.
       reg_eps: ridge added to the trace-normalized Gramian (``>= 0``).
-      iterations: interior-point iterations (static).
+      iterations: the most principal pivots (static; the loop stops once the problem is
+        solved, in about ``K`` pivots).
       mask: optional ``(K,)`` bools, the terms to solve for (see ``ao.gramian``).
 
     Returns:
@@ -56,7 +57,7 @@ def dualproj_from_gramian(
 
 
 def dualproj_rule(
-    *, reg_eps: float = _shared.REG_EPS, iterations: int = _shared.QP_ITERATIONS
+    *, reg_eps: float = _shared.REG_EPS, iterations: int = _shared.DUAL_CONE_ITERATIONS
 ) -> Rule:
     """DualProj: project the mean gradient onto the dual cone of the gradients.
 
@@ -70,7 +71,7 @@ def dualproj_rule(
 
     Args:
       reg_eps: ridge added to the trace-normalized Gramian (>= 0).
-      iterations: interior-point iterations (static, >= 1).
+      iterations: the most principal pivots (static, >= 1).
 
     Returns:
       A stateless :class:`adaptive_optax.Rule` proposing DualProj's weights, needing ``"gramian"``.
@@ -93,7 +94,7 @@ def dualproj_weights(
     base_weights: PyTree,
     *,
     reg_eps: float = _shared.REG_EPS,
-    iterations: int = _shared.QP_ITERATIONS,
+    iterations: int = _shared.DUAL_CONE_ITERATIONS,
     **guards: Any,
 ) -> LossWeighting:
     """DualProj (GEM's projection, Lopez-Paz & Ranzato 2017) as a weighting.
@@ -103,7 +104,7 @@ def dualproj_weights(
 
     Args:
       reg_eps: ridge of the projection's QP, added to the trace-normalized Gramian.
-      iterations: interior-point iterations of the projection.
+      iterations: the most principal pivots of the projection.
 
     Returns:
       A :class:`adaptive_optax.LossWeighting` needing ``"gramian"``.

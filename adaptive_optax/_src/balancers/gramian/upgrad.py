@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from adaptive_optax._src.balancers._common import bare, preset
 from adaptive_optax._src.balancers.gramian._shared import (
-    QP_ITERATIONS,
+    DUAL_CONE_ITERATIONS,
     REG_EPS,
     Array,
     check_qp_settings,
@@ -27,7 +26,7 @@ def upgrad_from_gramian(
     *,
     pref_vector=None,
     reg_eps: float = REG_EPS,
-    iterations: int = QP_ITERATIONS,
+    iterations: int = DUAL_CONE_ITERATIONS,
     mask=None,
 ) -> Array:
     """UPGrad: project each gradient onto the dual cone of all gradients, and average.
@@ -39,16 +38,20 @@ def upgrad_from_gramian(
 
     As in TorchJD's ``QuadprogProjector``, the QP runs on ``G / trace(G) + reg_eps * I``;
     ``reg_eps = 1e-4`` reproduces TorchJD's values (and its small ``O(reg_eps)`` departure
-    from the exact projection). The box-constrained QP is solved in-graph by a primal-dual
-    interior-point method with a fixed iteration count, vmapped over the ``K`` rows, where
-    TorchJD calls quadprog on the host. Unlike TorchJD, which zeroes a Gramian whose trace is
+    from the exact projection). The ``K`` box-constrained QPs are solved in-graph, all at once,
+    as linear complementarity problems by principal pivoting (each pivot a rank-one update of
+    a ``(K, K)`` tableau; about ``K`` pivots), then polished by two steps of iterative
+    refinement, where TorchJD calls quadprog on the host, row by row; the two agree to about
+    1e-9 of the aggregate's norm in float64. The pivoting loop stops once every row is solved
+    (at most ``iterations`` pivots). Unlike TorchJD, which zeroes a Gramian whose trace is
     below ``norm_eps = 1e-4``, nothing here depends on the absolute scale.
 
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
       pref_vector: ``(K,)`` preference weights; default ``1/K`` each.
       reg_eps: ridge added to the trace-normalized Gramian (``>= 0``).
-      iterations: interior-point iterations (static).
+      iterations: the most principal pivots per row (static; the loop stops once every row is
+        solved, in about ``K`` pivots, so the default cap is rarely reached).
       mask: optional ``(K,)`` bools, the terms to solve for (see ``ao.gramian``).
 
     Returns:
@@ -64,19 +67,17 @@ def upgrad_from_gramian(
 
     References:
       Quinton & Rey, *Jacobian Descent for Multi-Objective Optimization*, 2024, Section 3;
-      TorchJD ``UPGradWeighting``.
+      TorchJD ``UPGradWeighting``; for the solver, Murty, *Linear Complementarity, Linear and
+      Nonlinear Programming*, 1988, Chapter 4 (principal pivoting methods).
     """
     iterations = check_qp_settings(reg_eps, iterations)
     n = normalize(gramian, mask)
     pref = preference(pref_vector, n, mean=True)
-    rows = jnp.diag(pref)
-    projected = jax.vmap(lambda u: dual_cone_weights(n.gramian, u, reg_eps, iterations, n.active))(
-        rows
-    )
+    projected = dual_cone_weights(n.gramian, jnp.diag(pref), reg_eps, iterations, n.active)
     return finish(jnp.sum(projected, axis=0), n)
 
 
-def upgrad_rule(*, reg_eps: float = REG_EPS, iterations: int = QP_ITERATIONS) -> Rule:
+def upgrad_rule(*, reg_eps: float = REG_EPS, iterations: int = DUAL_CONE_ITERATIONS) -> Rule:
     """UPGrad: project each gradient onto the dual cone of all gradients, and average.
 
     ``ao.gramian.upgrad`` on ``G_b = D_b G D_b`` with the preference ``1 / k`` (``k`` finite
@@ -90,7 +91,7 @@ def upgrad_rule(*, reg_eps: float = REG_EPS, iterations: int = QP_ITERATIONS) ->
 
     Args:
       reg_eps: ridge added to the trace-normalized Gramian (>= 0).
-      iterations: interior-point iterations (static, >= 1).
+      iterations: the most principal pivots per row (static, >= 1).
 
     Returns:
       A stateless :class:`adaptive_optax.Rule` proposing UPGrad's weights, needing ``"gramian"``.
@@ -111,7 +112,7 @@ def upgrad_weights(
     base_weights: PyTree,
     *,
     reg_eps: float = REG_EPS,
-    iterations: int = QP_ITERATIONS,
+    iterations: int = DUAL_CONE_ITERATIONS,
     **guards: Any,
 ) -> LossWeighting:
     """UPGrad (Quinton & Rey 2024) as a weighting: the average of the projected gradients.
@@ -121,7 +122,7 @@ def upgrad_weights(
 
     Args:
       reg_eps: ridge added to the trace-normalized Gramian.
-      iterations: interior-point iterations.
+      iterations: the most principal pivots per row of the projection.
 
     Returns:
       A :class:`adaptive_optax.LossWeighting` needing ``"gramian"``.
