@@ -147,7 +147,7 @@ ARMS: tuple[Arm, ...] = (
     Arm("pcgrad", ao.pcgrad_weights),
     Arm("config", ao.config_weights),
     Arm("nash_mtl", ao.nash_mtl_weights),
-    # issue 28's additions: the full profile runs them; no committed rows yet
+    # issue 28's additions
     Arm("stch", ao.stch_weights, guards=recommended("stch")),
     Arm("gradvac", ao.gradvac_weights),
     Arm("fairgrad", ao.fairgrad_weights),

@@ -153,13 +153,18 @@ COMMITTED_ARMS = (
     "mgda",
     "upgrad",
     "nash_mtl",
+    "stch+guards",
+    "gradvac",
+    "fairgrad",
+    "pcd",
 )
 """The committed profile's methods: the default controller and its ratio-moving option, and the
 methods the choosing page weighed (MetaBalance, ConFIG, EnCodec, learning-rate annealing,
 PCGrad, ReLoBRaLo and SoftAdapt under their guards, uncertainty weighting bare and guarded,
 which is also IMTL-L bare), the controller as the seed started it, the loss-only balancers
-and GradNorm under their recommended guards, and three Gramian methods (MGDA, UPGrad,
-Nash-MTL). Every other arm runs in the ``full`` profile only."""
+and GradNorm under their recommended guards, three Gramian methods (MGDA, UPGrad,
+Nash-MTL), and issue 28's additions (STCH under its recommended guards, GradVac, FairGrad,
+PCD). Every other arm runs in the ``full`` profile only."""
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(

@@ -123,12 +123,13 @@ def test_the_ratio_option_is_better_only_where_the_default_is(rows):
             assert table["stable"]["call"] == "better", name
 
 
-def test_on_the_toy_every_arm_but_config_reaches_the_set(rows):
+def test_on_the_toy_every_arm_but_config_and_pcd_reaches_the_set(rows):
     toy = rows["toy"]
     for label, row in toy.items():
-        if row["kind"] in ("fixed", "method") and label != "config":
+        if row["kind"] in ("fixed", "method") and label not in ("config", "pcd"):
             assert row["reached"] >= 0.75, label  # from at least three starts in four
     assert toy["config"]["reached"] <= 0.2
+    assert toy["pcd"]["reached"] < 0.75  # it favours its main term over the trade-off
     assert toy["nash_mtl"]["reached"] == 1.0  # no longer better since the bias fix (issue 27)
     assert toy["nash_mtl"]["call"] == "unclear"
 
