@@ -85,7 +85,7 @@ def stch_rule(*, mu: float = MU, log_steps: int = 0, nadir_steps: int = 1) -> Ru
         during which the log losses still train.
 
     Returns:
-      A :class:`adaptive_optax.Rule` with state :class:`STCHState`.
+      A :class:`adaptive_optax.Rule` with state ``STCHState``.
 
     Examples:
       >>> import adaptive_optax as ao

@@ -175,7 +175,7 @@ def gradvac_rule(*, beta: float = BETA, eps: float = EPS, seed: int | None = SEE
       seed: seed of the random orders, or None for the fixed order.
 
     Returns:
-      A :class:`adaptive_optax.Rule` needing ``"gramian"``, with state :class:`GradVacState`.
+      A :class:`adaptive_optax.Rule` needing ``"gramian"``, with state ``GradVacState``.
 
     Examples:
       >>> import adaptive_optax as ao

@@ -95,7 +95,7 @@ def pcd_from_gramian(
 
     Args:
       gramian: ``(K, K)`` Gramian ``J J^T``.
-      state: the :class:`PCDState` of the previous call (``pcd_init(K)`` at first).
+      state: the ``PCDState`` of the previous call (``pcd_init(K)`` at first).
       primary: the index of the primary term (a Python int).
       tau: the fraction of normalized progress guaranteed to each other term, in ``[0, 1]``.
       beta: the decay of the squared norms' moving average, in ``[0, 1)``.
@@ -104,7 +104,7 @@ def pcd_from_gramian(
       mask: optional ``(K,)`` bools, the terms to solve for (see ``ao.gramian``).
 
     Returns:
-      ``(weights, state)``: the ``(K,)`` PCD weights and the new :class:`PCDState`.
+      ``(weights, state)``: the ``(K,)`` PCD weights and the new ``PCDState``.
 
     Examples:
       >>> import jax.numpy as jnp, numpy as np
@@ -201,7 +201,7 @@ def pcd_rule(
       iterations: interior-point iterations of the QP (static, ``>= 1``).
 
     Returns:
-      A :class:`adaptive_optax.Rule` needing ``"gramian"``, with state :class:`PCDState`.
+      A :class:`adaptive_optax.Rule` needing ``"gramian"``, with state ``PCDState``.
 
     Examples:
       >>> import adaptive_optax as ao
