@@ -249,11 +249,12 @@ OPEN = dict(warmup_steps=0, cooling_period=0, min_stable_steps=0, ramp_steps=0)
 SWINGING = np.array([1.0, 2.0, 0.5, 3.0, 0.2, 5.0, 0.1, 8.0] * 8, np.float32)
 
 
-def traced_run(name, value):
-    """``stable_weights`` with ``name`` traced at ``value``, over swinging mel losses."""
+def traced_run(name, value, preset="stable_weights"):
+    """The preset (``stable_weights`` by default) with ``name`` traced at ``value``, over
+    swinging mel losses."""
 
     def run(value):
-        weighting = ao.stable_weights(TTS_BASE, **(OPEN | {name: value}))
+        weighting = getattr(ao, preset)(TTS_BASE, **(OPEN | {name: value}))
 
         def body(state, loss):
             weights, state = weighting.update(
@@ -361,30 +362,13 @@ PRESET_TRACED_OUT_OF_RANGE = [
 ]
 
 
-def preset_traced_run(preset, name, value):
-    """The preset with its setting ``name`` traced at ``value``, over swinging mel losses."""
-
-    def run(value):
-        weighting = getattr(ao, preset)(TTS_BASE, **(OPEN | {name: value}))
-
-        def body(state, loss):
-            weights, state = weighting.update(
-                {"mel": loss, "stop": 0.3, "attention": 0.1}, state, grad_norms=1.0 + loss
-            )
-            return state, weights["mel"]
-
-        return jax.lax.scan(body, weighting.init(), SWINGING)
-
-    return jax.jit(run)(jnp.asarray(value))
-
-
 @pytest.mark.parametrize(("preset", "name", "value"), PRESET_TRACED_OUT_OF_RANGE)
 def test_a_presets_own_traced_setting_out_of_range_adjusts_nothing(preset, name, value):
     """The preset refuses the value eagerly; traced, the weights never move from the start
     (the method's uniform weights times the base) and every step is counted as rejected."""
     with pytest.raises(ValueError, match=f"{preset}: {name}"):
         getattr(ao, preset)(TTS_BASE, **(OPEN | {name: value}))
-    state, mel = preset_traced_run(preset, name, value)
+    state, mel = traced_run(name, value, preset)
     assert np.ptp(mel) == 0
     m = ao.metrics(state)
     assert int(m["rejected/mel"]) == len(SWINGING)
@@ -397,6 +381,6 @@ def test_a_presets_own_traced_setting_out_of_range_adjusts_nothing(preset, name,
 def test_a_presets_own_traced_setting_in_range_adjusts(preset, name, value):
     """The control: the same preset with the default value of the setting, traced."""
     default = inspect.signature(getattr(ao, preset)).parameters[name].default
-    state, mel = preset_traced_run(preset, name, default)
+    state, mel = traced_run(name, default, preset)
     assert int(ao.metrics(state)["rejected/mel"]) == 0
     assert np.ptp(mel) > 0

@@ -39,7 +39,7 @@ def _check_settings(alpha, reg_eps, iterations) -> tuple[Any, int]:
 def _newton(q: Array, w: Array, alpha: Array, iterations: int) -> Array:
     """Damped Newton on the convex ``F(w) = 1/2 w^T Q w - sum_i phi(w_i)``, ``phi' = w^(-1/a)``
     (``log`` for ``a = 1``), whose minimizer has ``Q w = w^(-1/a)``; each step is damped by
-    ``1 / (1 + decrement)`` and kept within 90 % of the way to the boundary ``w > 0``."""
+    ``1 / (1 + decrement)`` and kept a fraction 0.9 of the way to the boundary ``w > 0``."""
     p = 1.0 / alpha
 
     def step(_, w):
