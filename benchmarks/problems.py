@@ -692,6 +692,64 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {
 }
 """Every problem of the screen, by name: a function that builds it."""
 
+
+def speech(steps: int = 400) -> Problem:
+    """eSpeak NG speech (:mod:`benchmarks.speech`) as a confirmation problem of ``tts_adam``.
+
+    The data set is read from ``cache/speech`` and built there first if it is missing
+    (``python -m benchmarks.speech build``, seconds; eSpeak NG from ``espeakng-loader``).
+
+    Args:
+      steps: training steps (the speech benchmark's cap, which most of its runs reach before
+        early stopping would end them).
+    """
+    from benchmarks import speech as speech_benchmark  # flax and eSpeak NG: only when used
+    from benchmarks import speech_data, speech_model
+
+    if not (speech_data.CACHE / "speech.npz").exists():
+        print(f"speech: building the data set in {speech_data.CACHE}")
+        speech_data.build(speech_data.CACHE)
+    model, batches, meta = speech_benchmark.load_problem()
+    train, valid, test = batches["train"], batches["validation"], batches["test"]
+    n_train = train.tokens.shape[0]
+
+    def losses(params, key, step):
+        del step
+        rows = jax.random.randint(key, (speech_benchmark.BATCH,), 0, n_train)
+        return speech_model.losses_of(model, params, jax.tree.map(lambda x: x[rows], train))
+
+    def mel_of(batch):
+        return lambda params: {"mel": speech_model.losses_of(model, params, batch)["mel"]}
+
+    split = meta["split"]
+    return Problem(
+        name="speech_adam",
+        title="TTS on eSpeak NG speech, Adam",
+        setting=(
+            f"benchmarks/speech_model.py on eSpeak NG speech (benchmarks/speech_data.py: "
+            f"{split['train']} / {split['validation']} / {split['test']} train / validation / "
+            "test utterances, 80-bin log-mel, eSpeak's phoneme durations), the seed's four "
+            f"terms; batches of {speech_benchmark.BATCH}; Adam; selection on the validation "
+            "split's mel loss, score: the test split's mel loss (L1 + L2 of normalised log-mel) "
+            f"after {steps} steps, the speech benchmark's cap (no early stopping in the harness)"
+        ),
+        base=dict(speech_model.BASE_WEIGHTS),
+        init=lambda key: speech_model.init_params(model, key, train),
+        losses=losses,
+        metrics=mel_of(test),
+        validation=mel_of(valid),
+        optimizer=adam,
+        rates=log_rates(0.001, 3, 3.0),
+        ratios=joint(speech_model.BASE_WEIGHTS, 4.0, 8),
+        scales=(1.0,),
+        steps=steps,
+        main="mel",
+        metric_name="test mel loss",
+        screen="tts_adam",
+        quick=dict(steps=4, rates=(0.003,), ratios=(dict(speech_model.BASE_WEIGHTS),)),
+    )
+
+
 CONFIRMATION_WIDTH = (320, 320)  # two hidden layers: 140k parameters on digits, 106k here
 
 CONFIRMATION: dict[str, Callable[[], Problem]] = {
@@ -701,11 +759,13 @@ CONFIRMATION: dict[str, Callable[[], Problem]] = {
     "imbalanced_wide": lambda: dataclasses.replace(
         imbalanced(CONFIRMATION_WIDTH, "imbalanced_wide"), screen="imbalanced"
     ),
+    "speech_adam": speech,
 }
 """The confirmation tier: screen problems at a size where the model is not the bottleneck,
 each naming its screen problem. The confirmation profile (:mod:`benchmarks.profiles`) trains
 there the base weights, the tuned fixed sum (its ratios seeded by the screen's best), the
 default controller and the screen's three best methods."""
+
 
 ALL: dict[str, Callable[[], Problem]] = {**PROBLEMS, **CONFIRMATION}
 """Every problem, screen and confirmation, by name."""
