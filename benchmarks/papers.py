@@ -32,7 +32,9 @@ The tables:
 
 Every method runs bare (as its paper ran it) and, where ``ao.RECOMMENDED`` has guards for it,
 under them (``+guards``), on the same seeds; ``ao.RECOMMENDED["config"]`` is empty, so ConFIG's
-guarded arm is its bare arm and is trained once. M-ConFIG is not in the library (issue 28).
+guarded arm is its bare arm and is trained once. M-ConFIG (``ao.m_config``) is a gradient
+transformation with no loss weights for the guards to act on: it runs once, as the authors ran
+it (its own guard skips a non-finite step).
 
 Training is one ``jit`` per arm: ``vmap`` over seeds, ``lax.scan`` over the steps.
 """
@@ -964,6 +966,14 @@ def markdown(data: dict) -> str:
             f"so `{alias}` is `{label}` and was trained once.",
             "",
         ]
+    for row in data["arms"]:
+        if row["method"] == "m_config":
+            lines += [
+                f"`{row['label']}` has no guarded twin: `ao.m_config` is a gradient "
+                "transformation with no loss weights for the guards to act on (its own guard "
+                "skips a step whose gradient is not finite); it ran as the authors ran it.",
+                "",
+            ]
     if "reference_check" in data:
         c = data["reference_check"]
         lines += [

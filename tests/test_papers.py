@@ -99,14 +99,22 @@ def test_reduced_tables_train_and_write_agreeing_pages(tmp_path):
     weights = np.asarray(row["final_weights"])
     assert np.all(weights[:, 0] == 1.0) and np.all(weights[:, 1:] != 1.0)  # annealed
     burgers = papers.main(
-        ["burgers", "--seeds", "2", "--steps", "20", "--arms", "config", "--out", str(tmp_path)]
+        ["burgers", "--seeds", "2", "--steps", "20", "--arms", "config,m-config"]
+        + ["--out", str(tmp_path)]
     )
     assert burgers is not None
-    (row,) = burgers["arms"]
-    assert burgers["aliases"] == {"config": "config+guards"}  # ao.RECOMMENDED["config"] is empty
-    assert all(np.isfinite(row["best"]["mse"])) and all(
-        b <= f for b, f in zip(row["best"]["mse"], row["scores"], strict=True)
-    )
+    assert [r["label"] for r in burgers["arms"]] == ["config", "m-config"]
+    # ao.RECOMMENDED["config"] is empty; M-ConFIG has no weights to guard, so no twin
+    assert burgers["aliases"] == {"config": "config+guards"}
+    for row in burgers["arms"]:
+        assert all(row["finished"])
+        assert all(np.isfinite(row["best"]["mse"])) and all(
+            b <= f for b, f in zip(row["best"]["mse"], row["scores"], strict=True)
+        )
+    m_config = burgers["arms"][1]
+    assert np.all(np.asarray(m_config["final_weights"]) == 1.0)  # no weights: reported as 1
+    curve = np.asarray(m_config["curve"]["mse"])
+    assert np.all(curve[:, -1] != curve[:, 0])  # it trained
     for name, data in (("klein_gordon", wang), ("burgers", burgers)):
         saved = json.loads((tmp_path / f"papers_{name}.json").read_text())
         assert saved["arms"][0]["scores"] == data["arms"][0]["scores"]
