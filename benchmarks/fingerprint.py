@@ -4,7 +4,8 @@ A source hash changes with every refactor; what a row depends on is the arm's be
 fingerprint trains the arm's weighting (through :func:`benchmarks.harness.trainer`, so per-term
 gradients and every guard take their real path) for :data:`STEPS` jitted steps on a fixed
 synthetic three-term problem, and hashes the weight trajectory (rounded to six significant
-digits). Two arms with the same fingerprint behave the same; a committed row whose fingerprint
+digits; for an arm without weights, :class:`benchmarks.harness.OneTerm`, the metric at each
+checkpoint). Two arms with the same fingerprint behave the same; a committed row whose fingerprint
 differs from the current code's is stale (``tests/test_results_invariants.py``), and a
 ``--merge`` refuses it.
 """
@@ -14,12 +15,12 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import adaptive_optax as ao
 from benchmarks import problems
 
 STEPS = 3000  # past every warmup and slow start, and long enough to reach the bounds
@@ -54,7 +55,7 @@ def synthetic() -> problems.Problem:
     )
 
 
-def of(make: Callable[[problems.Problem], ao.LossWeighting] | None) -> str:
+def of(make: Callable[[problems.Problem], Any] | None) -> str:
     """The fingerprint of one arm: ``make`` builds its weighting from a problem (None: fixed).
 
     Args:
@@ -74,7 +75,7 @@ def _fixed() -> str:
     return _trajectory_hash(None)
 
 
-def _trajectory_hash(make: Callable[[problems.Problem], ao.LossWeighting] | None) -> str:
+def _trajectory_hash(make: Callable[[problems.Problem], Any] | None) -> str:
     """Trains the synthetic problem with the arm and hashes its weight trajectory."""
     from benchmarks import harness  # harness imports this module
 
@@ -82,6 +83,8 @@ def _trajectory_hash(make: Callable[[problems.Problem], ao.LossWeighting] | None
     weighting = make(problem) if make is not None else None
     runs = harness.train(problem, weighting, seeds=[0], rates=[0.05], steps=STEPS, trace=True)
     trace = np.asarray(runs.trace[0], np.float64)
+    if isinstance(weighting, harness.OneTerm):  # its weights are 1: hash what it trained
+        trace = np.asarray(runs.metrics["x"][0], np.float64)
     text = " ".join(np.format_float_scientific(v, precision=DIGITS - 1) for v in trace.ravel())
     text += repr(bool(runs.finished[0]))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

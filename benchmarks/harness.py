@@ -60,7 +60,7 @@ import numpy as np
 import optax
 
 import adaptive_optax as ao
-from benchmarks import fingerprint, stats
+from benchmarks import fingerprint, problems, stats
 from benchmarks.problems import Problem
 
 PyTree = Any
@@ -86,6 +86,32 @@ SEED_START = dict(
 def recommended(method: str) -> dict[str, Any]:
     """The guards the library recommends for ``method`` (``ao.RECOMMENDED``), as a dict."""
     return dict(ao.RECOMMENDED[method])
+
+
+class OneTerm(NamedTuple):
+    """An arm that is a gradient transformation fed one term's gradient per step, not a weighting.
+
+    The trainer computes the gradient of term ``t % K`` only at step ``t`` (``lax.switch``: one
+    backward pass), passes it with ``index=t % K``, and follows the transformation with plain
+    SGD at the arm's rate, as M-ConFIG's authors do (its update is Adam-scaled already), in
+    place of the problem's optimiser. Its reported weights are 1.
+    """
+
+    transform: optax.GradientTransformationExtraArgs
+
+
+def m_config_arm(base: dict[str, float]) -> OneTerm:
+    """M-ConFIG (:func:`adaptive_optax.m_config`) with the authors' defaults, as an arm."""
+    return OneTerm(ao.m_config(len(base)))
+
+
+def rates_of(problem: Problem, weighting: Any) -> tuple[float, ...]:
+    """The rate grid an arm's rate is tuned on: the problem's, or for a :class:`OneTerm` arm
+    (an Adam-scaled update, then SGD) the problem's where its optimiser is Adam, else the Adam
+    problems' grid."""
+    if isinstance(weighting, OneTerm) and problem.optimizer is not problems.adam:
+        return problems.log_rates(1e-3, 4, 3.0)
+    return problem.rates
 
 
 class Arm(NamedTuple):
@@ -152,6 +178,7 @@ ARMS: tuple[Arm, ...] = (
     Arm("gradvac", ao.gradvac_weights),
     Arm("fairgrad", ao.fairgrad_weights),
     Arm("pcd", ao.pcd_weights, dict(main=MAIN)),
+    Arm("m_config", m_config_arm),  # a gradient transformation (OneTerm), not a weighting
 )
 """Every method of the suite: each ``*_weights`` preset of the library, with the guards its
 docstring recommends (FAMO, IMTL-L, GLS and RLW recommend "bounds": here ``(0.1, 10.0)``)."""
@@ -163,14 +190,14 @@ class Variant(NamedTuple):
     label: str
     method: str
     guarded: bool
-    make: Callable[[Problem], ao.LossWeighting]
+    make: Callable[[Problem], ao.LossWeighting | OneTerm]
 
 
 def variants(arms: Sequence[Arm] = ARMS) -> list[Variant]:
     """Every arm bare and, where it has recommended guards, guarded (label ``+guards``)."""
 
     def maker(arm: Arm, guards: dict[str, Any]):
-        def make(problem: Problem) -> ao.LossWeighting:
+        def make(problem: Problem) -> ao.LossWeighting | OneTerm:
             kwargs = {k: problem.main if v is MAIN else v for k, v in arm.kwargs.items()}
             return arm.factory(problem.base, **kwargs, **guards)
 
@@ -284,7 +311,7 @@ class Trainer(NamedTuple):
 
 def trainer(
     problem: Problem,
-    weighting: ao.LossWeighting | None,
+    weighting: ao.LossWeighting | OneTerm | None,
     *,
     batch: int = 64,
     steps: int | None = None,
@@ -300,7 +327,7 @@ def trainer(
 
     Args:
       problem: the problem.
-      weighting: the weighting, or None for fixed weights.
+      weighting: the weighting, a :class:`OneTerm` transformation, or None for fixed weights.
       batch: runs per compiled call.
       steps: training steps (default ``problem.steps``), rounded down to a multiple of
         ``CHECKPOINTS``.
@@ -316,7 +343,8 @@ def trainer(
     chunk = max(1, (steps or problem.steps) // CHECKPOINTS)
     steps = chunk * CHECKPOINTS
     terms = problem.terms
-    per_term = weighting is not None and bool(weighting.needs)
+    one_term = isinstance(weighting, OneTerm)
+    per_term = weighting is not None and not one_term and bool(weighting.needs)
 
     def optimizer(lr):
         tx = problem.optimizer(lr)
@@ -329,7 +357,13 @@ def trainer(
         init_key, data_key = jax.random.split(jax.random.key(seed))
         params = problem.init(init_key)
         fixed_weights = {k: w[i] for i, k in enumerate(terms)}  # w is in the order of terms
-        if per_term:
+        if one_term:
+            sgd = optax.sgd(lr)
+            tx = optax.chain(
+                weighting.transform, ao.apply_if_finite(sgd) if skip_nonfinite else sgd
+            )
+            state = None
+        elif per_term:
             tx = optax.chain(
                 ao.weight_gradients(
                     weighting,
@@ -345,7 +379,16 @@ def trainer(
 
         def step(carry, t):
             params, opt_state, state = carry
-            if per_term:
+            if one_term:
+                index = jnp.asarray(t % len(terms), jnp.int32)
+                branches = [lambda p, k=k: losses_at(p, data_key, t)[k] for k in terms]
+                loss, grads = jax.value_and_grad(lambda p: jax.lax.switch(index, branches, p))(
+                    params
+                )
+                losses = {"due": loss}
+                updates, opt_state = tx.update(grads, opt_state, params, index=index, losses=loss)
+                weights = dict.fromkeys(terms, 1.0)
+            elif per_term:
 
                 def f(p):
                     losses = losses_at(p, data_key, t)
@@ -393,7 +436,7 @@ def trainer(
         )
         spikes = jnp.int32(0)
         nonfinite = jnp.zeros((2, len(terms)), jnp.int32)
-        if weighting is not None:
+        if weighting is not None and not one_term:
             state = ao.find_state(carry[1]) if per_term else carry[2]
             spikes = jnp.sum(state.counters.spikes)
             counters = state.counters
@@ -424,7 +467,7 @@ def trainer(
 
 def train(
     problem: Problem,
-    weighting: ao.LossWeighting | None,
+    weighting: ao.LossWeighting | OneTerm | None,
     *,
     seeds: Sequence[int],
     rates: Sequence[float],
@@ -801,7 +844,8 @@ def run_method(
       ``(the arm's result, its rate choice, compile seconds)``.
     """
     progress(variant.label, "compiling")
-    method = trainer(problem, variant.make(problem), batch=plan.batch)
+    weighting = variant.make(problem)
+    method = trainer(problem, weighting, batch=plan.batch)
 
     def score_at(rates: Sequence[float]) -> dict[float, Runs]:
         if not rates:
@@ -811,7 +855,7 @@ def run_method(
         runs = method(seeds=[c[1] for c in cells], rates=[c[0] for c in cells])
         return by_rate(runs, np.asarray([c[0] for c in cells], np.float64))
 
-    choice = tune_rate(score_at, problem.rates, extensions=plan.extensions)
+    choice = tune_rate(score_at, rates_of(problem, weighting), extensions=plan.extensions)
     progress(variant.label, f"{len(evaluation_seeds)} evaluation seeds at lr {choice.rate:g}")
     runs = method(seeds=list(evaluation_seeds), rates=[choice.rate] * len(evaluation_seeds))
     result = ArmResult(
@@ -1037,7 +1081,8 @@ def run_problem(
         results.append(arm)
         tracker.done += 1
         mean = choice.mean_weights[choice.rate]
-        results += replays(problem, arm, mean, fixed, evaluation_seeds, fixed_step_s)
+        if not isinstance(variant.make(problem), OneTerm):  # no weights to replay
+            results += replays(problem, arm, mean, fixed, evaluation_seeds, fixed_step_s)
         if progress is not None:
             progress(so_far())
     return so_far()

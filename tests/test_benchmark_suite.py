@@ -157,6 +157,45 @@ def test_fixed_weights_are_traced_one_compile_trains_a_grid():
     np.testing.assert_allclose(again.metrics["pareto"][0], runs.metrics["pareto"][0], rtol=1e-5)
 
 
+def test_the_one_term_arm_is_m_config_then_sgd_on_the_due_terms_gradient():
+    """M-ConFIG's arm trains as the authors' loop: term ``t % K``'s gradient only, the
+    transform, then SGD; the same metrics as that loop written out, and weights of 1."""
+    import functools
+
+    import jax
+    import optax
+
+    import adaptive_optax as ao
+
+    problem = fingerprint.synthetic()
+    steps, rate = 30, 0.05
+    arm = harness.m_config_arm(problem.base)
+    runs = harness.train(problem, arm, seeds=[0], rates=[rate], steps=steps)
+    init_key, data_key = jax.random.split(jax.random.key(0))
+    params = problem.init(init_key)
+    tx = optax.chain(ao.m_config(len(problem.terms)), optax.sgd(rate))
+    opt_state = tx.init(params)
+
+    @functools.partial(jax.jit, static_argnums=3)  # one compile per term
+    def step(params, opt_state, t, index):
+        term = problem.terms[index]
+        loss = lambda p: problem.losses(p, jax.random.fold_in(data_key, t), t)[term]  # noqa: E731
+        grad = jax.grad(loss)(params)
+        updates, opt_state = tx.update(grad, opt_state, params, index=index)
+        return optax.apply_updates(params, updates), opt_state
+
+    expected = [float(problem.metrics(params)["x"])]
+    for t in range(steps):
+        params, opt_state = step(params, opt_state, t, t % 3)
+        if (t + 1) % (steps // harness.CHECKPOINTS) == 0:
+            expected.append(float(problem.metrics(params)["x"]))
+    np.testing.assert_allclose(runs.metrics["x"][0], expected, rtol=1e-5)
+    assert runs.finished.all() and np.all(runs.weights == 1.0)
+    # SGD after an Adam-scaled update: an SGD problem's arm is tuned on the Adam problems' rates
+    assert harness.rates_of(problems.PROBLEMS["digits"](), arm) == problems.log_rates(1e-3, 4, 3)
+    assert harness.rates_of(problem, arm) == problem.rates  # an Adam problem: its own grid
+
+
 def test_calibration_and_evaluation_seeds_must_be_disjoint():
     problem = problems.PROBLEMS["toy"]().quick_version()
     plan = harness.Plan(calibration_seeds=(0,), evaluation_seeds=(0, 1))
@@ -169,7 +208,9 @@ def test_every_method_of_the_library_has_an_arm():
 
     presets = {name[: -len("_weights")] for name in ao.__all__ if name.endswith("_weights")}
     presets.remove("distilled")  # ao.distilled_weights reads a state: not a method
-    assert {arm.factory.__name__[: -len("_weights")] for arm in harness.ARMS} == presets
+    weightings = [arm for arm in harness.ARMS if arm.factory is not harness.m_config_arm]
+    assert {arm.factory.__name__[: -len("_weights")] for arm in weightings} == presets
+    assert [arm.label for arm in harness.ARMS if arm not in weightings] == ["m_config"]
     labels = [v.label for v in harness.variants()]
     assert len(labels) == len(set(labels))
     assert "dwa+guards" in labels and "mgda+guards" not in labels
