@@ -293,7 +293,10 @@ def gradients_needed(method: str) -> str:
         return "-"
     base = {"a": 1.0, "b": 1.0}
     kwargs = {k: "a" if v is harness.MAIN else v for k, v in arm.kwargs.items()}
-    needs = set(arm.factory(base, **kwargs).needs)
+    made = arm.factory(base, **kwargs)
+    if isinstance(made, harness.OneTerm):
+        return "one term's gradient per step"
+    needs = set(made.needs)
     if not needs:
         return "losses"
     if arm.factory in (ao.stable_weights, ao.unguarded_weights, ao.legacy_weights):
