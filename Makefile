@@ -63,7 +63,7 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n 2 --durations=25 tests --doctest-modules adaptive_optax
+	$(BIN)/python -m pytest -n 2 --durations=25 tests
 	$(BIN)/sphinx-build $(SPHINX_OPTS) -b html docs docs/_build/html
 	$(MAKE) test-lowest
 
