@@ -157,6 +157,7 @@ COMMITTED_ARMS = (
     "gradvac",
     "fairgrad",
     "pcd",
+    "m_config",
 )
 """The committed profile's methods: the default controller and its ratio-moving option, and the
 methods the choosing page weighed (MetaBalance, ConFIG, EnCodec, learning-rate annealing,
@@ -164,7 +165,7 @@ PCGrad, ReLoBRaLo and SoftAdapt under their guards, uncertainty weighting bare a
 which is also IMTL-L bare), the controller as the seed started it, the loss-only balancers
 and GradNorm under their recommended guards, three Gramian methods (MGDA, UPGrad,
 Nash-MTL), and issue 28's additions (STCH under its recommended guards, GradVac, FairGrad,
-PCD). Every other arm runs in the ``full`` profile only."""
+PCD, and M-ConFIG, a gradient transformation fed one term's gradient per step). Every other arm runs in the ``full`` profile only."""
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
