@@ -37,7 +37,7 @@ one run. Printed:
    alone, with JAX only (torch need not be installed): ``python -m benchmarks.peers
    --amortized --markdown results/amortized_cpu.md``;
 6. scaling (``--scaling``): the step as K grows (2 to 32) and as the parameters grow (the
-   trunk's widths scaled: about 0.13M to 9.5M parameters at K = 8), ours beside TorchJD's, and
+   trunk's widths scaled: about 0.13M to 9.2M parameters at K = 8), ours beside TorchJD's, and
    the curves in a PNG beside the Markdown file (where matplotlib is installed); then issue
    28's targets, each with its figure from the tables. The whole: ``python -m benchmarks.peers
    --memory --scaling --markdown results/peers_cpu.md``.
@@ -653,8 +653,8 @@ def memory_table(emit, k: int = 8, steps: int = 20) -> dict:
 
 #: Numbers of terms of the scaling table (the trunk at its default width).
 SCALING_KS = (2, 4, 8, 16, 32)
-#: Trunk widths of the scaling table, as multiples of the default (at K = 8): about 0.13M,
-#: 0.92M, 3.5M and 9.5M parameters.
+#: Trunk widths of the scaling table, as multiples of the default: about 0.13M, 1.0M, 3.3M and
+#: 9.2M parameters with K = 8 heads.
 SCALING_WIDTHS = (0.25, 1.0, 2.0, 3.5)
 
 
@@ -715,7 +715,7 @@ def scaling_table(rounds: int, emit, every: int = EVERY) -> dict:
             emit(f"| {num} / {den} | " + " | ".join(cells) + " |")
         emit()
 
-    emit("6a. As K grows (0.92M parameters at K = 8; the heads add 10K each)")
+    emit("6a. As K grows (the trunk's 0.92M parameters and 10K per head)")
     emit()
     rows(out["k"], "ms per step", lambda k: f"K={k} ({parameter_count(k, 1.0) / 1e6:.2f}M)")
     emit("6b. As the parameters grow, K = 8 (the trunk's widths scaled)")
@@ -748,7 +748,7 @@ def plot_scaling(path: str, scaling: dict, solvers: dict | None, every: int = EV
         "TorchJD UPGrad": ("tab:red", "-"),
     }
     for ax, key, xs, xlabel in (
-        (axes[0], "k", list(scaling["k"]), "K (loss terms), 0.92M parameters at K = 8"),
+        (axes[0], "k", list(scaling["k"]), "K (loss terms); a 0.92M trunk, 10K per head"),
         (
             axes[1],
             "width",
