@@ -28,13 +28,19 @@ one run. Printed:
 3. the solvers alone (UPGrad and MGDA from a Gramian), K up to 32, against TorchJD's, with
    UPGrad's interior-point solver of before issue 28 beside them and UPGrad inside a compiled
    ``lax.map``; ``--solvers`` runs this table alone;
-4. peak resident memory of K=8 steps, each arm in a fresh process (``--memory``);
+4. peak resident memory of K=8 steps, each arm in a fresh process (``--memory``), under
+   glibc's default allocator settings and with its mmap threshold fixed;
 5. the amortized step (``ao.amortized_grads``: the per-term gradients every 10 steps, one
    backward pass of the weighted loss on the others) beside JAX's plain step and the per-term
    step with UPGrad's weights every 10 steps (``ao.upgrad_weights(base, every=10)``), each
    timed over blocks of 10 steps (one recompute step in each). ``--amortized`` runs this table
    alone, with JAX only (torch need not be installed): ``python -m benchmarks.peers
-   --amortized --markdown results/amortized_cpu.md``.
+   --amortized --markdown results/amortized_cpu.md``;
+6. scaling (``--scaling``): the step as K grows (2 to 32) and as the parameters grow (the
+   trunk's widths scaled: about 0.13M to 9.2M parameters at K = 8), ours beside TorchJD's, and
+   the curves in a PNG beside the Markdown file (where matplotlib is installed); then issue
+   28's targets, each with its figure from the tables. The whole: ``python -m benchmarks.peers
+   --memory --scaling --markdown results/peers_cpu.md``.
 """
 
 from __future__ import annotations
@@ -64,8 +70,31 @@ BATCH, INPUT, HIDDEN, FEATURES, OUTPUT = 64, 256, 1024, 640, 16
 LR = 1e-3
 
 
-def problem(k: int, seed: int = 0) -> dict:
-    """Parameters and a batch, as NumPy arrays (the same values for both frameworks)."""
+def widths(width: float) -> tuple[int, int]:
+    """The trunk's hidden and feature widths at ``width`` times the default ones."""
+    return max(1, round(HIDDEN * width)), max(1, round(FEATURES * width))
+
+
+def parameter_count(k: int, width: float) -> int:
+    """Parameters of the trunk and ``k`` heads at ``width``."""
+    hidden, features = widths(width)
+    return (INPUT + 1) * hidden + (hidden + 1) * features + k * (features + 1) * OUTPUT
+
+
+def problem(k: int, seed: int = 0, width: float = 1.0) -> dict:
+    """Parameters and a batch, as NumPy arrays (the same values for both frameworks).
+
+    Args:
+      k: the number of heads (loss terms).
+      seed: the NumPy seed of the values.
+      width: the trunk's widths as a multiple of ``HIDDEN`` and ``FEATURES`` (1: 0.92M
+        parameters at K = 8; the scaling table's larger and smaller models).
+
+    Returns:
+      ``{"params": ..., "x": ..., "y": ...}``: the trunk and the ``k`` heads, a batch and one
+      target per head.
+    """
+    hidden, features = widths(width)
     rng = np.random.default_rng(seed)
 
     def dense(n_in, n_out):
@@ -76,8 +105,8 @@ def problem(k: int, seed: int = 0) -> dict:
 
     return {
         "params": {
-            "trunk": [dense(INPUT, HIDDEN), dense(HIDDEN, FEATURES)],
-            "heads": {f"t{i}": dense(FEATURES, OUTPUT) for i in range(k)},
+            "trunk": [dense(INPUT, hidden), dense(hidden, features)],
+            "heads": {f"t{i}": dense(features, OUTPUT) for i in range(k)},
         },
         "x": rng.standard_normal((BATCH, INPUT)).astype(np.float32),
         "y": {f"t{i}": rng.standard_normal((BATCH, OUTPUT)).astype(np.float32) for i in range(k)},
@@ -105,9 +134,9 @@ def losses_fn(params, x, y):
     return decode(params, encode(params, x, y), x, y)
 
 
-def jax_steps(k: int) -> dict:
+def jax_steps(k: int, width: float = 1.0) -> dict:
     """Name -> (jitted step, initial carry); each step maps the carry to the next one."""
-    data = jax.tree.map(jnp.asarray, problem(k))
+    data = jax.tree.map(jnp.asarray, problem(k, width=width))
     params, x, y = data["params"], data["x"], data["y"]
     base = {t: 1.0 for t in y}
     terms = jax.tree.structure(base)
@@ -158,10 +187,10 @@ def jax_steps(k: int) -> dict:
 EVERY = 10  # the amortized table: weights recomputed every EVERY steps
 
 
-def amortized_steps(k: int, every: int = EVERY) -> dict:
+def amortized_steps(k: int, every: int = EVERY, width: float = 1.0) -> dict:
     """Name -> (jitted step, initial carry) for table 5: JAX's plain step, the per-term step
     with UPGrad's weights every ``every`` steps, and the amortized step."""
-    data = jax.tree.map(jnp.asarray, problem(k))
+    data = jax.tree.map(jnp.asarray, problem(k, width=width))
     params, x, y = data["params"], data["x"], data["y"]
     base = {t: 1.0 for t in y}
     adam = optax.adam(LR)
@@ -244,9 +273,9 @@ def averaged(arms: dict, rounds: int, steps: int, *, block_each: bool) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def amortized_table(ks: list, rounds: int, emit, every: int = EVERY) -> None:
+def amortized_table(ks: list, rounds: int, emit, every: int = EVERY) -> dict:
     """Table 5: ms per step averaged over blocks of ``every`` steps, and ratios to the plain
-    step, blocked and pipelined."""
+    step, blocked and pipelined; returns ``{(mode, k): {arm: seconds per step}}``."""
     emit(
         f"5. The amortized step: ms per step, mean over blocks of {every} steps (one "
         f"recompute step each), median of {rounds} interleaved rounds; ratio to JAX's plain "
@@ -287,6 +316,7 @@ def amortized_table(ks: list, rounds: int, emit, every: int = EVERY) -> None:
         cells = [f"{parts[k][n][0] * 1e3:.1f} ({parts[k][n][0] / base:.2f})" for n in names]
         emit(f"| {k} | " + " | ".join(cells) + " |")
     emit()
+    return times
 
 
 def jax_gradients(k: int) -> dict:
@@ -306,7 +336,7 @@ def jax_gradients(k: int) -> dict:
 # --------------------------------------------------------------------------------------- torch
 
 
-def torch_steps(k: int) -> dict:
+def torch_steps(k: int, width: float = 1.0) -> dict:
     """Name -> (step, initial carry) for torch's plain step and TorchJD's UPGrad step."""
     import torch
     from torchjd.aggregation import UPGrad
@@ -314,16 +344,17 @@ def torch_steps(k: int) -> dict:
 
     torch.set_num_threads(1)
     device = _torch_device()
-    data = problem(k)
+    data = problem(k, width=width)
+    hidden, features = widths(width)
 
     def build():
         trunk = torch.nn.Sequential(
-            torch.nn.Linear(INPUT, HIDDEN),
+            torch.nn.Linear(INPUT, hidden),
             torch.nn.ReLU(),
-            torch.nn.Linear(HIDDEN, FEATURES),
+            torch.nn.Linear(hidden, features),
             torch.nn.ReLU(),
         )
-        heads = torch.nn.ModuleDict({t: torch.nn.Linear(FEATURES, OUTPUT) for t in data["y"]})
+        heads = torch.nn.ModuleDict({t: torch.nn.Linear(features, OUTPUT) for t in data["y"]})
         with torch.no_grad():
             layers = [trunk[0], trunk[2], *heads.values()]
             values = [*data["params"]["trunk"], *data["params"]["heads"].values()]
@@ -468,8 +499,8 @@ def solver_times(k: int, rounds: int) -> dict:
     return out
 
 
-def solver_table(rounds: int, emit) -> None:
-    """Table 3: the solvers alone."""
+def solver_table(rounds: int, emit) -> dict:
+    """Table 3: the solvers alone; returns ``{k: solver_times(k, rounds)}``."""
     emit(
         f"3. Solvers alone, us per call on one Gramian: median (least) of {rounds} interleaved "
         f"calls. UPGrad ours: the principal-pivoting solver (issue 28); before: the "
@@ -482,8 +513,9 @@ def solver_table(rounds: int, emit) -> None:
         "before | compiled ours / TorchJD | MGDA ours | MGDA TorchJD | ratio |"
     )
     emit("|---|---|---|---|---|---|---|---|---|---|---|")
+    out = {}
     for k in SOLVER_KS:
-        t = solver_times(k, rounds)
+        t = out[k] = solver_times(k, rounds)
 
         def cell(name, t=t):
             return f"{t[name][0]:.0f} ({t[name][1]:.0f})"
@@ -505,6 +537,7 @@ def solver_table(rounds: int, emit) -> None:
         ]
         emit(f"| {k} | " + " | ".join(cells) + " |")
     emit()
+    return out
 
 
 # -------------------------------------------------------------------------------------- memory
@@ -527,9 +560,9 @@ def _reset_peak() -> None:
 
 
 def memory_arm(arm: str, k: int, steps: int) -> None:
-    """Runs ``steps`` steps of one arm; prints, in MiB, the rise of the peak resident size
-    above the resident size after the imports, over the first step (compilation included)
-    and over the later steps (Linux).
+    """Runs ``steps`` steps of one arm; prints, in MiB, the resident size after the imports and
+    the rises above it: the peak over the first step (compilation included), the resident size
+    at rest after it, and the peak over the later steps (Linux).
 
     Both frameworks are imported in every such process, so that they share one baseline;
     the peak is reset after the imports and after the first step (``/proc/self/clear_refs``),
@@ -539,7 +572,7 @@ def memory_arm(arm: str, k: int, steps: int) -> None:
 
     before = _status_mib("VmRSS")
     _reset_peak()
-    first = later = before
+    first = rest = later = before
     if arm != "imports only":
         arms = jax_steps(k) if arm.startswith(("jax", "ours")) else torch_steps(k)
         fn, carry = arms[arm]
@@ -547,11 +580,12 @@ def memory_arm(arm: str, k: int, steps: int) -> None:
         carry = _ready(fn(carry))
         first = _status_mib("VmHWM")
         _reset_peak()
+        rest = _status_mib("VmRSS")
         for _ in range(steps):
             carry = fn(carry)
         _ready(carry)
         later = _status_mib("VmHWM")
-    print(f"{before} {first - before} {later - before}")
+    print(f"{before} {first - before} {rest - before} {later - before}")
 
 
 MEMORY_ARMS = (
@@ -563,22 +597,254 @@ MEMORY_ARMS = (
     "TorchJD UPGrad",
 )
 
+#: glibc's initial mmap threshold, fixed: the memory table's second setting. Set by an
+#: environment variable, it turns off glibc's dynamic threshold, which after a large buffer is
+#: freed serves the next ones from the heap and keeps that heap resident.
+FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
-def peak_memory(arm: str, k: int, steps: int) -> tuple[float, float, float]:
-    """What :func:`memory_arm` prints for ``arm``, run alone in a fresh process."""
+
+def peak_memory(
+    arm: str, k: int, steps: int, env: dict | None = None
+) -> tuple[float, float, float, float]:
+    """What :func:`memory_arm` prints for ``arm``, run alone in a fresh process (with the
+    environment variables ``env`` added)."""
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.peers", "--memory-arm", arm, "-k", str(k)],
         capture_output=True,
         text=True,
         check=True,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        env={**os.environ, "PEERS_STEPS": str(steps)},
+        env={**os.environ, "PEERS_STEPS": str(steps), **(env or {})},
     )
-    before, first, later = out.stdout.strip().splitlines()[-1].split()
-    return float(before), float(first), float(later)
+    before, first, rest, later = out.stdout.strip().splitlines()[-1].split()
+    return float(before), float(first), float(rest), float(later)
+
+
+def memory_table(emit, k: int = 8, steps: int = 20) -> dict:
+    """Table 4: peak resident memory of each arm, each alone in a fresh process, under glibc's
+    default allocator settings and with its mmap threshold fixed; returns the figures."""
+    threshold = " ".join(f"{key}={value}" for key, value in FIXED_MMAP_THRESHOLD.items())
+    emit(
+        f"4. Peak resident memory, K={k}, each arm alone in a fresh process with both "
+        "frameworks imported: MiB above the resident size after the imports, during the "
+        "first step (compilation included), at rest after it (freed heap returned to the "
+        f"system), and during the {steps} steps after it; the last column again with glibc's "
+        f"mmap threshold fixed (`{threshold}`, "
+        "its initial value: large buffers are mapped and unmapped at each step instead of "
+        "kept in the heap)"
+    )
+    emit()
+    emit(
+        "| arm | resident after imports | first step | at rest after it | later steps | "
+        "later steps, fixed mmap threshold |"
+    )
+    emit("|---|---|---|---|---|---|")
+    out = {}
+    for arm in MEMORY_ARMS:
+        before, first, rest, later = peak_memory(arm, k, steps)
+        fixed = peak_memory(arm, k, steps, FIXED_MMAP_THRESHOLD)[3]
+        out[arm] = (before, first, rest, later, fixed)
+        emit(f"| {arm} | {before:.0f} | +{first:.0f} | +{rest:.0f} | +{later:.0f} | +{fixed:.0f} |")
+    emit()
+    return out
+
+
+# ------------------------------------------------------------------------------------- scaling
+
+#: Numbers of terms of the scaling table (the trunk at its default width).
+SCALING_KS = (2, 4, 8, 16, 32)
+#: Trunk widths of the scaling table, as multiples of the default: about 0.13M, 1.0M, 3.3M and
+#: 9.2M parameters with K = 8 heads.
+SCALING_WIDTHS = (0.25, 1.0, 2.0, 3.5)
+
+
+def amortized_name(every: int = EVERY) -> str:
+    """The amortized arm's name in tables 5 and 6."""
+    return f"ours amortized_grads, every {every}"
+
+
+def scaling_arms(k: int, width: float, every: int = EVERY) -> dict:
+    """Name -> (step, initial carry): JAX's plain step, ours (UPGrad's weights every step),
+    the amortized step, torch's plain step and TorchJD's UPGrad step, at ``k`` terms and
+    ``width``."""
+    jax_arms = jax_steps(k, width)
+    amortized = amortized_steps(k, every, width)
+    return {
+        "jax plain": jax_arms["jax plain"],
+        "ours per_term_grads": jax_arms["ours per_term_grads"],
+        amortized_name(every): amortized[amortized_name(every)],
+        **torch_steps(k, width),
+    }
+
+
+def scaling_table(rounds: int, emit, every: int = EVERY) -> dict:
+    """Table 6: ms per step as K grows (default width) and as the parameters grow (K = 8);
+    returns ``{"k": {k: {arm: s}}, "width": {width: {arm: s}}}``."""
+    big = max(2, rounds - 1)
+    emit(
+        f"6. Scaling: ms per step, mean over blocks of {every} steps, the host waiting for "
+        f"each step, median of {rounds} interleaved rounds ({big} for the models wider than "
+        "the default); ours: the documented UPGrad step (`per_term_grads` -> "
+        f"`weight_gradients(upgrad_weights(...))`, weights every step), and `amortized_grads` "
+        f"with weights every {every} steps; ratios below the rows"
+    )
+    emit()
+    out = {"k": {}, "width": {}}
+    for k in SCALING_KS:
+        out["k"][k] = averaged(scaling_arms(k, 1.0, every), rounds, every, block_each=True)
+    for width in SCALING_WIDTHS:
+        n = rounds if width <= 1.0 else big
+        out["width"][width] = averaged(scaling_arms(8, width, every), n, every, block_each=True)
+
+    def rows(table: dict, header: str, label) -> None:
+        keys = list(table)
+        emit(f"| {header} | " + " | ".join(label(key) for key in keys) + " |")
+        emit("|---" * (1 + len(keys)) + "|")
+        for name in table[keys[0]]:
+            emit(
+                f"| {name} | " + " | ".join(f"{table[key][name] * 1e3:.1f}" for key in keys) + " |"
+            )
+        for num, den in (
+            ("ours per_term_grads", "TorchJD UPGrad"),
+            (amortized_name(every), "TorchJD UPGrad"),
+            ("ours per_term_grads", "jax plain"),
+            (amortized_name(every), "jax plain"),
+            ("TorchJD UPGrad", "torch plain"),
+        ):
+            cells = [f"{table[key][num] / table[key][den]:.2f}" for key in keys]
+            emit(f"| {num} / {den} | " + " | ".join(cells) + " |")
+        emit()
+
+    emit("6a. As K grows (the trunk's 0.92M parameters and 10K per head)")
+    emit()
+    rows(out["k"], "ms per step", lambda k: f"K={k} ({parameter_count(k, 1.0) / 1e6:.2f}M)")
+    emit("6b. As the parameters grow, K = 8 (the trunk's widths scaled)")
+    emit()
+    rows(
+        out["width"],
+        "ms per step",
+        lambda w: f"{parameter_count(8, w) / 1e6:.2f}M ({widths(w)[0]}/{widths(w)[1]})",
+    )
+    return out
+
+
+def plot_scaling(path: str, scaling: dict, solvers: dict | None, every: int = EVERY) -> bool:
+    """Draws table 6 (and table 3's UPGrad solvers, if given) as curves into ``path``, a PNG;
+    returns False where matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = 3 if solvers else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
+    styles = {
+        "jax plain": ("tab:blue", ":"),
+        "ours per_term_grads": ("tab:blue", "-"),
+        amortized_name(every): ("tab:green", "-"),
+        "torch plain": ("tab:red", ":"),
+        "TorchJD UPGrad": ("tab:red", "-"),
+    }
+    for ax, key, xs, xlabel in (
+        (axes[0], "k", list(scaling["k"]), "K (loss terms); a 0.92M trunk, 10K per head"),
+        (
+            axes[1],
+            "width",
+            list(scaling["width"]),
+            "parameters (K = 8)",
+        ),
+    ):
+        at = xs if key == "k" else [parameter_count(8, w) for w in xs]
+        for name, (color, line) in styles.items():
+            ys = [scaling[key][x][name] * 1e3 for x in xs]
+            ax.plot(at, ys, line, color=color, marker="o", label=name)
+        ax.set_xscale("log", base=2 if key == "k" else 10)
+        if key == "k":
+            ax.set_xticks(at, [str(x) for x in at])
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("ms per training step")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if solvers:
+        ks = list(solvers)
+        for name, color in (("UPGrad ours", "tab:blue"), ("UPGrad TorchJD", "tab:red")):
+            axes[2].plot(ks, [solvers[k][name][0] for k in ks], "-o", color=color, label=name)
+        axes[2].plot(
+            ks,
+            [solvers[k]["UPGrad ours scanned"][0] for k in ks],
+            "--o",
+            color="tab:blue",
+            label="UPGrad ours, compiled",
+        )
+        axes[2].set_xscale("log", base=2)
+        axes[2].set_xticks(ks, [str(k) for k in ks])
+        axes[2].set_yscale("log")
+        axes[2].set_xlabel("K")
+        axes[2].set_ylabel("us per solve (median)")
+        axes[2].legend(fontsize=7)
+        axes[2].grid(True, which="both", alpha=0.3)
+    fig.suptitle("benchmarks/peers.py: the step's cost with K and with parameters, beside TorchJD")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def targets_table(emit, amortized: dict, solvers: dict, memory: dict | None, k: int = 8) -> None:
+    """Issue 28's targets, each with this run's figure and whether it is met (computed from
+    the tables above)."""
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "not met"
+
+    emit("## Against the targets of issue 28 (from the tables above)")
+    emit()
+    emit("| Target | This run | |")
+    emit("|---|---|---|")
+    name = amortized_name()
+    ratios = [
+        amortized[mode, k][name] / amortized[mode, k]["jax plain"]
+        for mode in ("blocked", "pipelined")
+        if (mode, k) in amortized
+    ]
+    if ratios:
+        emit(
+            f"| UPGrad, weights every {EVERY} (`amortized_grads`), at most 1.3 x a plain step at "
+            f"K = {k} (table 5) | " + " blocked, ".join(f"{r:.2f}" for r in ratios) + " pipelined"
+            f" | {met(max(ratios) <= 1.3)} |"
+        )
+    per_call = {kk: t["UPGrad ours"][0] / t["UPGrad TorchJD"][0] for kk, t in solvers.items()}
+    worst = max(per_call, key=per_call.get)
+    emit(
+        f"| UPGrad's solver at most TorchJD's per call at every K to {max(solvers)} (table 3) | "
+        f"largest ratio {per_call[worst]:.2f} (K = {worst}) | {met(per_call[worst] <= 1.0)} |"
+    )
+    if 16 in solvers:
+        t = solvers[16]
+        ratio = t["UPGrad ours scanned"][0] / t["UPGrad TorchJD"][0]
+        emit(
+            "| UPGrad's solver inside a compiled step at most half TorchJD's per call at K = 16 "
+            f"(table 3) | {ratio:.2f} | {met(ratio <= 0.5)} |"
+        )
+    if memory:
+        ours, theirs = memory["ours per_term_grads"], memory["TorchJD UPGrad"]
+        emit(
+            f"| The per-term step's peak at K = {k} at most TorchJD's (table 4, later steps) | "
+            f"+{ours[3]:.0f} against +{theirs[3]:.0f} MiB (fixed mmap threshold: +{ours[4]:.0f} "
+            f"against +{theirs[4]:.0f}) | {met(ours[3] <= theirs[3])} |"
+        )
+    emit()
 
 
 # ---------------------------------------------------------------------------------------- main
+
+
+def load_average() -> str:
+    """``os.getloadavg()`` as text (what ``uptime`` prints)."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def machine(*, with_torch: bool = True) -> str:
@@ -592,7 +858,8 @@ def machine(*, with_torch: bool = True) -> str:
     import torch
     import torchjd  # noqa: F401
 
-    return where + f", torch {torch.__version__}, torchjd {version('torchjd')}; one thread each"
+    where += f", torch {torch.__version__}, torchjd {version('torchjd')}"
+    return where + f" (quadprog {version('quadprog')}); one thread each"
 
 
 def main() -> None:
@@ -610,6 +877,15 @@ def main() -> None:
         "--every", type=int, default=EVERY, help="table 5: steps between two recomputations"
     )
     parser.add_argument("--solvers", action="store_true", help="only table 3, the solvers")
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="also table 6, the step as K and the parameters grow (and its curve, a PNG beside "
+        "the Markdown file, where matplotlib is installed)",
+    )
+    parser.add_argument(
+        "--scaling-rounds", type=int, default=3, help="table 6: interleaved rounds (default 3)"
+    )
     parser.add_argument("--memory-arm", help=argparse.SUPPRESS)
     parser.add_argument("-k", type=int, default=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -631,6 +907,8 @@ def main() -> None:
             "while this runs: the arms are interleaved round by round, so a load hits all "
             "arms alike, and the ratios within one run are what to read.",
             "",
+            f"Load average (1, 5, 15 min) when the run began: {load_average()}.",
+            "",
             f"Problem: the MLP trunk (0.92M parameters) with K linear heads of the other "
             f"tables, batch {BATCH}, Adam; UPGrad's weights recomputed every {args.every} steps.",
             "",
@@ -641,6 +919,7 @@ def main() -> None:
             lines.append(line)
 
         amortized_table(ks, rounds, emit_only, args.every)
+        emit_only(f"Load average (1, 5, 15 min) when the run ended: {load_average()}.")
         if args.markdown:
             with open(args.markdown, "w") as f:
                 f.write("\n".join(lines) + "\n")
@@ -651,6 +930,10 @@ def main() -> None:
         f"Command: `{command}` (`benchmarks/peers.py`), {time.strftime('%Y-%m-%d')}.",
         "",
         f"Machine: {machine()}.",
+        "",
+        f"Load average (1, 5, 15 min) when the run began: {load_average()}; the machine may be "
+        "shared with other jobs: the arms are interleaved, so a load hits them alike, and the "
+        "ratios within one run are what to read.",
         "",
     ]
 
@@ -712,23 +995,20 @@ def main() -> None:
         )
     emit()
 
-    solver_table(rounds * 20, emit)
+    solvers = solver_table(rounds * 20, emit)
 
-    if args.memory:
-        emit(
-            "4. Peak resident memory, K=8, each arm alone in a fresh process with both "
-            "frameworks imported: MiB above the resident size after the imports, during the "
-            "first step (compilation included) and during the 20 steps after it (freed heap "
-            "returned to the system first)"
-        )
-        emit()
-        emit("| arm | resident after imports | first step | later steps |")
-        emit("|---|---|---|---|")
-        for arm in MEMORY_ARMS:
-            before, first, later = peak_memory(arm, 8, 20)
-            emit(f"| {arm} | {before:.0f} | +{first:.0f} | +{later:.0f} |")
-        emit()
-    amortized_table(ks, rounds, emit, args.every)
+    memory = memory_table(emit) if args.memory else None
+    amortized = amortized_table(ks, rounds, emit, args.every)
+    if args.scaling:
+        scaling = scaling_table(min(rounds, args.scaling_rounds), emit, args.every)
+        if args.markdown:
+            png = os.path.splitext(args.markdown)[0] + ".png"
+            if plot_scaling(png, scaling, solvers, args.every):
+                emit(f"The curves of table 6 and of table 3's UPGrad solvers: `{png}`.")
+                emit()
+    targets_table(emit, amortized, solvers, memory)
+    emit(f"Load average (1, 5, 15 min) when the run ended: {load_average()}.")
+    emit()
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("\n".join(lines) + "\n")

@@ -322,6 +322,34 @@ def test_the_gramian_is_computed_in_one_pass_and_checked_per_term():
         weighting.update({"fit": 1.0, "smooth": 1.0}, weighting.init(), grad_stats={"gramian": 1.0})
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_a_large_leaf_is_reduced_block_by_block(dtype):
+    # Leaves above BLOCK_BYTES across the terms take the loop over blocks (one of them with a
+    # partial last block); the small one the single product: both match float64 inner products.
+    from adaptive_optax._src import gradients
+
+    k = 3
+    chunk = gradients.BLOCK_BYTES // (k * 4)
+    rng = np.random.default_rng(0)
+    shapes = {"big": (2 * chunk + 5,), "exact": (chunk, 2), "small": (7, 3)}
+    grads = [
+        {name: jnp.asarray(rng.standard_normal(shape), dtype) for name, shape in shapes.items()}
+        for _ in range(k)
+    ]
+    out = jax.jit(gradients.gramian)(grads)
+    assert out.dtype == jnp.float32
+    rows = np.stack(
+        [
+            np.concatenate([np.asarray(leaf, np.float64).ravel() for leaf in jax.tree.leaves(g)])
+            for g in grads
+        ]
+    )
+    np.testing.assert_allclose(np.asarray(out), rows @ rows.T, rtol=2e-5)
+    hlo = jax.jit(gradients.gramian).lower(grads).as_text()
+    assert "while" in hlo  # the large leaves are looped over, not stacked whole
+    assert f"{k}x{2 * chunk + 5}x" not in hlo and f"{k}x{2 * chunk}x" not in hlo
+
+
 def test_gramian_rules_weight_the_gradients_with_the_weights_computed_from_them():
     params = init_params()
     losses, grads = losses_fn(params), term_grads(params)

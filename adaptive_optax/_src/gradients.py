@@ -36,11 +36,55 @@ GRAMIAN = "gramian"
 """The joint statistic: the ``(n, n)`` matrix of inner products of the per-term gradients."""
 
 
-def gramian(term_grads: Sequence[PyTree]) -> jax.Array:
-    """``G[i, j] = <g_i, g_j>`` for the gradient pytrees ``g_1 .. g_n``, in one pass.
+#: Bytes of one ``(n, chunk)`` block of rows in :func:`gramian`: a leaf of more than this many
+#: bytes across the ``n`` terms is reduced block by block in a loop, so that no ``(n, size)``
+#: copy of it is made (2 MiB: a block stays in a CPU core's L2 cache).
+BLOCK_BYTES = 2**21
 
-    Each parameter leaf contributes one ``(n, size) @ (size, n)`` product, computed in at least
-    float32 at the highest matmul precision.
+
+def _leaf_gramian(leaves: Sequence[jax.Array]) -> jax.Array:
+    """``G[i, j] = <leaves[i], leaves[j]>`` for one parameter leaf of each of the ``n`` terms.
+
+    Args:
+      leaves: the ``n`` terms' gradients of one parameter leaf, all of one shape.
+
+    Returns:
+      The ``(n, n)`` contribution of the leaf, in at least float32: one ``(n, size) @ (size, n)``
+      product of the stacked rows for a leaf of at most :data:`BLOCK_BYTES` across the terms,
+      else a sum over blocks of ``BLOCK_BYTES`` (a ``fori_loop`` over slices of the leaves, one
+      ``(n, chunk)`` block at a time), at the highest matmul precision.
+    """
+    n = len(leaves)
+    dtype = at_least_float32(jnp.result_type(*leaves))
+    flat = [jnp.ravel(leaf) for leaf in leaves]
+    size = flat[0].size
+
+    def block(pieces: Sequence[jax.Array]) -> jax.Array:
+        rows = jnp.stack([piece.astype(dtype) for piece in pieces])
+        return jnp.matmul(rows, rows.T, precision=jax.lax.Precision.HIGHEST)
+
+    chunk = max(1, BLOCK_BYTES // (n * dtype.itemsize))
+    if size <= chunk:
+        return block(flat)
+    count = size // chunk
+
+    def body(c: jax.Array, total: jax.Array) -> jax.Array:
+        return total + block([jax.lax.dynamic_slice_in_dim(f, c * chunk, chunk) for f in flat])
+
+    total = jax.lax.fori_loop(0, count, body, jnp.zeros((n, n), dtype))
+    if size > count * chunk:
+        total = total + block([f[count * chunk :] for f in flat])
+    return total
+
+
+def gramian(term_grads: Sequence[PyTree]) -> jax.Array:
+    """``G[i, j] = <g_i, g_j>`` for the gradient pytrees ``g_1 .. g_n``, leaf by leaf.
+
+    Each parameter leaf contributes the inner products of its ``n`` gradients, computed in at
+    least float32 at the highest matmul precision: one ``(n, size) @ (size, n)`` product for a
+    small leaf; for a leaf of more than :data:`BLOCK_BYTES` across the terms, a loop over
+    blocks of its elements, so that the stacked rows are never copied whole (the peak holds
+    the ``n`` gradients and one block).
 
     Args:
       term_grads: one gradient pytree per term, all of the same structure.
@@ -50,9 +94,7 @@ def gramian(term_grads: Sequence[PyTree]) -> jax.Array:
     """
     total = None
     for leaves in zip(*(jax.tree.leaves(g) for g in term_grads), strict=True):
-        dtype = at_least_float32(jnp.result_type(*leaves))
-        rows = jnp.stack([jnp.ravel(leaf).astype(dtype) for leaf in leaves])
-        product = jnp.matmul(rows, rows.T, precision=jax.lax.Precision.HIGHEST)
+        product = _leaf_gramian(leaves)
         total = product if total is None else total + product.astype(total.dtype)
     return total
 
