@@ -165,7 +165,8 @@ PCGrad, ReLoBRaLo and SoftAdapt under their guards, uncertainty weighting bare a
 which is also IMTL-L bare), the controller as the seed started it, the loss-only balancers
 and GradNorm under their recommended guards, three Gramian methods (MGDA, UPGrad,
 Nash-MTL), and issue 28's additions (STCH under its recommended guards, GradVac, FairGrad,
-PCD, and M-ConFIG, a gradient transformation fed one term's gradient per step). Every other arm runs in the ``full`` profile only."""
+PCD, and M-ConFIG, a gradient transformation fed one term's gradient per step). Every other
+arm runs in the ``full`` profile only."""
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
