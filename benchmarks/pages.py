@@ -139,7 +139,7 @@ def generated_blocks(results: dict[str, dict]) -> dict[str, str]:
 
 def confirmation(confirmed: dict[str, dict], screens: dict[str, dict]) -> str:
     """The choosing page's block: per confirmation problem, which screen calls it kept."""
-    from benchmarks import problems
+    from benchmarks import problems, profiles
 
     lines = []
     for name, data in confirmed.items():
@@ -157,10 +157,13 @@ def confirmation(confirmed: dict[str, dict], screens: dict[str, dict]) -> str:
                     f"`{r['label']}` {WORD[before[r['label']]]} -> {WORD[r['call']]} "
                     f"({_regret_text(r, data['kind'])})"
                 )
+        not_run = list(profiles.CONFIRMATION_NOT_RUN.get(name, {}))
         lines.append(
             f"- `{name}` ({problems.parameter_count(problem):,} parameters, screen "
             f"`{problem.screen}`, {len(data['evaluation_seeds'])} test seeds): kept: "
-            f"{', '.join(kept) or 'none'}; changed: {', '.join(changed) or 'none'}."
+            f"{', '.join(kept) or 'none'}; changed: {', '.join(changed) or 'none'}"
+            + (f"; not run: {', '.join(f'`{k}`' for k in not_run)}" if not_run else "")
+            + "."
         )
     return "\n".join(lines)
 

@@ -727,6 +727,14 @@ def confirmation_markdown(confirmed: dict[str, dict], screens: dict[str, dict]) 
                 f"| {r['label']} | {screen_text} | {interval(r, kind)} {CALL_MARK[r['call']]} "
                 f"| {verdict} |"
             )
+        for label, why in profiles.CONFIRMATION_NOT_RUN.get(name, {}).items():
+            before = screen_rows.get(label)
+            screen_text = (
+                f"{interval(before, screen['kind'])} {CALL_MARK[before['call']]}"
+                if before and screen
+                else "not run"
+            )
+            lines.append(f"| {label} | {screen_text} | not run: {why} | - |")
         best = next(r for r in data["rows"] if r["label"] == "best fixed")
         lines += [
             "",
