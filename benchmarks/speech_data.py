@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import pathlib
 import time
 from collections.abc import Sequence
@@ -316,8 +317,14 @@ def build(
         "build_s": time.perf_counter() - start,
     }
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "speech.npz", **arrays)
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    # Each file written whole under a private name, then renamed: a process that finds
+    # speech.npz (``load``) finds both files complete, though others build at the same time.
+    private = f".{os.getpid()}.tmp"
+    (out / f"meta.json{private}").write_text(json.dumps(meta, indent=1) + "\n")
+    os.replace(out / f"meta.json{private}", out / "meta.json")
+    with open(out / f"speech.npz{private}", "wb") as file:
+        np.savez_compressed(file, **arrays)
+    os.replace(out / f"speech.npz{private}", out / "speech.npz")
     return meta
 
 
