@@ -166,6 +166,11 @@ ARMS: tuple[Arm, ...] = (
     # Gramian methods (no recommended guards: bare)
     Arm("mgda", ao.mgda_weights),
     Arm("upgrad", ao.upgrad_weights),
+    # UPGrad's weights held for 10 and 100 steps (``every=``, as ``ao.amortized_grads`` holds
+    # them): what less frequent weights cost in regret. The trainer still computes the per-term
+    # gradients every step, so their cost column is UPGrad's, not the amortized step's.
+    Arm("upgrad every 10", ao.upgrad_weights, dict(every=10)),
+    Arm("upgrad every 100", ao.upgrad_weights, dict(every=100)),
     Arm("dualproj", ao.dualproj_weights),
     Arm("imtl_g", ao.imtl_g_weights),
     Arm("aligned_mtl", ao.aligned_mtl_weights),

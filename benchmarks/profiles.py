@@ -152,6 +152,8 @@ COMMITTED_ARMS = (
     "gradnorm+guards",
     "mgda",
     "upgrad",
+    "upgrad every 10",
+    "upgrad every 100",
     "nash_mtl",
     "stch+guards",
     "gradvac",
@@ -164,9 +166,10 @@ methods the choosing page weighed (MetaBalance, ConFIG, EnCodec, learning-rate a
 PCGrad, ReLoBRaLo and SoftAdapt under their guards, uncertainty weighting bare and guarded,
 which is also IMTL-L bare), the controller as the seed started it, the loss-only balancers
 and GradNorm under their recommended guards, three Gramian methods (MGDA, UPGrad,
-Nash-MTL), and issue 28's additions (STCH under its recommended guards, GradVac, FairGrad,
-PCD, and M-ConFIG, a gradient transformation fed one term's gradient per step). Every other
-arm runs in the ``full`` profile only."""
+Nash-MTL; UPGrad also with its weights held for 10 and 100 steps), and issue 28's additions
+(STCH under its recommended guards, GradVac, FairGrad, PCD, and M-ConFIG, a gradient
+transformation fed one term's gradient per step). Every other arm runs in the ``full`` profile
+only."""
 
 CONFIRMATION_NOT_RUN: dict[str, dict[str, str]] = {
     "speech_adam": {
