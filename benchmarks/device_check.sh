@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The device check: the test suite (notebooks, docs and README blocks aside), the overhead
-# benchmark and, where torch and torchjd are installed (pip install '.[peers]'), the peers
-# benchmark (per-term gradients, the UPGrad step beside TorchJD's) on an accelerator, with
+# benchmark and the peers benchmark (per-term gradients, the UPGrad step beside TorchJD's where
+# torch and torchjd are installed, pip install '.[peers]'; else its JAX side: the plain,
+# per-term and amortized steps to K = 32) on an accelerator, with
 # results under results/device/ (or $OUT/ when set, as on the project's device machine).
 # With CONFIRM=1, also the suite's confirmation tier (python -m benchmarks.report --profile
 # confirm: the same protocol and records as on the CPU, the machine named in every row;
@@ -29,6 +30,10 @@ bench_status=${PIPESTATUS[0]}
 peers_status=0
 if $python -c "import torch, torchjd" 2>/dev/null; then
   $python -m benchmarks.peers --rounds 9 --markdown "$out/peers.md" 2>&1 | tee "$out/peers.txt"
+  peers_status=${PIPESTATUS[0]}
+else  # the JAX side alone: the plain, per-term and amortized steps, K = 2 to 32
+  $python -m benchmarks.peers --amortized --ks 2,4,8,16,32 --rounds 9 \
+    --markdown "$out/peers_jax.md" 2>&1 | tee "$out/peers.txt"
   peers_status=${PIPESTATUS[0]}
 fi
 confirm_status=0
