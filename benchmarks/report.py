@@ -24,6 +24,7 @@ import json
 import math
 import pathlib
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -796,7 +797,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     if args.cache:
         jax.config.update("jax_compilation_cache_dir", str(args.cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    command = "python -m benchmarks.report " + " ".join(argv if argv is not None else sys.argv[1:])
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python -m benchmarks.report " + shlex.join(given)
     profile = profiles.PROFILES[args.profile]
     library_commit()
     done: dict[str, dict] = {}
