@@ -172,6 +172,12 @@ transformation fed one term's gradient per step). Every other arm runs in the ``
 only."""
 
 CONFIRMATION_NOT_RUN: dict[str, dict[str, str]] = {
+    "digits_wide": {
+        "upgrad every 100": "it entered the screen's three best (UPGrad with its weights held "
+        "for 100 steps) after the wide model's other rows had run, in a session without the "
+        "machine time for it; run it with `python -m benchmarks.report --profile confirm "
+        "--problems digits_wide --arms 'upgrad every 100' --merge --out results`",
+    },
     "speech_adam": {
         "pcd": "its per-term gradients (four backward passes of the speech model per step) put "
         "its arm's runs past the machine time of the session that ran this problem; run it "

@@ -166,3 +166,10 @@ def test_measured_states_the_toys_reach_threshold_as_the_code_has_it():
     text = (RESULTS.parent / "MEASURED.md").read_text()
     stated = re.search(r"within `([0-9.e-]+)` of it", text)
     assert stated and float(stated.group(1)) == problems.TOY_REACHED
+
+
+def test_holding_upgrads_weights_for_10_or_100_steps_changes_no_call(rows):
+    """What less frequent weights cost (``ao.amortized_grads``): nothing the seeds resolve."""
+    for name, table in rows.items():
+        for label in ("upgrad every 10", "upgrad every 100"):
+            assert table[label]["call"] == table["upgrad"]["call"], (name, label)
