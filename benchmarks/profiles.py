@@ -179,10 +179,16 @@ CONFIRMATION_NOT_RUN: dict[str, dict[str, str]] = {
         "--problems digits_wide --arms 'upgrad every 100' --merge --out results`",
     },
     "speech_adam": {
+        "dwa+guards": "the speech model's runs are slow on the shared 2-core machine: after "
+        "the fixed weights and the default, the session's machine time did not reach this arm; "
+        "run it with `python -m benchmarks.report --profile confirm --problems "
+        "speech_adam --arms dwa+guards --merge --out results`",
         "pcd": "its per-term gradients (four backward passes of the speech model per step) put "
         "its arm's runs past the machine time of the session that ran this problem; run it "
         "with `python -m benchmarks.report --profile confirm --problems speech_adam --arms pcd "
         "--merge --out results`",
+        "relobralo+guards": "as dwa+guards; run it with `python -m benchmarks.report --profile "
+        "confirm --problems speech_adam --arms relobralo+guards --merge --out results`",
     },
 }
 """Arms the confirmation profile chooses but the committed results lack, per problem, each with
