@@ -100,6 +100,27 @@ class OneTerm(NamedTuple):
     transform: optax.GradientTransformationExtraArgs
 
 
+def due_term_gradient(
+    loss_of: Callable[[PyTree, str], jax.Array], order: Sequence[str], t: Any, params: PyTree
+) -> tuple[jax.Array, PyTree, jax.Array]:
+    """The loss and gradient of term ``order[t % K]`` only (``lax.switch`` on the step: one
+    backward pass), for a :class:`OneTerm` arm's step.
+
+    Args:
+      loss_of: ``(params, term) -> scalar``, one term's loss at this step.
+      order: the terms in the order they take turns.
+      t: the step (an int or a traced integer).
+      params: the parameters.
+
+    Returns:
+      ``(loss, gradient, index)``: the due term's loss, its gradient, and its index in ``order``.
+    """
+    index = jnp.asarray(t % len(order), jnp.int32)
+    branches = [lambda p, k=k: loss_of(p, k) for k in order]
+    loss, grad = jax.value_and_grad(lambda p: jax.lax.switch(index, branches, p))(params)
+    return loss, grad, index
+
+
 def m_config_arm(base: dict[str, float]) -> OneTerm:
     """M-ConFIG (:func:`adaptive_optax.m_config`) with the authors' defaults, as an arm."""
     return OneTerm(ao.m_config(len(base)))
@@ -385,10 +406,8 @@ def trainer(
         def step(carry, t):
             params, opt_state, state = carry
             if one_term:
-                index = jnp.asarray(t % len(terms), jnp.int32)
-                branches = [lambda p, k=k: losses_at(p, data_key, t)[k] for k in terms]
-                loss, grads = jax.value_and_grad(lambda p: jax.lax.switch(index, branches, p))(
-                    params
+                loss, grads, index = due_term_gradient(
+                    lambda p, k: losses_at(p, data_key, t)[k], terms, t, params
                 )
                 losses = {"due": loss}
                 updates, opt_state = tx.update(grads, opt_state, params, index=index, losses=loss)

@@ -57,7 +57,7 @@ import numpy as np
 import optax
 
 import adaptive_optax as ao
-from benchmarks import problems, stats
+from benchmarks import harness, problems, stats
 
 PyTree = Any
 SEEDS = tuple(range(5))
@@ -545,9 +545,9 @@ def train(
             """The gradient of the term due at step ``t`` only: the main term last, as the
             authors' trainer cycles (initial, boundary, residual); its index in that cycle."""
             order = (*terms[1:], terms[0])
-            index = jnp.asarray(t % len(terms), jnp.int32)
-            branches = [lambda p, k=k: losses_at(p, t)[k] for k in order]
-            loss, grad = jax.value_and_grad(lambda p: jax.lax.switch(index, branches, p))(p)
+            loss, grad, index = harness.due_term_gradient(
+                lambda p, k: losses_at(p, t)[k], order, t, p
+            )
             return grad, {"due": loss}, index
 
         def step(carry, t, due):
