@@ -1,12 +1,16 @@
 """The ``speech`` problem: the largest stable learning rate on real (eSpeak NG) speech.
 
-Issue 25, item 2. A TTS model of about 0.6M parameters (``benchmarks/speech_model.py``) trained
-with Adam on 80-bin log-mel frames of speech synthesised by eSpeak NG
-(``benchmarks/speech_data.py``), under three arms, as a user would compare them:
+Issue 25, item 2. A TTS model of about 0.32M parameters (``benchmarks/speech_model.py``)
+trained with Adam on 80-bin log-mel frames of speech synthesised by eSpeak NG
+(``benchmarks/speech_data.py``), under these arms, as a user would compare them:
 
 - ``fixed base``: the seed's base weights, fixed (mel 2.5, stop 1, attention 0.1, duration 0.1);
 - ``default``: ``ao.stable_weights(base, adapt="mel")``, the library's default controller;
-- ``fixed floor``: the mel weight fixed at its floor, 0.4 x base (1.0), the others at base.
+- ``fixed floor``: the mel weight fixed at its floor, 0.4 x base (1.0), the others at base;
+- ``SCREEN_ARMS``: the methods the screen (``tts_adam``) ranks best that weight losses only,
+  from the base weights under their recommended guards, as the suite builds them
+  (:func:`benchmarks.harness.variants`). PCD, the screen's third, needs per-term gradients and
+  is confirmed on ``speech_adam`` (:mod:`benchmarks.profiles`) only.
 
 Every run trains until the held-out (validation) mel loss stops improving: it is evaluated every
 ``EVAL_EVERY`` steps and stops after ``PATIENCE`` evaluations without a new best (or at
@@ -19,9 +23,12 @@ learning rate is the largest rate of ``RATES`` at which every seed is stable.
 Commands (one each, same commit):
 
 - ``python -m benchmarks.speech build`` synthesises and caches the data set in ``cache/speech``;
-- ``python -m benchmarks.speech run`` trains every arm x rate x seed, writes
+- ``python -m benchmarks.speech run`` trains every arm of ``ARMS`` x rate x seed, writes
   ``results/speech.json`` (every seed's record, command, commit, machine) and
   ``results/speech.md`` (generated from the json);
+- ``python -m benchmarks.speech run --arms dwa+guards relobralo+guards --rates 0.03 0.1
+  --merge`` adds arms (at the rates given) to the committed json, with their own command,
+  commit and time under ``additions``;
 - ``python -m benchmarks.speech figure`` draws ``results/speech.png`` (one test utterance's
   target and predicted mel, teacher-forced, from the fixed base arm at its best rate).
 """
@@ -36,7 +43,8 @@ import pathlib
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -59,13 +67,26 @@ FLOOR = 0.4
 SCALE_GROWTH = 200  # clean steps before the fp16 loss scale doubles
 OUT = pathlib.Path("results")
 ARMS = ("fixed base", "default", "fixed floor")
+SCREEN_ARMS = ("dwa+guards", "relobralo+guards")
+ALL_ARMS = ARMS + SCREEN_ARMS
+FIXED_ARMS = ("fixed base", "fixed floor")
 
 
 def weighting_of(arm: str) -> ao.LossWeighting | None:
     """The arm's weighting, or None for fixed weights (:func:`fixed_weights`)."""
-    if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}")
-    return ao.stable_weights(BASE_WEIGHTS, adapt="mel") if arm == "default" else None
+    if arm not in ALL_ARMS:
+        raise ValueError(f"unknown arm {arm!r}; the arms are {ALL_ARMS}")
+    if arm == "default":
+        return ao.stable_weights(BASE_WEIGHTS, adapt="mel")
+    if arm in SCREEN_ARMS:
+        from benchmarks import harness  # the suite's arms, built as the screen built them
+
+        (variant,) = harness.chosen_variants(harness.ARMS, [arm])
+        # a variant reads only the problem's base weights and main term (speech_adam's)
+        made = variant.make(cast(Any, SimpleNamespace(base=dict(BASE_WEIGHTS), main="mel")))
+        assert isinstance(made, ao.LossWeighting), arm
+        return made
+    return None
 
 
 def fixed_weights(arm: str) -> dict[str, float]:
@@ -82,35 +103,41 @@ def mean_frame_mel(batch: Batch) -> float:
 
 
 def _weights_table() -> jnp.ndarray:
-    """Each arm's fixed weights, one row per arm of ARMS (the default's row is unused)."""
-    return jnp.asarray([[fixed_weights(a)[t] for t in TERMS] for a in ARMS], jnp.float32)
+    """Each arm's fixed weights, one row per arm of ALL_ARMS (an adaptive arm's row unused)."""
+    return jnp.asarray([[fixed_weights(a)[t] for t in TERMS] for a in ALL_ARMS], jnp.float32)
 
 
 def make_train(
     model: speech_model.SpeechTTS,
     batches: Mapping[str, Batch],
     *,
+    adaptive: str = "default",
     max_steps: int = MAX_STEPS,
     eval_every: int = EVAL_EVERY,
     patience: int = PATIENCE,
     batch_size: int = BATCH,
     precision: str = "fp32",
 ):
-    """A jitted ``train(arms, seeds, rates)``: each (arm index into ARMS, seed, rate) triple
-    trained with Adam to early stopping, vmapped. Returns per-run arrays.
+    """A jitted ``train(arms, seeds, rates)``: each (arm index into ALL_ARMS, seed, rate)
+    triple trained with Adam to early stopping, vmapped. Returns per-run arrays.
+
+    ``adaptive`` names the one arm of the call with a weighting (``"default"`` or one of
+    ``SCREEN_ARMS``); every other index must be a fixed arm's.
 
     ``precision="fp16"`` (with a float16 ``model``): float32 parameters, float16 compute, and
     dynamic loss scaling (start ``2**15``, halved and the step skipped when a gradient
-    overflows, doubled after ``SCALE_GROWTH`` clean steps); the default arm's weighting is
-    then ``ao.loss_scaled(ao.stable_weights(...))``, told of each overflow.
+    overflows, doubled after ``SCALE_GROWTH`` clean steps); the adaptive arm's weighting is
+    then wrapped in ``ao.loss_scaled``, told of each overflow.
     """
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
     fp16 = precision == "fp16"
-    weighting = ao.stable_weights(BASE_WEIGHTS, adapt="mel")  # the default arm's
+    weighting = weighting_of(adaptive)
+    if weighting is None:
+        raise ValueError(f"adaptive must be an arm with a weighting, got {adaptive!r}")
     if fp16:
         weighting = ao.loss_scaled(weighting)
-    default_index = ARMS.index("default")
+    adaptive_index = ALL_ARMS.index(adaptive)
     table = _weights_table()
     train, val, test = batches["train"], batches["validation"], batches["test"]
     n_train = train.tokens.shape[0]
@@ -126,14 +153,14 @@ def make_train(
         opt_state = tx.init(params)
         scaler = (jnp.float32(2.0**15 if fp16 else 1.0), jnp.int32(0))
         wstate = (weighting.init(), *scaler)  # the weighting's state and the loss scaler's
-        is_default = arm == default_index
+        is_adaptive = arm == adaptive_index
 
         def step(carry, i):
             params, opt_state, (wstate, scale, good), finite = carry
             idx = jax.random.randint(jax.random.fold_in(k_data, i), (batch_size,), 0, n_train)
             batch = jax.tree.map(lambda x: x[idx], train)
             weights = {
-                t: jnp.where(is_default, wstate.weights[t], table[arm, j])
+                t: jnp.where(is_adaptive, wstate.weights[t], table[arm, j])
                 for j, t in enumerate(TERMS)
             }
 
@@ -268,23 +295,26 @@ def scores(result: Mapping, arm: str, rate: float) -> np.ndarray:
     return np.asarray([r["test_mel"] if stable(r, result) else np.inf for r in runs], float)
 
 
+def rates_run(result: Mapping, arm: str) -> list[float]:
+    """The rates at which the arm has runs, ascending."""
+    return sorted({r["rate"] for r in result["runs"] if r["arm"] == arm})
+
+
 def largest_stable_rate(result: Mapping, arm: str) -> float | None:
-    """The largest rate at which every seed of the arm is stable (None: none is)."""
-    ok = [
-        rate
-        for rate in result["rates_done"]
-        if scores(result, arm, rate).size and np.all(np.isfinite(scores(result, arm, rate)))
-    ]
+    """The largest rate run at which every seed of the arm is stable (None: none is)."""
+    ok = [rate for rate in rates_run(result, arm) if np.all(np.isfinite(scores(result, arm, rate)))]
     return max(ok) if ok else None
 
 
 def summary(result: Mapping) -> dict:
     """Everything the report states, computed from the json alone."""
     cells = []
-    for rate in result["rates_done"]:
+    for rate in sorted({r["rate"] for r in result["runs"]}):
         reference = scores(result, "fixed base", rate)
         for arm in result["settings"]["arms"]:
             runs = [r for r in result["runs"] if r["arm"] == arm and r["rate"] == rate]
+            if not runs:
+                continue
             s = scores(result, arm, rate)
             finite = s[np.isfinite(s)]
             cell = {
@@ -331,11 +361,12 @@ def tables(result: Mapping) -> list[str]:
     lines = [
         "## Largest stable learning rate",
         "",
-        "| arm | largest stable lr (every seed stable) |",
-        "|---|---|",
+        "| arm | largest stable lr (every seed stable) | rates run |",
+        "|---|---|---|",
     ]
     for arm, rate in s["largest_stable_rate"].items():
-        lines.append(f"| {arm} | {_f(rate, 'g')} |")
+        run = ", ".join(format(r, "g") for r in rates_run(result, arm))
+        lines.append(f"| {arm} | {_f(rate, 'g')} | {run} |")
     lines += [
         "",
         f"Rates run: {', '.join(format(r, 'g') for r in done)}"
@@ -418,6 +449,19 @@ def report(result: Mapping) -> str:
         f"({result['mean_frame_val_mel']:.3f}); the test mel is the test split's at the best "
         "validation evaluation.",
         "",
+        *(
+            f"Added: `{a['command']}` at commit `{a['commit']}`, {a['elapsed_s']:.0f} s (load "
+            f"average {a['load_average_at_start']:.1f} at the start): {', '.join(a['arms'])} at "
+            f"lr {', '.join(format(r, 'g') for r in a['rates_done'])}"
+            + (
+                ""
+                if a["rates_done"] == a["rates"]
+                else f" (of {', '.join(format(r, 'g') for r in a['rates'])}: the rest not run)"
+            )
+            + "."
+            for a in result.get("additions", [])
+        ),
+        *([""] if result.get("additions") else []),
         "Precision: " + PRECISION[st.get("precision", "fp32")],
         "",
         "Reduced, to fit 2 shared CPU cores: " + REDUCED,
@@ -442,7 +486,7 @@ PRECISION = {
     "fp32": "float32 throughout (float16 with loss scaling: `results/speech_fp16.md` where "
     "it was run).",
     "fp16": "float16 compute with float32 parameters and dynamic loss scaling (an overflowing "
-    "step skipped and the scale halved); the default arm's weighting under `ao.loss_scaled`.",
+    "step skipped and the scale halved); an adaptive arm's weighting under `ao.loss_scaled`.",
 }
 
 
@@ -502,6 +546,20 @@ def load_problem(cache: pathlib.Path = speech_data.CACHE, dtype: Any = jnp.float
     return model, batches, meta
 
 
+def groups_of(arms: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """The compiled calls ``run`` makes: ``(adaptive arm, arms of the call)``; the fixed arms
+    share the first adaptive arm's call (the default's, unused, when none is asked for)."""
+    unknown = [a for a in arms if a not in ALL_ARMS]
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; the arms are {ALL_ARMS}")
+    adaptive = [a for a in ALL_ARMS if a in arms and a not in FIXED_ARMS]
+    first = [a for a in ALL_ARMS if a in arms and (a in FIXED_ARMS or a in adaptive[:1])]
+    return [((adaptive or ["default"])[0], first)] + [(a, [a]) for a in adaptive[1:]]
+
+
+MERGED_SETTINGS = ("seeds", "batch", "eval_every", "patience", "max_steps", "collapse")
+
+
 def run(
     *,
     rates: Sequence[float] = RATES,
@@ -511,65 +569,100 @@ def run(
     cache: pathlib.Path = speech_data.CACHE,
     command: str = "python -m benchmarks.speech run",
     precision: str = "fp32",
+    arms: Sequence[str] = ARMS,
+    merge: bool = False,
 ) -> dict:
-    """Every arm x rate x seed (one vmapped call per rate, ascending); the json is rewritten
-    after each rate, so that an interrupted run keeps what it finished."""
+    """Every arm x rate x seed (one vmapped call per rate and group of :func:`groups_of`,
+    ascending rates); the json is rewritten after each rate, so that an interrupted run keeps
+    what it finished.
+
+    ``merge``: add the arms' runs to the committed json of the same precision (their earlier
+    runs at these rates replaced), recorded under ``additions`` with this command and commit;
+    the settings must match the committed ones.
+    """
     start = time.perf_counter()
     dtype = jnp.float16 if precision == "fp16" else jnp.float32
     model, batches, meta = load_problem(cache, dtype)
     params = speech_model.init_params(model, jax.random.key(0), batches["train"])
-    train = make_train(model, batches, max_steps=max_steps, precision=precision)
+    groups = groups_of(arms)
+    trains = [
+        make_train(model, batches, adaptive=a, max_steps=max_steps, precision=precision)
+        for a, _ in groups
+    ]
     name = "speech.json" if precision == "fp32" else f"speech_{precision}.json"
-    arms = jnp.asarray([i for i in range(len(ARMS)) for _ in seeds])
-    seed_ids = jnp.asarray([s for _ in ARMS for s in seeds])
-    result: dict[str, Any] = {
+    settings: dict[str, Any] = {
+        "arms": [a for a in ALL_ARMS if a in arms],
+        "rates": list(rates),
+        "seeds": list(seeds),
+        "batch": BATCH,
+        "eval_every": EVAL_EVERY,
+        "patience": PATIENCE,
+        "max_steps": max_steps,
+        "collapse": COLLAPSE,
+        "reduction_factor": speech_model.R,
+        "optimizer": "adam (optax.scale_by_adam, b1 0.9, b2 0.999), no clipping",
+        "precision": precision,
+    }
+    record: dict[str, Any] = {
         "command": command,
         "commit": commit(),
         "machine": machine(),
         "load_average_at_start": os.getloadavg()[0],
-        "parameters": speech_model.count_params(params),
-        "data": {k: v for k, v in meta.items() if k not in ("texts", "vocab")}
-        | {"vocab": len(meta["vocab"]) + 2},
-        "settings": {
-            "arms": list(ARMS),
-            "rates": list(rates),
-            "seeds": list(seeds),
-            "batch": BATCH,
-            "eval_every": EVAL_EVERY,
-            "patience": PATIENCE,
-            "max_steps": max_steps,
-            "collapse": COLLAPSE,
-            "reduction_factor": speech_model.R,
-            "optimizer": "adam (optax.scale_by_adam, b1 0.9, b2 0.999), no clipping",
-            "precision": precision,
-        },
-        "mean_frame_val_mel": mean_frame_mel(batches["validation"]),
-        "mean_frame_test_mel": mean_frame_mel(batches["test"]),
-        "rates_done": [],
-        "runs": [],
-        "elapsed_s": 0.0,
     }
+    if merge:
+        result = json.loads((out / name).read_text())
+        differ = [k for k in MERGED_SETTINGS if result["settings"][k] != settings[k]]
+        if differ:
+            raise ValueError(f"--merge: settings {differ} differ from the committed {name}'s")
+        asked = set(settings["arms"])
+        result["settings"]["arms"] = [
+            a for a in ALL_ARMS if a in asked or a in result["settings"]["arms"]
+        ]
+        result["runs"] = [
+            r for r in result["runs"] if not (r["arm"] in asked and r["rate"] in rates)
+        ]
+        addition = record | {"arms": settings["arms"], "rates": list(rates), "rates_done": []}
+        addition["elapsed_s"] = 0.0
+        result.setdefault("additions", []).append(addition)
+        done, elapsed = addition["rates_done"], addition
+    else:
+        result = record | {
+            "parameters": speech_model.count_params(params),
+            "data": {k: v for k, v in meta.items() if k not in ("texts", "vocab")}
+            | {"vocab": len(meta["vocab"]) + 2},
+            "settings": settings,
+            "mean_frame_val_mel": mean_frame_mel(batches["validation"]),
+            "mean_frame_test_mel": mean_frame_mel(batches["test"]),
+            "rates_done": [],
+            "runs": [],
+            "elapsed_s": 0.0,
+        }
+        done, elapsed = result["rates_done"], result
     out.mkdir(parents=True, exist_ok=True)
     for rate in rates:
         t0 = time.perf_counter()
-        records = jax.device_get(train(arms, seed_ids, jnp.full(arms.shape, rate, jnp.float32)))
-        for i in range(arms.shape[0]):
-            result["runs"].append(
-                {
-                    "arm": ARMS[int(arms[i])],
-                    "seed": int(seed_ids[i]),
-                    "rate": float(rate),
-                    "finite": bool(records["finite"][i]),
-                    "best_val_mel": _num(records["best_val_mel"][i]),
-                    "test_mel": _num(records["test_mel"][i]),
-                    "steps": int(records["steps"][i]),
-                    "stopped_early": bool(records["stopped_early"][i]),
-                    "val_history": [_num(v) for v in records["val_history"][i]],
-                    "mel_weight_history": [_num(v) for v in records["mel_weight_history"][i]],
-                }
-            )
-        result["rates_done"].append(float(rate))
-        result["elapsed_s"] = time.perf_counter() - start
+        for (_, group), train in zip(groups, trains, strict=True):
+            arm_ids = jnp.asarray([ALL_ARMS.index(a) for a in group for _ in seeds])
+            seed_ids = jnp.asarray([s for _ in group for s in seeds])
+            rate_ids = jnp.full(arm_ids.shape, rate, jnp.float32)
+            records = jax.device_get(train(arm_ids, seed_ids, rate_ids))
+            for i in range(arm_ids.shape[0]):
+                result["runs"].append(
+                    {
+                        "arm": ALL_ARMS[int(arm_ids[i])],
+                        "seed": int(seed_ids[i]),
+                        "rate": float(rate),
+                        "finite": bool(records["finite"][i]),
+                        "best_val_mel": _num(records["best_val_mel"][i]),
+                        "test_mel": _num(records["test_mel"][i]),
+                        "steps": int(records["steps"][i]),
+                        "stopped_early": bool(records["stopped_early"][i]),
+                        "val_history": [_num(v) for v in records["val_history"][i]],
+                        "mel_weight_history": [_num(v) for v in records["mel_weight_history"][i]],
+                    }
+                )
+        done.append(float(rate))
+        elapsed["elapsed_s"] = time.perf_counter() - start
         (out / name).write_text(json.dumps(result, indent=1) + "\n")
         print(f"rate {rate:g}: {time.perf_counter() - t0:.0f} s", flush=True)
     return result
@@ -590,6 +683,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=pathlib.Path, default=OUT)
     parser.add_argument("--cache", type=pathlib.Path, default=speech_data.CACHE)
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument("--arms", nargs="+", choices=ALL_ARMS, default=list(ARMS))
+    parser.add_argument(
+        "--merge", action="store_true", help="add the arms to the committed json (run only)"
+    )
     args = parser.parse_args(argv)
     if args.what == "build":
         meta = speech_data.build(args.cache)
@@ -607,6 +704,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             cache=args.cache,
             command=command,
             precision=args.precision,
+            arms=args.arms,
+            merge=args.merge,
         )
     elif args.what == "report":
         result = json.loads((args.out / "speech.json").read_text())

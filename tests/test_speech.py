@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import adaptive_optax as ao
-from benchmarks import speech, speech_data, speech_model
+from benchmarks import profiles, speech, speech_data, speech_model
 
 pytestmark = pytest.mark.standard_promotion  # flax and optax promote implicitly
 
@@ -169,6 +169,47 @@ def test_stability_and_scores_follow_the_definition():
     assert speech.largest_stable_rate(result, "fixed base") == 0.01
 
 
+def test_the_screen_arms_are_the_screen_s_best_that_weight_losses_only():
+    best = profiles.screen_methods("tts_adam")
+    assert set(speech.SCREEN_ARMS) <= set(best)
+    for arm in speech.SCREEN_ARMS:  # from the base weights, under their recommended guards
+        weighting = speech.weighting_of(arm)
+        assert weighting is not None and not weighting.needs
+        assert dict(weighting.init().weights) == pytest.approx(speech_model.BASE_WEIGHTS)
+
+
+def test_calls_group_the_fixed_arms_with_one_adaptive_arm():
+    assert speech.groups_of(speech.ARMS) == [("default", list(speech.ARMS))]
+    assert speech.groups_of(["fixed floor"]) == [("default", ["fixed floor"])]
+    assert speech.groups_of(["relobralo+guards", "fixed base", "dwa+guards"]) == [
+        ("dwa+guards", ["fixed base", "dwa+guards"]),
+        ("relobralo+guards", ["relobralo+guards"]),
+    ]
+    with pytest.raises(ValueError, match="unknown arms \\['pcd'\\]"):
+        speech.groups_of(["pcd"])
+
+
+def test_a_merged_screen_arm_joins_the_json_with_its_own_record(small, tmp_path, monkeypatch):
+    model, batches = small
+    meta = {"vocab": list(range(10)), "texts": [], "utterances": 6, "seconds_of_speech": 6.0}
+    meta |= {"split": {"train": 4, "validation": 1, "test": 1}, "build_s": 0.0}
+    meta |= {"max_tokens": 12, "max_frames": 48}
+    monkeypatch.setattr(speech, "load_problem", lambda cache, dtype: (model, batches, meta))
+    common = dict(rates=[3e-3], seeds=[0], max_steps=50, out=tmp_path)
+    first = speech.run(**common, command="first")
+    added = speech.run(**common, arms=["dwa+guards"], merge=True, command="added")
+    assert added["command"] == "first" and added["settings"]["arms"] == list(speech.ALL_ARMS[:4])
+    (addition,) = added["additions"]
+    assert addition["command"] == "added" and addition["rates_done"] == [3e-3]
+    assert added["runs"][: len(first["runs"])] == first["runs"]
+    dwa = [r for r in added["runs"] if r["arm"] == "dwa+guards"]
+    assert [r["seed"] for r in dwa] == [0]
+    assert all(r["finite"] and r["steps"] == 50 and r["test_mel"] > 0 for r in dwa)
+    assert "Added: `added`" in speech.report(added)
+    with pytest.raises(ValueError, match="max_steps"):
+        speech.run(**common | {"max_steps": 100}, arms=["dwa+guards"], merge=True)
+
+
 RESULTS = ("speech", "speech_fp16")  # float32, and float16 with loss scaling where it was run
 
 
@@ -193,14 +234,19 @@ def test_results_hold_every_seed_of_every_cell_they_claim(name):
     settings = result["settings"]
     assert len(settings["seeds"]) >= 5
     cells = {(r["arm"], r["rate"]) for r in result["runs"]}
-    assert cells == {(a, rate) for a in settings["arms"] for rate in result["rates_done"]}
+    added = [(add["arms"], add["rates_done"]) for add in result.get("additions", [])]
+    first = [a for a in settings["arms"] if not any(a in arms for arms, _ in added)]
+    assert cells == {
+        (a, rate) for arms, rates in [(first, result["rates_done"]), *added]
+        for a in arms for rate in rates
+    }  # fmt: skip
     for arm, rate in cells:
         seeds = sorted(r["seed"] for r in result["runs"] if (r["arm"], r["rate"]) == (arm, rate))
         assert seeds == settings["seeds"]
     assert 300_000 <= result["parameters"] <= 1_000_000
     for run in result["runs"]:
         assert run["steps"] <= settings["max_steps"]
-        if run["arm"] != "default":
+        if run["arm"] in speech.FIXED_ARMS:
             assert set(run["mel_weight_history"]) - {None} == {
                 speech.fixed_weights(run["arm"])["mel"]
             }
