@@ -40,6 +40,7 @@ import json
 import math
 import os
 import pathlib
+import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -695,7 +696,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"in {meta['build_s']:.1f} s -> {args.cache}"
         )
     elif args.what == "run":
-        command = "python -m benchmarks.speech " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = shlex.join(
+            ["python", "-m", "benchmarks.speech", *(sys.argv[1:] if argv is None else argv)]
+        )
         run(
             rates=args.rates,
             seeds=SEEDS[: args.seeds],
