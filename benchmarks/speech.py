@@ -296,6 +296,12 @@ def scores(result: Mapping, arm: str, rate: float) -> np.ndarray:
     return np.asarray([r["test_mel"] if stable(r, result) else np.inf for r in runs], float)
 
 
+def arms_of(result: Mapping) -> list[str]:
+    """The arms of the first run (its ``settings``) and of every addition, in ALL_ARMS order."""
+    added = {a for addition in result.get("additions", []) for a in addition["arms"]}
+    return [a for a in ALL_ARMS if a in result["settings"]["arms"] or a in added]
+
+
 def rates_run(result: Mapping, arm: str) -> list[float]:
     """The rates at which the arm has runs, ascending."""
     return sorted({r["rate"] for r in result["runs"] if r["arm"] == arm})
@@ -312,7 +318,7 @@ def summary(result: Mapping) -> dict:
     cells = []
     for rate in sorted({r["rate"] for r in result["runs"]}):
         reference = scores(result, "fixed base", rate)
-        for arm in result["settings"]["arms"]:
+        for arm in arms_of(result):
             runs = [r for r in result["runs"] if r["arm"] == arm and r["rate"] == rate]
             if not runs:
                 continue
@@ -338,9 +344,7 @@ def summary(result: Mapping) -> dict:
                 cell["call"] = stats.call(regret, margin)
             cells.append(cell)
     return {
-        "largest_stable_rate": {
-            arm: largest_stable_rate(result, arm) for arm in result["settings"]["arms"]
-        },
+        "largest_stable_rate": {arm: largest_stable_rate(result, arm) for arm in arms_of(result)},
         "cells": cells,
     }
 
@@ -368,15 +372,16 @@ def tables(result: Mapping) -> list[str]:
     for arm, rate in s["largest_stable_rate"].items():
         run = ", ".join(format(r, "g") for r in rates_run(result, arm))
         lines.append(f"| {arm} | {_f(rate, 'g')} | {run} |")
+    if done != st["rates"]:
+        lines += [
+            "",
+            f"The first run's rates: {', '.join(format(r, 'g') for r in done)} (of "
+            f"{', '.join(format(r, 'g') for r in st['rates'])}: the rest not run).",
+        ]
     lines += [
         "",
-        f"Rates run: {', '.join(format(r, 'g') for r in done)}"
-        + (
-            ""
-            if done == st["rates"]
-            else f" (of {', '.join(format(r, 'g') for r in st['rates'])}: the rest not run)"
-        )
-        + ".",
+        "An arm's largest stable lr is over the rates it ran; a rate above it was run and "
+        "not every seed was stable there, unless it is the largest rate run.",
         "",
         "## Every cell",
         "",
@@ -616,9 +621,6 @@ def run(
         if differ:
             raise ValueError(f"--merge: settings {differ} differ from the committed {name}'s")
         asked = set(settings["arms"])
-        result["settings"]["arms"] = [
-            a for a in ALL_ARMS if a in asked or a in result["settings"]["arms"]
-        ]
         result["runs"] = [
             r for r in result["runs"] if not (r["arm"] in asked and r["rate"] in rates)
         ]

@@ -198,7 +198,8 @@ def test_a_merged_screen_arm_joins_the_json_with_its_own_record(small, tmp_path,
     common = dict(rates=[3e-3], seeds=[0], max_steps=50, out=tmp_path)
     first = speech.run(**common, command="first")
     added = speech.run(**common, arms=["dwa+guards"], merge=True, command="added")
-    assert added["command"] == "first" and added["settings"]["arms"] == list(speech.ALL_ARMS[:4])
+    assert added["command"] == "first" and added["settings"] == first["settings"]
+    assert speech.arms_of(added) == list(speech.ALL_ARMS[:4])
     (addition,) = added["additions"]
     assert addition["command"] == "added" and addition["rates_done"] == [3e-3]
     assert added["runs"][: len(first["runs"])] == first["runs"]
@@ -235,9 +236,8 @@ def test_results_hold_every_seed_of_every_cell_they_claim(name):
     assert len(settings["seeds"]) >= 5
     cells = {(r["arm"], r["rate"]) for r in result["runs"]}
     added = [(add["arms"], add["rates_done"]) for add in result.get("additions", [])]
-    first = [a for a in settings["arms"] if not any(a in arms for arms, _ in added)]
     assert cells == {
-        (a, rate) for arms, rates in [(first, result["rates_done"]), *added]
+        (a, rate) for arms, rates in [(settings["arms"], result["rates_done"]), *added]
         for a in arms for rate in rates
     }  # fmt: skip
     for arm, rate in cells:
