@@ -172,23 +172,12 @@ transformation fed one term's gradient per step). Every other arm runs in the ``
 only."""
 
 CONFIRMATION_NOT_RUN: dict[str, dict[str, str]] = {
-    "digits_wide": {
-        "upgrad every 100": "it entered the screen's three best (UPGrad with its weights held "
-        "for 100 steps) after the wide model's other rows had run, in a session without the "
-        "machine time for it; run it with `python -m benchmarks.report --profile confirm "
-        "--problems digits_wide --arms 'upgrad every 100' --merge --out results`",
-    },
     "speech_adam": {
-        "dwa+guards": "the speech model's runs are slow on the shared 2-core machine: after "
-        "the fixed weights and the default, the session's machine time did not reach this arm; "
-        "run it with `python -m benchmarks.report --profile confirm --problems "
-        "speech_adam --arms dwa+guards --merge --out results`",
         "pcd": "its per-term gradients (four backward passes of the speech model per step) put "
-        "its arm's runs past the machine time of the session that ran this problem; run it "
-        "with `python -m benchmarks.report --profile confirm --problems speech_adam --arms pcd "
-        "--merge --out results`",
-        "relobralo+guards": "as dwa+guards; run it with `python -m benchmarks.report --profile "
-        "confirm --problems speech_adam --arms relobralo+guards --merge --out results`",
+        "its arm's runs past the machine time of the sessions that ran this problem (each "
+        "command also retrains the fixed grid, about 40 minutes here); run it with `python -m "
+        "benchmarks.report --profile confirm --problems speech_adam --arms pcd --merge --out "
+        "results`",
     },
 }
 """Arms the confirmation profile chooses but the committed results lack, per problem, each with

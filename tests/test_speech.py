@@ -221,6 +221,26 @@ def committed(name):
     return json.loads(path.read_text())
 
 
+def test_the_page_s_statements_hold_in_the_committed_results():
+    """docs/guides/speech.md, "What the runs show"."""
+    fp32, fp16 = (speech.summary(committed(name)) for name in RESULTS)
+    assert fp32["largest_stable_rate"] == dict.fromkeys(speech.ALL_ARMS, 0.03)
+    assert fp16["largest_stable_rate"] == dict.fromkeys(speech.FIXED_ARMS, 0.01) | dict.fromkeys(
+        ("default", *speech.SCREEN_ARMS), 0.03
+    )
+    cells = {(c["arm"], c["rate"]): c for c in fp16["cells"]}
+    for arm in speech.ALL_ARMS:
+        lost = (1, 1) if arm in speech.FIXED_ARMS else (0, 0)
+        assert (5 - cells[arm, 0.03]["stable"], cells[arm, 0.03]["nonfinite"]) == lost, arm
+    for summary in (fp32, fp16):
+        assert all(c["stable"] < c["seeds"] for c in summary["cells"] if c["rate"] == 0.1)
+        assert all(c.get("call") != "worse" for c in summary["cells"])
+    confirmation = json.loads(pathlib.Path("results/speech_adam.json").read_text())
+    calls = {row["label"]: row["call"] for row in confirmation["rows"]}
+    for label in ("base", "stable", *speech.SCREEN_ARMS):
+        assert calls[label] == "worse", label
+
+
 @pytest.mark.parametrize("name", RESULTS)
 def test_results_md_is_generated_from_the_json(name):
     result = committed(name)
