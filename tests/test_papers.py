@@ -86,8 +86,16 @@ def test_annealing_arm_is_the_library_rule_with_the_codes_statistics():
     assert papers.weighting_of(table, "plain") is None
 
 
-def test_reduced_tables_train_and_write_agreeing_pages(tmp_path):
-    """A few steps of one arm per kind: lr annealing under its guards, and ConFIG."""
+def written_as_returned(name, data, out) -> None:
+    """The json and page the reduced run wrote agree with what it returned."""
+    saved = json.loads((out / f"papers_{name}.json").read_text())
+    assert saved["arms"][0]["scores"] == data["arms"][0]["scores"]
+    assert (out / f"papers_{name}.md").read_text() == papers.markdown(saved)
+    assert not (out / f"papers_{name}.partial.json").exists()
+
+
+def test_a_reduced_wang_table_anneals_under_the_guards_and_writes_its_page(tmp_path):
+    """A few steps of lr annealing under its guards (one test per table: they compile long)."""
     wang = papers.main(
         ["klein_gordon", "--seeds", "2", "--steps", "20", "--arms", "lr_annealing+guards"]
         + ["--out", str(tmp_path), "--reduced", "20 steps, 2 seeds, one arm (a test)"]
@@ -98,6 +106,10 @@ def test_reduced_tables_train_and_write_agreeing_pages(tmp_path):
     assert all(row["finished"]) and len(row["scores"]) == 2
     weights = np.asarray(row["final_weights"])
     assert np.all(weights[:, 0] == 1.0) and np.all(weights[:, 1:] != 1.0)  # annealed
+    written_as_returned("klein_gordon", wang, tmp_path)
+
+
+def test_a_reduced_burgers_table_trains_config_and_m_config_and_writes_its_page(tmp_path):
     burgers = papers.main(
         ["burgers", "--seeds", "2", "--steps", "20", "--arms", "config,m-config"]
         + ["--out", str(tmp_path)]
@@ -115,11 +127,7 @@ def test_reduced_tables_train_and_write_agreeing_pages(tmp_path):
     assert np.all(np.asarray(m_config["final_weights"]) == 1.0)  # no weights: reported as 1
     curve = np.asarray(m_config["curve"]["mse"])
     assert np.all(curve[:, -1] != curve[:, 0])  # it trained
-    for name, data in (("klein_gordon", wang), ("burgers", burgers)):
-        saved = json.loads((tmp_path / f"papers_{name}.json").read_text())
-        assert saved["arms"][0]["scores"] == data["arms"][0]["scores"]
-        assert (tmp_path / f"papers_{name}.md").read_text() == papers.markdown(saved)
-        assert not (tmp_path / f"papers_{name}.partial.json").exists()
+    written_as_returned("burgers", burgers, tmp_path)
 
 
 # The committed tables ---------------------------------------------------------------------------

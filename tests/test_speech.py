@@ -195,20 +195,24 @@ def test_a_merged_screen_arm_joins_the_json_with_its_own_record(small, tmp_path,
     meta |= {"split": {"train": 4, "validation": 1, "test": 1}, "build_s": 0.0}
     meta |= {"max_tokens": 12, "max_frames": 48}
     monkeypatch.setattr(speech, "load_problem", lambda cache, dtype: (model, batches, meta))
-    common = dict(rates=[3e-3], seeds=[0], max_steps=50, out=tmp_path)
-    first = speech.run(**common, command="first")
-    added = speech.run(**common, arms=["dwa+guards"], merge=True, command="added")
+    common = dict(seeds=[0], max_steps=50, out=tmp_path)
+    first = speech.run(**common, rates=[], command="first")  # its runs written here, untrained
+    base_run = {"arm": "fixed base", "seed": 0, "rate": 3e-3, "finite": True, "steps": 50}
+    base_run |= {"best_val_mel": 0.5, "test_mel": 0.5, "stopped_early": False}
+    base_run |= {"val_history": [0.5], "mel_weight_history": [2.5]}
+    first |= {"runs": [base_run], "rates_done": [3e-3]}
+    (tmp_path / "speech.json").write_text(json.dumps(first))
+    added = speech.run(**common, rates=[3e-3], arms=["dwa+guards"], merge=True, command="added")
     assert added["command"] == "first" and added["settings"] == first["settings"]
     assert speech.arms_of(added) == list(speech.ALL_ARMS[:4])
     (addition,) = added["additions"]
     assert addition["command"] == "added" and addition["rates_done"] == [3e-3]
-    assert added["runs"][: len(first["runs"])] == first["runs"]
-    dwa = [r for r in added["runs"] if r["arm"] == "dwa+guards"]
-    assert [r["seed"] for r in dwa] == [0]
-    assert all(r["finite"] and r["steps"] == 50 and r["test_mel"] > 0 for r in dwa)
+    (kept, dwa) = added["runs"]
+    assert kept == base_run and (dwa["arm"], dwa["seed"], dwa["rate"]) == ("dwa+guards", 0, 3e-3)
+    assert dwa["finite"] and dwa["steps"] == 50 and dwa["test_mel"] > 0
     assert "Added: `added`" in speech.report(added)
     with pytest.raises(ValueError, match="max_steps"):
-        speech.run(**common | {"max_steps": 100}, arms=["dwa+guards"], merge=True)
+        speech.run(**common | {"max_steps": 100}, rates=[3e-3], arms=["dwa+guards"], merge=True)
 
 
 RESULTS = ("speech", "speech_fp16")  # float32, and float16 with loss scaling where it was run
