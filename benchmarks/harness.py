@@ -219,13 +219,20 @@ class Variant(NamedTuple):
     make: Callable[[Problem], ao.LossWeighting | OneTerm]
 
 
+def build(
+    arm: Arm, guards: dict[str, Any], base: dict[str, float], main: str
+) -> ao.LossWeighting | OneTerm:
+    """The arm's weighting from these base weights and main term, under ``guards``."""
+    kwargs = {k: main if v is MAIN else v for k, v in arm.kwargs.items()}
+    return arm.factory(base, **kwargs, **guards)
+
+
 def variants(arms: Sequence[Arm] = ARMS) -> list[Variant]:
     """Every arm bare and, where it has recommended guards, guarded (label ``+guards``)."""
 
     def maker(arm: Arm, guards: dict[str, Any]):
         def make(problem: Problem) -> ao.LossWeighting | OneTerm:
-            kwargs = {k: problem.main if v is MAIN else v for k, v in arm.kwargs.items()}
-            return arm.factory(problem.base, **kwargs, **guards)
+            return build(arm, guards, problem.base, problem.main)
 
         return make
 
@@ -988,6 +995,15 @@ def grid_table(
 def chosen_variants(arms: Sequence[Arm], labels: Sequence[str] | None) -> list[Variant]:
     """The variants to train, in table order (``labels``: only these)."""
     return [v for v in variants(arms) if labels is None or v.label in labels]
+
+
+def weighting_of_label(label: str, base: dict[str, float], main: str) -> ao.LossWeighting | OneTerm:
+    """The arm ``label`` of :func:`variants` (``"dwa+guards"``, ...) from these base weights and
+    main term, for a benchmark that trains the suite's arms outside a :class:`Problem`."""
+    arm = next((a for a in ARMS if a.label == label.removesuffix("+guards")), None)
+    if arm is None or (label.endswith("+guards") and arm.guards is None):
+        raise ValueError(f"no arm {label!r}; the arms are {[v.label for v in variants()]}")
+    return build(arm, arm.guards if label.endswith("+guards") else {}, base, main)
 
 
 def run_problem(

@@ -9,8 +9,8 @@ trained with Adam on 80-bin log-mel frames of speech synthesised by eSpeak NG
 - ``fixed floor``: the mel weight fixed at its floor, 0.4 x base (1.0), the others at base;
 - ``SCREEN_ARMS``: the methods the screen (``tts_adam``) ranks best that weight losses only,
   from the base weights under their recommended guards, as the suite builds them
-  (:func:`benchmarks.harness.variants`). PCD, the screen's third, needs per-term gradients and
-  is confirmed on ``speech_adam`` (:mod:`benchmarks.profiles`) only.
+  (:func:`benchmarks.harness.weighting_of_label`). PCD, the screen's third, needs per-term
+  gradients and is confirmed on ``speech_adam`` (:mod:`benchmarks.profiles`) only.
 
 Every run trains until the held-out (validation) mel loss stops improving: it is evaluated every
 ``EVAL_EVERY`` steps and stops after ``PATIENCE`` evaluations without a new best (or at
@@ -44,8 +44,7 @@ import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -82,9 +81,7 @@ def weighting_of(arm: str) -> ao.LossWeighting | None:
     if arm in SCREEN_ARMS:
         from benchmarks import harness  # the suite's arms, built as the screen built them
 
-        (variant,) = harness.chosen_variants(harness.ARMS, [arm])
-        # a variant reads only the problem's base weights and main term (speech_adam's)
-        made = variant.make(cast(Any, SimpleNamespace(base=dict(BASE_WEIGHTS), main="mel")))
+        made = harness.weighting_of_label(arm, dict(BASE_WEIGHTS), main="mel")
         assert isinstance(made, ao.LossWeighting), arm
         return made
     return None
@@ -358,6 +355,14 @@ def _f(x: float | None, fmt: str = ".3f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def _rates_text(done: Sequence[float], asked: Sequence[float]) -> str:
+    """``"0.003, 0.01"``, and the rates asked for but not run, if any."""
+    text = ", ".join(format(r, "g") for r in done)
+    if list(done) != list(asked):
+        text += f" (of {', '.join(format(r, 'g') for r in asked)}: the rest not run)"
+    return text
+
+
 def tables(result: Mapping) -> list[str]:
     """The largest stable rate per arm and every cell's numbers (report and docs page)."""
     s = summary(result)
@@ -373,11 +378,7 @@ def tables(result: Mapping) -> list[str]:
         run = ", ".join(format(r, "g") for r in rates_run(result, arm))
         lines.append(f"| {arm} | {_f(rate, 'g')} | {run} |")
     if done != st["rates"]:
-        lines += [
-            "",
-            f"The first run's rates: {', '.join(format(r, 'g') for r in done)} (of "
-            f"{', '.join(format(r, 'g') for r in st['rates'])}: the rest not run).",
-        ]
+        lines += ["", f"The first run's rates: {_rates_text(done, st['rates'])}."]
     lines += [
         "",
         "An arm's largest stable lr is over the rates it ran; a rate above it was run and "
@@ -458,13 +459,7 @@ def report(result: Mapping) -> str:
         *(
             f"Added: `{a['command']}` at commit `{a['commit']}`, {a['elapsed_s']:.0f} s (load "
             f"average {a['load_average_at_start']:.1f} at the start): {', '.join(a['arms'])} at "
-            f"lr {', '.join(format(r, 'g') for r in a['rates_done'])}"
-            + (
-                ""
-                if a["rates_done"] == a["rates"]
-                else f" (of {', '.join(format(r, 'g') for r in a['rates'])}: the rest not run)"
-            )
-            + "."
+            f"lr {_rates_text(a['rates_done'], a['rates'])}."
             for a in result.get("additions", [])
         ),
         *([""] if result.get("additions") else []),
@@ -624,10 +619,9 @@ def run(
         result["runs"] = [
             r for r in result["runs"] if not (r["arm"] in asked and r["rate"] in rates)
         ]
-        addition = record | {"arms": settings["arms"], "rates": list(rates), "rates_done": []}
-        addition["elapsed_s"] = 0.0
-        result.setdefault("additions", []).append(addition)
-        done, elapsed = addition["rates_done"], addition
+        this_run = record | {"arms": settings["arms"], "rates": list(rates)}
+        this_run |= {"rates_done": [], "elapsed_s": 0.0}
+        result.setdefault("additions", []).append(this_run)
     else:
         result = record | {
             "parameters": speech_model.count_params(params),
@@ -640,7 +634,7 @@ def run(
             "runs": [],
             "elapsed_s": 0.0,
         }
-        done, elapsed = result["rates_done"], result
+        this_run = result
     out.mkdir(parents=True, exist_ok=True)
     for rate in rates:
         t0 = time.perf_counter()
@@ -664,8 +658,8 @@ def run(
                         "mel_weight_history": [_num(v) for v in records["mel_weight_history"][i]],
                     }
                 )
-        done.append(float(rate))
-        elapsed["elapsed_s"] = time.perf_counter() - start
+        this_run["rates_done"].append(float(rate))
+        this_run["elapsed_s"] = time.perf_counter() - start
         (out / name).write_text(json.dumps(result, indent=1) + "\n")
         print(f"rate {rate:g}: {time.perf_counter() - t0:.0f} s", flush=True)
     return result

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import adaptive_optax as ao
-from benchmarks import profiles, speech, speech_data, speech_model
+from benchmarks import fingerprint, harness, profiles, speech, speech_data, speech_model
 
 pytestmark = pytest.mark.standard_promotion  # flax and optax promote implicitly
 
@@ -176,6 +176,11 @@ def test_the_screen_arms_are_the_screen_s_best_that_weight_losses_only():
         weighting = speech.weighting_of(arm)
         assert weighting is not None and not weighting.needs
         assert dict(weighting.init().weights) == pytest.approx(speech_model.BASE_WEIGHTS)
+        # the suite's own arm: the same weight trajectory as its variant on the fingerprint problem
+        built = fingerprint.of(lambda p, arm=arm: harness.weighting_of_label(arm, p.base, p.main))
+        assert built == fingerprint.of_label(arm)
+    with pytest.raises(ValueError, match="no arm 'mgda\\+guards'"):
+        harness.weighting_of_label("mgda+guards", dict(speech_model.BASE_WEIGHTS), "mel")
 
 
 def test_calls_group_the_fixed_arms_with_one_adaptive_arm():
