@@ -877,8 +877,9 @@ def comparison_table(data: dict) -> list[str]:
     return lines
 
 
-def markdown(data: dict) -> str:
-    """The page ``results/papers_<name>.md``, generated from the json."""
+def markdown(data: dict, authors: dict | None = None) -> str:
+    """The page ``results/papers_<name>.md``, generated from the json (and ``authors``, the
+    json of the authors' own code run here, where there is one)."""
     steps_text = f"{data['steps']} steps" + (
         f" (the paper: {data['paper_steps']})" if data["steps"] != data["paper_steps"] else ""
     )
@@ -999,6 +1000,8 @@ def markdown(data: dict) -> str:
     notes = NOTES.get(data["name"])
     if notes:
         lines += [notes(data), ""]
+    if authors is not None:
+        lines += authors_code_text(data, authors)
     lines.append(
         "Per-seed scores, curves and final weights: the json of the same name. Regenerate "
         "this page: `python -m benchmarks.papers pages --out results`."
@@ -1033,12 +1036,25 @@ def outside_text(data: dict) -> str:
     return text
 
 
+def normal_tail_text(scores: np.ndarray, paper: dict, whose: str) -> str:
+    """How unlikely ``scores`` all fall on one side of the paper's mean, were the paper's runs
+    normal with its mean and sd."""
+    from scipy import stats as scipy_stats
+
+    above = scores.min() > paper["value"]
+    edge = scores.min() if above else scores.max()
+    tail = scipy_stats.norm.sf(abs(edge - paper["value"]) / paper["sd"])
+    return (
+        f"were the paper's runs normal with its mean and sd, all {scores.size} of {whose} "
+        f"would fall {'above' if above else 'below'} {_g(edge)} with probability "
+        f"{_g(tail**scores.size)}"
+    )
+
+
 def evidence_text(data: dict) -> str:
     """For each arm whose published number is outside our range: how unlikely our seeds are
     under the paper's own mean and sd (where it gives one), and whether our runs were still
     improving at the end (the last tenth of the steps)."""
-    from scipy import stats as scipy_stats
-
     parts = []
     by_label = {r["label"]: r for r in data["arms"]}
     for r in comparison_rows(data):
@@ -1048,13 +1064,9 @@ def evidence_text(data: dict) -> str:
         scores = np.asarray(paper_score(data, row))
         text = f"`{row['label']}`"
         if "sd" in paper:
-            side = scores.min() > paper["value"]
-            edge = scores.min() if side else scores.max()
-            tail = scipy_stats.norm.sf(abs(edge - paper["value"]) / paper["sd"])
             text += (
-                f": were the paper's runs normal with its mean and sd, all {scores.size} of ours "
-                f"would fall {'above' if side else 'below'} {_g(edge)} with probability "
-                f"{_g(tail**scores.size)}, so seed noise does not explain the gap"
+                f": {normal_tail_text(scores, paper, 'ours')}, so seed noise does not explain "
+                "the gap"
             )
         curve = np.asarray(row["curve"][data["score"]], float)
         steps = np.asarray(row["curve_steps"])
@@ -1066,6 +1078,86 @@ def evidence_text(data: dict) -> str:
         )
         parts.append(text)
     return ("Evidence: " + "; ".join(parts) + ".") if parts else ""
+
+
+def authors_code_text(data: dict, authors: dict) -> list[str]:
+    """The section of a table's page on the authors' own code run here (``authors``: the json
+    of ``benchmarks.authors_helmholtz``): their seeds beside the paper's number and ours, and
+    what that says of the gap."""
+    from scipy import stats as scipy_stats
+
+    ours = {r["label"]: np.asarray(paper_score(data, r)) for r in data["arms"]}
+    lines = [
+        "## The authors' code, run here",
+        "",
+        f"Their code ({authors['source']}), set up as their driver script sets it up and "
+        f"trained here for {authors['iterations']} iterations on seeds "
+        f"{', '.join(map(str, authors['seeds']))} (each seeds NumPy, their sampler, and the "
+        "TensorFlow graph, their initialisation; their code sets no seed). TensorFlow "
+        f"{authors['tensorflow']}; machine: {authors['machine']}. Command: "
+        f"`{authors['command']}` ("
+        + ", ".join(f"`{a['label']}` {a['seconds']:.0f} s" for a in authors["arms"])
+        + "). The two columns of seeds are not paired (other random streams), so they are "
+        "compared by a two-sided Mann-Whitney U test.",
+        "",
+        "| arm | paper | their code, here: median [min, max] | their code: mean +- sd | ours: "
+        "median [min, max] | ours against theirs (p) | paper's number within their range |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    findings = []
+    for arm in authors["arms"]:
+        label, theirs = arm["label"], np.asarray(arm["scores"])
+        t, paper = summary(theirs), data["published"].get(label)
+        inside = paper is not None and t["min"] <= paper["value"] <= t["max"]
+        mine = ours.get(label)
+        p_value = (
+            float(scipy_stats.mannwhitneyu(mine, theirs, alternative="two-sided").pvalue)
+            if mine is not None
+            else math.nan
+        )
+        o = summary(mine) if mine is not None else None
+        lines.append(
+            f"| `{label}` | {published_text(paper)} | {_g(t['median'])} [{_g(t['min'])}, "
+            f"{_g(t['max'])}] | {_g(t['mean'])} +- {_g(t['sd'])} | "
+            + (f"{_g(o['median'])} [{_g(o['min'])}, {_g(o['max'])}]" if o else "not run")
+            + f" | {_g(p_value)} | {'-' if paper is None else 'yes' if inside else 'no'} |"
+        )
+        if paper is None or mine is None:
+            continue
+        apart = p_value < 0.05
+        text = (
+            f"`{label}`: their code's {theirs.size} seeds here span [{_g(t['min'])}, "
+            f"{_g(t['max'])}], {'holding' if inside else 'missing'} the paper's "
+            f"{_g(paper['value'])}"
+        )
+        off = not inside
+        if "sd" in paper:  # the paper's mean +- sd: does their code's mean here match it?
+            mean_p = float(scipy_stats.ttest_1samp(theirs, paper["value"]).pvalue)
+            off |= mean_p < 0.05
+            text += (
+                f"; their mean here, {_g(t['mean'])}, is "
+                f"{'resolvably' if mean_p < 0.05 else 'not resolvably'} "
+                f"{'above' if t['mean'] > paper['value'] else 'below'} the paper's mean "
+                f"(one-sample t-test, p = {_g(mean_p)})"
+            )
+        text += (
+            f"; ours is {'told apart from' if apart else 'not told apart from'} theirs "
+            f"(p = {_g(p_value)}; medians {_g(o['median'])} and {_g(t['median'])})"
+        )
+        if apart:
+            text += ": the port differs from their code in a way that changes the score"
+        elif off:
+            text += (
+                ": the port trains as their code does here, and their own code, run as "
+                "published, does not reproduce the paper's number either, so the gap is not in "
+                "this repository's port"
+            )
+        else:
+            text += ": the port trains as their code does here, and both agree with the paper"
+        findings.append(text)
+    if findings:
+        lines += ["", "; ".join(findings) + "."]
+    return [*lines, ""]
 
 
 def wang_notes(data: dict) -> str:
@@ -1151,13 +1243,19 @@ def load(out: pathlib.Path) -> dict[str, dict]:
     }
 
 
+def authors_run(out: pathlib.Path, name: str) -> dict | None:
+    """The table's run of the authors' own code (``papers_<name>_authors.json``), if any."""
+    path = out / f"papers_{name}_authors.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def write_pages(out: pathlib.Path, root: pathlib.Path) -> list[pathlib.Path]:
     """Each table's page from its json, and (for ``results/``) the quoting pages' blocks."""
     results = load(out)
     written = []
     for name, data in results.items():
         path = out / f"papers_{name}.md"
-        path.write_text(markdown(data))
+        path.write_text(markdown(data, authors_run(out, name)))
         written.append(path)
     if results and out.resolve() == (root / "results").resolve():  # the committed tables only
         begin, end = BEGIN.format(name=BLOCK), END.format(name=BLOCK)
@@ -1281,7 +1379,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             command,
         )
         (args.out / f"papers_{data['name']}.json").write_text(json.dumps(data, indent=1) + "\n")
-        (args.out / f"papers_{data['name']}.md").write_text(markdown(data))
+        (args.out / f"papers_{data['name']}.md").write_text(
+            markdown(data, authors_run(args.out, data["name"]))
+        )
         return data
     partial = args.out / f"papers_{args.table}.partial.json"
     data = run_table(
@@ -1295,7 +1395,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     )
     partial.unlink()
     (args.out / f"papers_{args.table}.json").write_text(json.dumps(data, indent=1) + "\n")
-    (args.out / f"papers_{args.table}.md").write_text(markdown(data))
+    (args.out / f"papers_{args.table}.md").write_text(
+        markdown(data, authors_run(args.out, args.table))
+    )
     return data
 
 

@@ -144,7 +144,9 @@ def test_committed_table_records_and_page_agree(name):
     data = committed()[name]
     assert len(data["seeds"]) >= 5
     assert data["commit"] and data["command"].startswith(f"python -m benchmarks.papers {name}")
-    assert (RESULTS / f"papers_{name}.md").read_text() == papers.markdown(data)
+    assert (RESULTS / f"papers_{name}.md").read_text() == papers.markdown(
+        data, papers.authors_run(RESULTS, name)
+    )
     labels = [r["label"] for r in data["arms"]]
     for row in data["arms"]:
         assert row["scores"] == row["final"][data["score"]]
@@ -181,3 +183,77 @@ def test_quoting_pages_hold_the_generated_block(page):
     assert begin in text and end in text
     block = text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
     assert block == papers.block_text(committed())
+
+
+def _authors(scores: dict[str, list[float]]) -> dict:
+    return {
+        "source": "their repository",
+        "tensorflow": "2.x",
+        "iterations": 40001,
+        "seeds": list(range(5)),
+        "machine": "a CPU",
+        "command": "python -m benchmarks.authors_helmholtz REPO",
+        "arms": [
+            {"label": k, "method": "M2", "scores": v, "seconds": 1.0} for k, v in scores.items()
+        ],
+    }
+
+
+def test_the_authors_code_section_says_where_their_seeds_put_the_gap():
+    data = committed()["helmholtz"]
+    ours = np.asarray(next(r for r in data["arms"] if r["label"] == "lr_annealing")["scores"])
+    paper = data["published"]["lr_annealing"]["value"]
+    # their seeds the same as ours: the paper's number is outside both, the gap is not the port
+    same = "\n".join(papers.authors_code_text(data, _authors({"lr_annealing": list(ours)})))
+    assert "| `lr_annealing` | 0.0144 +- 0.00637 |" in same and same.count("| no |") == 1
+    assert "does not reproduce the paper's number either, so the gap is not in this" in same
+    assert "missing the paper's 0.0144" in same and "p = 1;" in same
+    # their seeds all far below ours and around the paper's number: the port is told apart
+    low = [paper * f for f in (0.6, 0.8, 1.0, 1.1, 1.2)]
+    apart = "\n".join(papers.authors_code_text(data, _authors({"lr_annealing": low})))
+    assert "holding the paper's 0.0144" in apart and "| yes |" in apart
+    assert "ours is told apart from theirs" in apart and "changes the score" in apart
+    # their seeds spread over the paper's number, their mean not resolvably off it, and ours
+    # among them: both agree with the paper
+    spread = [0.012, 0.016, 0.02, 0.024, 0.03]
+    agree = "\n".join(papers.authors_code_text(data, _authors({"lr_annealing": spread})))
+    assert "not resolvably above the paper's mean" in agree and "not told apart" in agree
+    assert "both agree with the paper" in agree
+    # an arm the paper has no number for gets a row and no finding
+    none = papers.authors_code_text(data, _authors({"lr_annealing+guards": list(ours)}))
+    assert any(line.startswith("| `lr_annealing+guards` | - |") for line in none)
+    assert not any("their code" in line and "p =" in line for line in none)
+
+
+def test_the_committed_run_of_the_authors_code_names_its_command_and_seeds():
+    authors = papers.authors_run(RESULTS, "helmholtz")
+    assert authors is not None
+    assert authors["command"].startswith("python -m benchmarks.authors_helmholtz ")
+    data = committed()["helmholtz"]
+    assert {a["label"] for a in authors["arms"]} <= set(data["published"])
+    for arm in authors["arms"]:
+        assert len(arm["scores"]) == len(authors["seeds"]) >= 5
+        assert all(np.isfinite(arm["scores"]))
+    assert "## The authors' code, run here" in (RESULTS / "papers_helmholtz.md").read_text()
+
+
+def test_the_authors_code_is_set_up_with_our_table_s_solution_and_forcing():
+    from benchmarks import authors_helmholtz
+
+    points = np.random.default_rng(0).uniform(-1.0, 1.0, (64, 2))
+    h = 1e-3  # central differences of the exact solution: the forcing is (u_xx + u_yy + u)
+    shift = np.eye(2) * h
+    laplacian = sum(
+        (
+            authors_helmholtz.exact(points + e)
+            - 2 * authors_helmholtz.exact(points)
+            + authors_helmholtz.exact(points - e)
+        )
+        / h**2
+        for e in shift
+    )
+    forcing = authors_helmholtz.forcing(points)
+    np.testing.assert_allclose(forcing, laplacian + authors_helmholtz.exact(points), atol=2e-2)
+    table = papers.helmholtz_table()
+    assert authors_helmholtz.LAYERS == [2, 50, 50, 50, 1]
+    assert "2-50-50-50-1" in table.settings and table.steps == 40000
