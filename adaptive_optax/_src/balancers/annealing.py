@@ -31,11 +31,12 @@ def lr_annealing_rule(
 
     Where the paper and the authors' code differ we follow the paper. The code (the
     ``GradientPathologiesPINNs`` scripts) reads the weight matrices only, not the biases: its
-    Helmholtz and Klein-Gordon scripts divide the largest |gradient| over the layers by the mean
-    of the layers' mean |gradient|, and its lid-driven cavity script takes that ratio layer by
-    layer and keeps the largest, rather than one ratio over all parameters. It updates every
-    10 iterations and keeps 0.9 of the old value (``lambda <- 0.1 lambda_hat + 0.9 lambda``),
-    whereas Algorithm 1 gives ``alpha`` to the new estimate. ``interval=10, alpha=0.1``
+    Helmholtz and Klein-Gordon scripts divide the largest absolute gradient over the layers by
+    the mean of the layers' mean absolute gradients, and its lid-driven cavity script takes that
+    ratio layer by layer and keeps the largest, rather than one ratio over all parameters. It
+    updates every 10 iterations and keeps 0.9 of the old value
+    (``lambda <- 0.1 lambda_hat + 0.9 lambda``), whereas Algorithm 1 gives ``alpha`` to the new
+    estimate. ``interval=10, alpha=0.1``
     reproduces the code's schedule; its statistics can be given through ``grad_stats``
     (``benchmarks/papers.py`` does, for the Helmholtz and Klein-Gordon tables).
 
