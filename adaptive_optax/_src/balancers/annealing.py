@@ -36,9 +36,9 @@ def lr_annealing_rule(
     ratio layer by layer and keeps the largest, rather than one ratio over all parameters. It
     updates every 10 iterations and keeps 0.9 of the old value
     (``lambda <- 0.1 lambda_hat + 0.9 lambda``), whereas Algorithm 1 gives ``alpha`` to the new
-    estimate. ``interval=10, alpha=0.1``
-    reproduces the code's schedule; its statistics can be given through ``grad_stats``
-    (``benchmarks/papers.py`` does, for the Helmholtz and Klein-Gordon tables).
+    estimate. ``interval=10, alpha=0.1`` reproduces the code's schedule; its statistics can be
+    given through ``grad_stats`` (``benchmarks/papers.py`` does, for the Helmholtz and
+    Klein-Gordon tables).
 
     Args:
       main: index of the main (residual) term in the order of the weights' leaves.
