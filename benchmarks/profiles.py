@@ -171,15 +171,7 @@ Nash-MTL; UPGrad also with its weights held for 10 and 100 steps), and issue 28'
 transformation fed one term's gradient per step). Every other arm runs in the ``full`` profile
 only."""
 
-CONFIRMATION_NOT_RUN: dict[str, dict[str, str]] = {
-    "speech_adam": {
-        "pcd": "its per-term gradients (four backward passes of the speech model per step) put "
-        "its arm's runs past the machine time of the sessions that ran this problem (each "
-        "command also retrains the fixed grid, about 40 minutes here); run it with `python -m "
-        "benchmarks.report --profile confirm --problems speech_adam --arms pcd --merge --out "
-        "results`",
-    },
-}
+CONFIRMATION_NOT_RUN: dict[str, dict[str, str]] = {}
 """Arms the confirmation profile chooses but the committed results lack, per problem, each with
 the reason; the confirmation page lists them as not run, and a test fails on any other gap."""
 
