@@ -65,7 +65,7 @@ def load_tf1(repo: pathlib.Path) -> tuple[Any, Any]:
 def run_one(tf: Any, model: Any, method: str, seed: int, iterations: int, log) -> float:
     """One training run of the authors' ``Helmholtz2D``; returns the relative L2 error of u."""
 
-    def operator(u, x1, x2, lam, sigma_x1=1.0, sigma_x2=1.0):
+    def operator(u, x1, x2, lam, sigma_x1=1.0, sigma_x2=1.0):  # as their Helmholtz2D.py
         u_x1 = tf.gradients(u, x1)[0] / sigma_x1
         u_x2 = tf.gradients(u, x2)[0] / sigma_x2
         u_xx1 = tf.gradients(u_x1, x1)[0] / sigma_x1
@@ -102,16 +102,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="their code's progress lines (one every 10 iterations)",
     )
     args = parser.parse_args(argv)
+    labels = {"M1": "plain", "M2": "lr_annealing"}
+    methods = args.methods.split(",")
+    if unknown := sorted(set(methods) - set(labels)):
+        parser.error(f"--methods: unknown {', '.join(unknown)} (known: M1, M2)")
     args.out.mkdir(parents=True, exist_ok=True)
     tf, model = load_tf1(args.repo)
     command = "python -m benchmarks.authors_helmholtz " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    labels = {"M1": "plain", "M2": "lr_annealing"}
     arms = []
     args.log.parent.mkdir(parents=True, exist_ok=True)
     with args.log.open("w") as log:
-        for method in args.methods.split(","):
+        for method in methods:
             scores, start = [], time.perf_counter()
             for seed in range(args.seeds):
                 scores.append(run_one(tf, model, method, seed, args.iterations, log))

@@ -257,3 +257,11 @@ def test_the_authors_code_is_set_up_with_our_table_s_solution_and_forcing():
     table = papers.helmholtz_table()
     assert authors_helmholtz.LAYERS == [2, 50, 50, 50, 1]
     assert "2-50-50-50-1" in table.settings and table.steps == 40000
+
+
+def test_an_unknown_method_of_the_authors_code_fails_before_anything_trains(capsys):
+    from benchmarks import authors_helmholtz
+
+    with pytest.raises(SystemExit):
+        authors_helmholtz.main(["a-checkout", "--methods", "M2,M4"])
+    assert "--methods: unknown M4 (known: M1, M2)" in capsys.readouterr().err
