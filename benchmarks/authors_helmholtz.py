@@ -31,14 +31,8 @@ import numpy as np
 
 from benchmarks import papers, report
 
-A1, A2, LAM = 1.0, 4.0, 1.0
-LAYERS = [2, 50, 50, 50, 1]
-EDGES = (
-    ((-1.0, -1.0), (1.0, -1.0)),
-    ((1.0, -1.0), (1.0, 1.0)),
-    ((1.0, 1.0), (-1.0, 1.0)),
-    ((-1.0, 1.0), (-1.0, -1.0)),
-)
+(A1, A2), LAM = papers.HELMHOLTZ_WAVES, papers.HELMHOLTZ_LAM  # the table's problem
+LAYERS = list(papers.HELMHOLTZ_LAYERS)
 
 
 def exact(x: np.ndarray) -> np.ndarray:
@@ -75,7 +69,7 @@ def run_one(tf: Any, model: Any, method: str, seed: int, iterations: int, log) -
     tf.reset_default_graph()
     tf.set_random_seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (their samplers draw from the legacy global state)
-    bcs = [model.Sampler(2, np.array(edge), exact) for edge in EDGES]
+    bcs = [model.Sampler(2, np.array(edge), exact) for edge in papers.HELMHOLTZ_EDGES]
     res = model.Sampler(2, np.array([[-1.0, -1.0], [1.0, 1.0]]), forcing)
     with contextlib.redirect_stdout(log):
         net = model.Helmholtz2D(LAYERS, operator, None, bcs, res, LAM, method, False)

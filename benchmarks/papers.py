@@ -299,8 +299,19 @@ def l2_on_grid(exact: Callable, lo: np.ndarray, hi: np.ndarray, start: float, st
     return metric
 
 
+HELMHOLTZ_WAVES = (1.0, 4.0)  # u = sin(a1 pi x) sin(a2 pi y)
+HELMHOLTZ_LAM = 1.0  # u_xx + u_yy + lam u = f
+HELMHOLTZ_LAYERS = (2, 50, 50, 50, 1)
+HELMHOLTZ_EDGES = (  # the boundary's four edges, each from its start to its end, as sampled
+    ((-1.0, -1.0), (1.0, -1.0)),
+    ((1.0, -1.0), (1.0, 1.0)),
+    ((1.0, 1.0), (-1.0, 1.0)),
+    ((-1.0, 1.0), (-1.0, -1.0)),
+)
+
+
 def helmholtz_table() -> Table:
-    a1, a2, lam = 1.0, 4.0, 1.0
+    (a1, a2), lam = HELMHOLTZ_WAVES, HELMHOLTZ_LAM
     lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
 
     def exact(x, y):
@@ -313,11 +324,7 @@ def helmholtz_table() -> Table:
         u = standardised(params, lo, hi)
         keys = jax.random.split(key, 5)
         boundary = 0.0
-        for k, (start, end) in zip(
-            keys[:4],
-            (((-1, -1), (1, -1)), ((1, -1), (1, 1)), ((1, 1), (-1, 1)), ((-1, 1), (-1, -1))),
-            strict=True,
-        ):
+        for k, (start, end) in zip(keys[:4], HELMHOLTZ_EDGES, strict=True):
             s = jnp.asarray(start, jnp.float32)
             p = s + (jnp.asarray(end, jnp.float32) - s) * jax.random.uniform(k, (BATCH, 2))
             boundary += jnp.mean((jax.vmap(u)(p[:, 0], p[:, 1]) - exact(p[:, 0], p[:, 1])) ** 2)
@@ -348,7 +355,7 @@ def helmholtz_table() -> Table:
             "code's statistics). Metric: relative L2 error of u on a 100 x 100 grid"
         ),
         terms=("residual", "boundary"),
-        init=lambda key: xavier_init(key, (2, 50, 50, 50, 1)),
+        init=lambda key: xavier_init(key, HELMHOLTZ_LAYERS),
         losses=losses,
         metric=metric,
         learning_rate=wang_schedule(),
